@@ -1,0 +1,260 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Durable file operations: one function for each step of the fsync chain.
+
+PRIVATE to the durable.mover collection; not a public API.
+
+Every path here is a name relative to an open directory file descriptor, and
+no call follows a symbolic link, so a link swapped into the tree can never
+redirect a read, a write or an unlink outside the roots.
+
+The chain for one file moved across devices, in the only safe order:
+
+1. ``create_part``      -- the temporary ``.part`` beside the destination
+2. ``sync_data``        -- the part's bytes are on disk
+3. ``rename_into_place``-- requires 2; the final name now points at them
+4. ``sync_dir``(dest)   -- requires 3; the final name itself is on disk
+5. (journal commit)     -- requires 4; see _journal.Journal.commit
+6. ``unlink_source``    -- requires 5; the only step that destroys data
+7. ``sync_dir``(src)    -- requires 6; the removal is on disk
+
+A failed fsync is never retried: after a failed fsync the kernel may have
+dropped the dirty pages, so a second fsync can succeed without the data
+being on disk. The caller treats the file as failed and copies it again.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+
+from ansible_collections.durable.mover.plugins.module_utils._errors import (
+    MoverError,
+    os_error,
+)
+from ansible_collections.durable.mover.plugins.module_utils import _faults
+
+O_CLOEXEC = getattr(os, 'O_CLOEXEC', 0)
+O_NOFOLLOW = getattr(os, 'O_NOFOLLOW', 0)
+O_DIRECTORY = getattr(os, 'O_DIRECTORY', 0)
+O_NOATIME = getattr(os, 'O_NOATIME', 0)
+DIR_FLAGS = os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+_fdatasync = getattr(os, 'fdatasync', os.fsync)
+
+
+def open_dir_at(parent_fd, name, path_for_errors=None):
+    """Open directory `name` in `parent_fd`, refusing symbolic links."""
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise MoverError('not a directory (a symbolic link or file is in the way)',
+                             path_for_errors or name, exc.errno)
+        raise os_error(exc, 'cannot open directory', path_for_errors or name)
+
+
+def open_root(path, create=False):
+    """Open a root directory (the only place a full path is resolved).
+
+    With `create`, missing directories are created and each creation made
+    durable by an fsync of its parent.
+    """
+    try:
+        return os.open(path, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    except FileNotFoundError:
+        if not create:
+            raise MoverError('directory does not exist', path, errno.ENOENT)
+    except OSError as exc:
+        raise os_error(exc, 'cannot open directory', path)
+    parent = os.path.dirname(os.path.abspath(path)) or '/'
+    parent_fd = open_root(parent, create=True)
+    try:
+        make_dir(parent_fd, os.path.basename(path), 0o755, path)
+        return open_dir_at(parent_fd, os.path.basename(path), path)
+    finally:
+        os.close(parent_fd)
+
+
+def make_dir(parent_fd, name, mode, path_for_errors=None):
+    """mkdir `name`, then fsync its parent so the new entry survives a crash.
+
+    Requires: the parent itself is durable (it was created the same way, or
+    existed before the run). Returns False if it already existed.
+    """
+    try:
+        os.mkdir(name, mode, dir_fd=parent_fd)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise os_error(exc, 'cannot create directory', path_for_errors or name)
+    sync_dir(parent_fd, path_for_errors)
+    return True
+
+
+def sync_dir(dir_fd, path_for_errors=None):
+    """fsync a directory: the entries created, renamed or removed in it are on disk.
+
+    Requires: every rename/unlink/mkdir it is meant to cover has returned.
+    """
+    try:
+        os.fsync(dir_fd)
+    except OSError as exc:
+        raise os_error(exc, 'fsync of directory failed', path_for_errors)
+
+
+def create_part(dir_fd, part_name, resume_at=0, path_for_errors=None):
+    """Open the part file for writing; truncate it to `resume_at`.
+
+    Bytes past the last durable checkpoint are never trusted: they are cut off.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC
+    if not resume_at:
+        flags |= os.O_TRUNC
+    try:
+        fd = os.open(part_name, flags, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        raise os_error(exc, 'cannot create part file', path_for_errors or part_name)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MoverError('part file is not a regular file', path_for_errors, errno.EINVAL)
+        if resume_at:
+            os.ftruncate(fd, resume_at)
+    except OSError as exc:
+        os.close(fd)
+        raise os_error(exc, 'cannot prepare part file', path_for_errors or part_name)
+    except MoverError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def sync_data(fd, path_for_errors=None, checkpoint=False):
+    """Flush the part file: its bytes (and size) are on disk.
+
+    Requires: the last write to it has returned (and, for the final flush, its
+    metadata has been applied: the final flush is a full fsync so that mode,
+    owner, times and xattrs are as durable as the data; a checkpoint inside a
+    large copy is an fdatasync). Never retried on failure.
+    """
+    if _faults.broken('no_part_fdatasync'):
+        return
+    try:
+        if checkpoint:
+            _fdatasync(fd)
+        else:
+            os.fsync(fd)
+    except OSError as exc:
+        raise os_error(exc, 'flushing the copy to disk failed (the copy is discarded, '
+                       'not retried)', path_for_errors)
+
+
+def rename_into_place(src_dir_fd, src_name, dst_dir_fd, dst_name, path_for_errors=None):
+    """rename(2) the part (or, on one filesystem, the source) to its final name.
+
+    Requires: for a copy, sync_data of the part has succeeded and the copy was
+    verified. Atomic: the final name shows the old file or the new, never a mix.
+    """
+    try:
+        os.rename(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+    except OSError as exc:
+        raise os_error(exc, 'rename into place failed', path_for_errors or dst_name)
+
+
+def sync_dest_dir(dir_fd, path_for_errors=None):
+    """fsync a destination directory after renames into it.
+
+    Requires: the renames returned. After it, the destination names are durable,
+    and only then may the journal record the files as copied.
+    """
+    if _faults.broken('no_dest_dir_fsync'):
+        return
+    sync_dir(dir_fd, path_for_errors)
+
+
+def unlink_source(dir_fd, name, path_for_errors=None):
+    """Remove a source name: the only step that destroys data.
+
+    Requires: the journal commit that records the destination as copied is
+    durable (so a crash here leaves a journal that knows where the data is).
+    """
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise os_error(exc, 'cannot remove source', path_for_errors or name)
+    return True
+
+
+def remove_quietly(dir_fd, name):
+    """Remove a part file we own; a missing one is fine."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
+class DirTree:
+    """Directory file descriptors of one root, opened component by component.
+
+    Each component is opened with O_NOFOLLOW|O_DIRECTORY relative to its parent,
+    so no symbolic link inside the tree is ever followed. With `create`, missing
+    directories are made durable as they are created. Thread-safe; the cache is
+    emptied (all fds closed) by `clear`, between batches.
+    """
+
+    def __init__(self, root_fd, root_path, create=False, mode=0o755):
+        self.root_fd = root_fd
+        self.root_path = root_path
+        self.create = create
+        self.mode = mode
+        self._fds = {'': root_fd}
+        self._lock = threading.Lock()
+        self.created = 0
+
+    def full(self, rel):
+        return os.path.join(self.root_path, rel) if rel else self.root_path
+
+    def get(self, reldir):
+        """The fd of directory `reldir` ('' is the root)."""
+        with self._lock:
+            fd = self._fds.get(reldir)
+            if fd is not None:
+                return fd
+            parent, _sep, name = reldir.rpartition('/')
+        parent_fd = self.get(parent)
+        with self._lock:
+            fd = self._fds.get(reldir)
+            if fd is not None:
+                return fd
+            try:
+                fd = open_dir_at(parent_fd, name, self.full(reldir))
+            except MoverError as exc:
+                if not (self.create and exc.errno == errno.ENOENT):
+                    raise
+                if make_dir(parent_fd, name, self.mode, self.full(reldir)):
+                    self.created += 1
+                fd = open_dir_at(parent_fd, name, self.full(reldir))
+            self._fds[reldir] = fd
+            return fd
+
+    def trim(self, limit=256):
+        """Close cached fds if there are many (single-threaded callers only)."""
+        if len(self._fds) > limit:
+            self.clear()
+
+    def clear(self):
+        with self._lock:
+            for rel, fd in self._fds.items():
+                if rel:
+                    os.close(fd)
+            self._fds = {'': self.root_fd}
+
+    def close(self):
+        self.clear()
+        os.close(self.root_fd)

@@ -1,0 +1,416 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The job journal: SQLite in WAL mode with synchronous=FULL.
+
+PRIVATE to the durable.mover collection; not a public API.
+
+`Journal.commit` is the step of the fsync chain that makes a batch's records
+durable: with journal_mode=WAL and synchronous=FULL, COMMIT returns only after
+the WAL is fsynced. Sources may be unlinked only after the commit that records
+their copies has returned (see _durable.unlink_source).
+
+The database and its -wal/-shm files are only ever touched through SQLite.
+Paths are stored as BLOBs of the file system's bytes, so any name works.
+Per-state totals are kept by triggers, so progress is one small query.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import sqlite3
+import threading
+import time
+
+from ansible_collections.durable.mover.plugins.module_utils._errors import JournalError
+
+SCHEMA_VERSION = 1
+JOURNAL_NAME = 'journal.sqlite'
+STATES = ('pending', 'copying', 'copied', 'done', 'failed', 'skipped')
+WORK_STATES = ('pending', 'copying', 'copied')
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE dirs (
+    id INTEGER PRIMARY KEY,
+    path BLOB NOT NULL UNIQUE,
+    scanned INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'pending',
+    error TEXT,
+    mode INTEGER, uid INTEGER, gid INTEGER, atime_ns INTEGER, mtime_ns INTEGER
+);
+CREATE TABLE files (
+    id INTEGER PRIMARY KEY,
+    path BLOB NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    mtime_ns INTEGER, ctime_ns INTEGER, mode INTEGER, uid INTEGER, gid INTEGER,
+    dev INTEGER, ino INTEGER, nlink INTEGER,
+    leader INTEGER,
+    state TEXT NOT NULL DEFAULT 'pending',
+    hash TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    quarantined INTEGER NOT NULL DEFAULT 0,
+    checkpoint INTEGER NOT NULL DEFAULT 0,
+    ident TEXT,
+    run INTEGER NOT NULL DEFAULT 0,
+    method TEXT
+);
+CREATE INDEX files_work ON files(id) WHERE state IN ('pending', 'copying', 'copied');
+CREATE INDEX files_failed ON files(id) WHERE state = 'failed';
+CREATE INDEX files_inode ON files(dev, ino) WHERE nlink > 1;
+CREATE INDEX dirs_unscanned ON dirs(id) WHERE scanned = 0;
+CREATE TABLE counts (state TEXT PRIMARY KEY, files INTEGER NOT NULL, bytes INTEGER NOT NULL);
+INSERT INTO counts (state, files, bytes) VALUES
+    ('pending', 0, 0), ('copying', 0, 0), ('copied', 0, 0),
+    ('done', 0, 0), ('failed', 0, 0), ('skipped', 0, 0);
+CREATE TRIGGER files_ins AFTER INSERT ON files BEGIN
+    UPDATE counts SET files = files + 1, bytes = bytes + NEW.size WHERE state = NEW.state;
+END;
+CREATE TRIGGER files_del AFTER DELETE ON files BEGIN
+    UPDATE counts SET files = files - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
+END;
+CREATE TRIGGER files_upd AFTER UPDATE OF state, size ON files BEGIN
+    UPDATE counts SET files = files - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
+    UPDATE counts SET files = files + 1, bytes = bytes + NEW.size WHERE state = NEW.state;
+END;
+"""
+
+ROW_FIELDS = ('id', 'path', 'kind', 'size', 'mtime_ns', 'ctime_ns', 'mode', 'uid', 'gid',
+              'dev', 'ino', 'nlink', 'leader', 'state', 'hash', 'attempts', 'error',
+              'quarantined', 'checkpoint', 'ident', 'run', 'method')
+Row = collections.namedtuple('Row', ROW_FIELDS)
+_SELECT = 'SELECT %s FROM files' % ', '.join(ROW_FIELDS)
+
+
+def _blob(rel):
+    return sqlite3.Binary(os.fsencode(rel))
+
+
+def _text(blob):
+    return os.fsdecode(bytes(blob))
+
+
+def _row(values):
+    values = list(values)
+    values[1] = _text(values[1])
+    return Row(*values)
+
+
+class Journal:
+    """One job's journal. All methods are thread-safe."""
+
+    def __init__(self, path, conn):
+        self.path = path
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._in_tx = False
+        self.last_commit = time.monotonic()
+
+    # -- opening -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, path, identity, create=True, readonly=False):
+        """Open (or create) the journal at `path` and check it belongs to `identity`.
+
+        `identity` is a dict (job_id, src, dest, ...) stored at creation. A journal
+        of another src/dest pair, a newer schema or a corrupt file is refused and
+        left exactly as it is.
+        """
+        if not os.path.exists(path) and not create:
+            raise JournalError('journal does not exist', path, errno.ENOENT)
+        try:
+            if readonly:
+                conn = sqlite3.connect('file:%s?mode=ro' % path, uri=True,
+                                       isolation_level=None, check_same_thread=False)
+            else:
+                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                       timeout=30)
+            journal = cls(path, conn)
+            journal._setup(identity, readonly)
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(
+                'the journal is corrupt or not a journal (%s); it was left untouched. To start '
+                'the job afresh, move the journal aside (rename %s and its -wal/-shm files together, '
+                'with nothing running) and run again: files already at the destination are '
+                'recognised by content' % (exc, os.path.basename(path)), path)
+        return journal
+
+    def _setup(self, identity, readonly):
+        conn = self._conn
+        if not readonly:
+            mode = conn.execute('PRAGMA journal_mode=WAL').fetchone()[0]
+            if mode.lower() != 'wal':
+                raise JournalError('cannot put the journal in WAL mode (got %s)' % mode, self.path)
+            conn.execute('PRAGMA synchronous=FULL')
+            conn.execute('PRAGMA foreign_keys=OFF')
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            # A database with no tables holds nothing (a run killed while creating
+            # it): it is created afresh.
+            if readonly:
+                raise JournalError('journal is empty', self.path)
+            conn.executescript('BEGIN IMMEDIATE;\n' + _SCHEMA)
+            meta = dict(identity)
+            meta['schema'] = str(SCHEMA_VERSION)
+            meta['created'] = '%.3f' % time.time()
+            meta['run'] = '0'
+            meta['scan_complete'] = '0'
+            conn.executemany('INSERT INTO meta (key, value) VALUES (?, ?)',
+                             [(k, str(v)) for k, v in meta.items()])
+            conn.execute('COMMIT')
+            # The journal's own directory entries (database, -wal) must be durable
+            # before anything relies on a commit in it.
+            dir_fd = os.open(os.path.dirname(self.path) or '.', os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            return
+        if not {'meta', 'files', 'dirs', 'counts'} <= tables:
+            raise sqlite3.DatabaseError('tables missing: %s' % sorted(tables))
+        meta = self.meta()
+        if int(meta.get('schema', '0')) != SCHEMA_VERSION:
+            raise JournalError('journal schema %s is not supported (this version reads %d)'
+                               % (meta.get('schema'), SCHEMA_VERSION), self.path)
+        for key in ('job_id', 'src', 'dest'):
+            if key in identity and meta.get(key) != str(identity[key]):
+                raise JournalError(
+                    'the journal belongs to another job (its %s is %r, this run\'s is %r); '
+                    'use another state_dir or job_id' % (key, meta.get(key), identity[key]), self.path)
+
+    # -- transactions --------------------------------------------------------
+
+    def _tx(self):
+        if not self._in_tx:
+            self._conn.execute('BEGIN IMMEDIATE')
+            self._in_tx = True
+
+    def commit(self):
+        """Make every recorded change durable (WAL fsync, synchronous=FULL).
+
+        Requires: for files recorded as copied, the rename and the fsync of their
+        destination directory have returned. After it returns, and not before,
+        their sources may be unlinked.
+        """
+        with self._lock:
+            if self._in_tx:
+                self._conn.execute('COMMIT')
+                self._in_tx = False
+            self.last_commit = time.monotonic()
+
+    def rollback(self):
+        with self._lock:
+            if self._in_tx:
+                self._conn.execute('ROLLBACK')
+                self._in_tx = False
+
+    def close(self):
+        with self._lock:
+            try:
+                self.commit()
+            finally:
+                self._conn.close()
+
+    # -- meta ------------------------------------------------------------------
+
+    def meta(self):
+        with self._lock:
+            return dict(self._conn.execute('SELECT key, value FROM meta'))
+
+    def set_meta(self, **values):
+        with self._lock:
+            self._tx()
+            self._conn.executemany('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)',
+                                   [(k, str(v)) for k, v in values.items()])
+
+    # -- scanning --------------------------------------------------------------
+
+    def add_dir(self, rel, st):
+        with self._lock:
+            self._tx()
+            self._conn.execute(
+                'INSERT INTO dirs (path, mode, uid, gid, atime_ns, mtime_ns) VALUES (?, ?, ?, ?, ?, ?) '
+                # A directory's metadata is captured once, before the move
+                # changes its mtime: a rescan only queues it for listing.
+                'ON CONFLICT(path) DO UPDATE SET scanned = 0',
+                (_blob(rel), st.st_mode, st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns))
+
+    def next_unscanned_dirs(self, limit=64):
+        with self._lock:
+            return [(i, _text(p)) for i, p in self._conn.execute(
+                'SELECT id, path FROM dirs WHERE scanned = 0 ORDER BY id LIMIT ?', (limit,))]
+
+    def mark_dir_scanned(self, dir_id, error=None):
+        with self._lock:
+            self._tx()
+            self._conn.execute('UPDATE dirs SET scanned = ?, error = ? WHERE id = ?',
+                               (2 if error else 1, error, dir_id))
+
+    def rescan(self):
+        """Scan again from the root (a rerun of a finished job): only what is
+        still at the source is found again."""
+        with self._lock:
+            self._tx()
+            self._conn.execute("UPDATE dirs SET scanned = 0 WHERE path = x''")
+            self._conn.execute("UPDATE meta SET value = '0' WHERE key = 'scan_complete'")
+
+    def add_files(self, entries, moves_source):
+        """Insert scanned entries; a known path is reset to pending only if it changed.
+
+        `entries`: (rel, kind, stat, state, error). In move mode a path recorded
+        done that is back at the source is a new file and is moved again.
+        """
+        changed = "(files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns " \
+                  "OR files.ino != excluded.ino OR files.kind != excluded.kind)"
+        if moves_source:
+            condition = "files.state = 'done' OR (files.state IN ('skipped', 'pending') AND %s)" % changed
+        else:
+            condition = "files.state IN ('done', 'skipped', 'pending') AND %s" % changed
+        sql = ('INSERT INTO files (path, kind, size, mtime_ns, ctime_ns, mode, uid, gid, dev, ino, '
+               'nlink, leader, state, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) '
+               'ON CONFLICT(path) DO UPDATE SET kind = excluded.kind, size = excluded.size, '
+               'mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, mode = excluded.mode, '
+               'uid = excluded.uid, gid = excluded.gid, dev = excluded.dev, ino = excluded.ino, '
+               'nlink = excluded.nlink, leader = excluded.leader, state = excluded.state, '
+               'error = excluded.error, hash = NULL, checkpoint = 0, ident = NULL, method = NULL, '
+               'attempts = 0, quarantined = 0 WHERE ' + condition)
+        with self._lock:
+            self._tx()
+            conn = self._conn
+            for rel, kind, st, state, error in entries:
+                leader = None
+                if kind == 'file' and st.st_nlink > 1:
+                    found = conn.execute(
+                        'SELECT id FROM files WHERE dev = ? AND ino = ? AND nlink > 1 AND path != ? '
+                        'ORDER BY id LIMIT 1', (st.st_dev, st.st_ino, _blob(rel))).fetchone()
+                    if found:
+                        leader = found[0]
+                conn.execute(sql, (_blob(rel), kind, st.st_size if kind == 'file' else 0,
+                                   st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid,
+                                   st.st_dev, st.st_ino, st.st_nlink, leader, state, error))
+
+    def add_failed_entry(self, rel, kind, error):
+        """Record an entry that could not even be listed (e.g. an unreadable directory)."""
+        with self._lock:
+            self._tx()
+            self._conn.execute(
+                "INSERT INTO files (path, kind, state, error, attempts) VALUES (?, ?, 'failed', ?, 1) "
+                "ON CONFLICT(path) DO UPDATE SET state = 'failed', error = excluded.error, "
+                "attempts = files.attempts + 1", (_blob(rel), kind, error))
+
+    # -- work ------------------------------------------------------------------
+
+    def begin_run(self, retry_failed, max_attempts):
+        """Start a run: failed files not quarantined become pending again."""
+        with self._lock:
+            run = int(self.meta().get('run', '0')) + 1
+            self._tx()
+            if retry_failed:
+                self._conn.execute("UPDATE files SET quarantined = 0, attempts = MIN(attempts, ? - 1) "
+                                   "WHERE state = 'failed'", (max_attempts,))
+            self._conn.execute("UPDATE files SET state = 'pending' WHERE state = 'failed' "
+                               "AND quarantined = 0 AND kind != 'dir'")
+            self._conn.execute("DELETE FROM files WHERE state = 'failed' AND kind = 'dir' "
+                               "AND quarantined = 0")
+            self._conn.execute("UPDATE dirs SET scanned = 0 WHERE scanned = 2")
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'run'", (str(run),))
+            return run
+
+    def fetch_work(self, after_id, limit):
+        with self._lock:
+            return [_row(r) for r in self._conn.execute(
+                _SELECT + " WHERE state IN ('pending', 'copying', 'copied') AND id > ? "
+                "ORDER BY id LIMIT ?", (after_id, limit))]
+
+    def get(self, file_id):
+        with self._lock:
+            found = self._conn.execute(_SELECT + ' WHERE id = ?', (file_id,)).fetchone()
+            return _row(found) if found else None
+
+    def update(self, file_id, **fields):
+        if not fields:
+            return
+        columns = ', '.join('%s = ?' % name for name in fields)
+        with self._lock:
+            self._tx()
+            self._conn.execute('UPDATE files SET %s WHERE id = ?' % columns,
+                               tuple(fields.values()) + (file_id,))
+
+    def fail(self, file_id, error, max_attempts, run, counts=True):
+        """Record a failure: reason, one more attempt, quarantine at max_attempts."""
+        with self._lock:
+            self._tx()
+            self._conn.execute(
+                "UPDATE files SET state = 'failed', error = ?, run = ?, "
+                "attempts = attempts + ?, checkpoint = 0, ident = NULL, "
+                "quarantined = CASE WHEN attempts + ? >= ? THEN 1 ELSE 0 END WHERE id = ?",
+                (error, run, 1 if counts else 0, 1 if counts else 0, max_attempts, file_id))
+
+    def checkpoint(self, file_id, offset, ident):
+        """Record a durable prefix of a large copy (the part was fdatasynced)."""
+        with self._lock:
+            self._tx()
+            self._conn.execute("UPDATE files SET state = 'copying', checkpoint = ?, ident = ? "
+                               "WHERE id = ?", (offset, ident, file_id))
+            self.commit()
+
+    # -- directories -------------------------------------------------------------
+
+    def dirs_for_finalize(self):
+        """Directories whose metadata is still to apply, deepest last (caller reverses)."""
+        with self._lock:
+            return [(i, _text(p), mode, uid, gid, at, mt) for i, p, mode, uid, gid, at, mt in
+                    self._conn.execute("SELECT id, path, mode, uid, gid, atime_ns, mtime_ns FROM dirs "
+                                       "WHERE state != 'done' ORDER BY length(path), path")]
+
+    def dir_done(self, dir_id):
+        with self._lock:
+            self._tx()
+            self._conn.execute("UPDATE dirs SET state = 'done' WHERE id = ?", (dir_id,))
+
+    # -- reporting ---------------------------------------------------------------
+
+    def counts(self):
+        with self._lock:
+            return {state: (files, size) for state, files, size in
+                    self._conn.execute('SELECT state, files, bytes FROM counts')}
+
+    def dir_count(self):
+        with self._lock:
+            return self._conn.execute('SELECT count(*) FROM dirs').fetchone()[0]
+
+    def kind_counts(self):
+        with self._lock:
+            return dict(self._conn.execute(
+                "SELECT kind, count(*) FROM files WHERE state != 'failed' OR kind = 'dir' GROUP BY kind"))
+
+    def hardlink_count(self):
+        """Names that are further links of a group already counted."""
+        with self._lock:
+            return self._conn.execute('SELECT count(*) FROM files WHERE leader IS NOT NULL').fetchone()[0]
+
+    def special_skipped(self):
+        with self._lock:
+            return self._conn.execute("SELECT count(*) FROM files WHERE kind = 'special' "
+                                      "AND state = 'skipped'").fetchone()[0]
+
+    def failures(self, limit):
+        with self._lock:
+            return [(_text(p), e, a, q) for p, e, a, q in self._conn.execute(
+                "SELECT path, error, attempts, quarantined FROM files WHERE state = 'failed' "
+                "ORDER BY id LIMIT ?", (limit,))]
+
+    def failure_counts(self):
+        with self._lock:
+            row = self._conn.execute("SELECT count(*), COALESCE(sum(quarantined), 0) FROM files "
+                                     "WHERE state = 'failed'").fetchone()
+            return row[0], row[1]
+
+    def scan_errors(self):
+        with self._lock:
+            return self._conn.execute('SELECT count(*) FROM dirs WHERE scanned = 2').fetchone()[0]

@@ -1,0 +1,115 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Metadata that must survive a move: owner, mode, times, xattrs (ACLs, labels).
+
+PRIVATE to the durable.mover collection; not a public API.
+
+Order matters: xattrs first (an ACL xattr may rewrite the mode bits), then the
+owner (chown clears set-id bits), then the mode, and the times last, since
+every other change touches ctime/mtime.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError, os_error
+
+PRESERVE_ALL = ('owner', 'mode', 'times', 'xattrs', 'hardlinks')
+IS_ROOT = hasattr(os, 'geteuid') and os.geteuid() == 0
+_NOT_SUPPORTED = (errno.ENOTSUP, getattr(errno, 'EOPNOTSUPP', errno.ENOTSUP))
+
+
+def _target(fd=None, dir_fd=None, name=None):
+    """What os.*xattr accept: an fd, or a /proc path to a name we must not follow."""
+    if fd is not None:
+        return fd
+    return '/proc/self/fd/%d/%s' % (dir_fd, name)
+
+
+def read_xattrs(fd=None, dir_fd=None, name=None):
+    """All extended attributes as a list of (name, value); [] if unsupported."""
+    if not hasattr(os, 'listxattr'):
+        return []
+    target = _target(fd, dir_fd, name)
+    follow = fd is not None
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in _NOT_SUPPORTED or exc.errno == errno.ENOENT:
+            return []
+        raise
+    result = []
+    for attr in sorted(names):
+        try:
+            result.append((attr, os.getxattr(target, attr, follow_symlinks=follow)))
+        except OSError as exc:
+            if exc.errno == getattr(errno, 'ENODATA', None):
+                continue
+            raise
+    return result
+
+
+def write_xattrs(attrs, fd=None, dir_fd=None, name=None, path_for_errors=None):
+    target = _target(fd, dir_fd, name)
+    follow = fd is not None
+    for attr, value in attrs:
+        try:
+            os.setxattr(target, attr, value, follow_symlinks=follow)
+        except OSError as exc:
+            if attr.startswith('security.selinux') and not IS_ROOT:
+                continue
+            if exc.errno in _NOT_SUPPORTED:
+                raise MoverError('the destination filesystem does not support extended '
+                                 'attribute %s (set preserve without xattrs to move anyway)' % attr,
+                                 path_for_errors, exc.errno)
+            raise os_error(exc, 'cannot set extended attribute %s' % attr, path_for_errors)
+
+
+def _chown(uid, gid, fd=None, dir_fd=None, name=None):
+    try:
+        if fd is not None:
+            os.fchown(fd, uid, gid)
+        else:
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    except PermissionError:
+        if IS_ROOT:
+            raise
+        # Only root can give files away; like cp -a, keep ours silently.
+
+
+def apply(st, preserve, fd=None, dir_fd=None, name=None, xattrs=None, path_for_errors=None):
+    """Apply the metadata of source stat `st` to an fd (file, dir) or a name (symlink)."""
+    is_link = fd is None
+    try:
+        if 'xattrs' in preserve and xattrs:
+            write_xattrs(xattrs, fd=fd, dir_fd=dir_fd, name=name, path_for_errors=path_for_errors)
+        if 'owner' in preserve:
+            _chown(st.st_uid, st.st_gid, fd=fd, dir_fd=dir_fd, name=name)
+        if 'mode' in preserve and not is_link:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        if 'times' in preserve:
+            times = (st.st_atime_ns, st.st_mtime_ns)
+            if fd is not None:
+                os.utime(fd, ns=times)
+            else:
+                os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+    except MoverError:
+        raise
+    except OSError as exc:
+        raise os_error(exc, 'cannot apply metadata', path_for_errors)
+
+
+def differs(src_st, dst_st, preserve):
+    """True if applying `preserve` from src_st would change dst_st."""
+    if 'mode' in preserve and stat.S_IMODE(src_st.st_mode) != stat.S_IMODE(dst_st.st_mode):
+        return True
+    if 'owner' in preserve and IS_ROOT and (src_st.st_uid, src_st.st_gid) != (dst_st.st_uid, dst_st.st_gid):
+        return True
+    if 'times' in preserve and src_st.st_mtime_ns != dst_st.st_mtime_ns:
+        return True
+    return False

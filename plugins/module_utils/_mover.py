@@ -1,0 +1,960 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The mover: a job's options, its checks, and the batch loop of a run.
+
+PRIVATE to the durable.mover collection; not a public API.
+
+A run takes the job lock, opens the journal, scans what is new at the source
+into the journal, then works through the journal's pending rows in batches.
+For each batch, in this order (the fsync chain, see _durable.py):
+
+1. every entry is brought to its final destination name (_transfer.py:
+   copy, flush, verify, metadata, rename; or one rename on one filesystem);
+2. each touched destination directory is fsynced (and, for renames, each
+   touched source directory);
+3. the journal records the batch as copied and commits (WAL fsync);
+4. the sources are unlinked and each touched source directory is fsynced;
+5. the journal records the batch as done.
+
+A crash anywhere leaves every file at its source, or whole and durable at its
+destination with a journal that says so (or a journal that says nothing, in
+which case the next run finds the destination identical to the source).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import signal
+import stat
+import threading
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible_collections.durable.mover.plugins.module_utils import _durable, _faults, _hashing
+from ansible_collections.durable.mover.plugins.module_utils import _metadata, _result, _scan
+from ansible_collections.durable.mover.plugins.module_utils._audit import AuditLog
+from ansible_collections.durable.mover.plugins.module_utils._errors import (
+    InputError,
+    JournalError,
+    MoverError,
+    display_path,
+    os_error,
+)
+from ansible_collections.durable.mover.plugins.module_utils._journal import (
+    JOURNAL_NAME,
+    WORK_STATES,
+    Journal,
+)
+from ansible_collections.durable.mover.plugins.module_utils._lock import JobLock
+from ansible_collections.durable.mover.plugins.module_utils._transfer import (
+    FAILED,
+    IDENTICAL,
+    MOVED,
+    RETRY,
+    SKIPPED,
+    Outcome,
+    Transfer,
+    split,
+)
+
+DEFAULT_STATE_DIR = '/var/lib/durable-mover'
+MIB = 1024 * 1024
+DEFAULTS = {
+    'mode': 'move',
+    'hash': 'auto',
+    'verify_readback': True,
+    'buffer_size': 16 * MIB,
+    'checkpoint_size': 256 * MIB,
+    'workers': 4,
+    'state_dir': None,
+    'job_id': None,
+    'max_attempts': 3,
+    'retry_failed': False,
+    'lock_timeout': 0,
+    'on_conflict': 'fail',
+    'preserve': list(_metadata.PRESERVE_ALL),
+    'special_files': 'skip',
+    'remove_empty_dirs': None,
+    'exclude': [],
+    'part_max_age': 7,
+    'audit_log': None,
+    'max_failures_reported': 100,
+    'batch_files': 256,
+    'batch_bytes': 1024 * MIB,
+}
+CHOICES = {
+    'mode': ('move', 'copy', 'verify'),
+    'hash': _hashing.ALGORITHMS,
+    'on_conflict': ('fail', 'skip', 'overwrite'),
+    'special_files': ('skip', 'recreate'),
+}
+_SIZE = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$', re.IGNORECASE)
+_PART = re.compile(r'^\..+\.([0-9a-f]{12})\.part$')
+
+
+def parse_size(value, name='size'):
+    """Bytes from an int or a human size ('16M', '16MiB', '1.5G'; binary units)."""
+    if isinstance(value, bool):
+        raise InputError('%s must be a size, not %r' % (name, value))
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise InputError('%s: cannot read %r as a size (examples: 16777216, 16M, 16MiB, 1G)'
+                         % (name, value))
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * (1024 ** ' kmgt'.index(unit or ' ')))
+
+
+class Options(types.SimpleNamespace):
+    """Validated options of one job (module parameters, defaults filled)."""
+
+    @classmethod
+    def from_params(cls, params):
+        values = dict(DEFAULTS)
+        values.update({k: v for k, v in params.items() if v is not None})
+        for key in ('src', 'dest'):
+            if not values.get(key):
+                raise InputError('%s is required' % key)
+        for key, choices in CHOICES.items():
+            if values[key] not in choices:
+                raise InputError('%s must be one of %s, got %r' % (key, ', '.join(choices), values[key]))
+        values['buffer_size'] = parse_size(values['buffer_size'], 'buffer_size')
+        values['checkpoint_size'] = parse_size(values['checkpoint_size'], 'checkpoint_size')
+        values['batch_bytes'] = parse_size(values['batch_bytes'], 'batch_bytes')
+        if values['buffer_size'] < 4096 or values['buffer_size'] > 1024 * MIB:
+            raise InputError('buffer_size must be between 4 KiB and 1 GiB, got %d' % values['buffer_size'])
+        for key, low in (('workers', 1), ('max_attempts', 1), ('batch_files', 1),
+                         ('max_failures_reported', 0)):
+            values[key] = int(values[key])
+            if values[key] < low:
+                raise InputError('%s must be at least %d, got %d' % (key, low, values[key]))
+        for key in ('lock_timeout', 'part_max_age'):
+            values[key] = float(values[key])
+            if values[key] < 0:
+                raise InputError('%s must not be negative' % key)
+        unknown = set(values['preserve']) - set(_metadata.PRESERVE_ALL)
+        if unknown:
+            raise InputError('preserve: unknown item(s) %s (choose from %s)'
+                             % (', '.join(sorted(unknown)), ', '.join(_metadata.PRESERVE_ALL)))
+        if values['remove_empty_dirs'] is None:
+            values['remove_empty_dirs'] = values['mode'] == 'move'
+        if values['job_id'] is not None and not re.match(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$',
+                                                          str(values['job_id'])):
+            raise InputError('job_id may contain only letters, digits, ".", "_" and "-" '
+                             '(got %r)' % values['job_id'])
+        return cls(**values)
+
+
+def _ancestors(path):
+    """(dev, ino) of `path` or its nearest existing ancestor, and of every parent above."""
+    path = os.path.abspath(path)
+    while True:
+        try:
+            st = os.stat(path)
+            yield (st.st_dev, st.st_ino)
+        except OSError:
+            pass
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
+
+def _inside(inner, outer):
+    return inner == outer or inner.startswith(outer.rstrip('/') + '/')
+
+
+def _nearest_existing(path):
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+class Job:
+    """Where a job reads, writes and keeps its state; refuses impossible moves."""
+
+    def __init__(self, opts):
+        self.opts = opts
+        src = os.path.abspath(os.path.expanduser(opts.src))
+        dest = os.path.abspath(os.path.expanduser(opts.dest))
+        self.src_arg = src
+        try:
+            src_st = os.lstat(src)
+            self.src_exists = True
+        except FileNotFoundError:
+            self.src_exists = False
+            src_st = None
+        except OSError as exc:
+            raise InputError('src is not accessible', src, exc.errno)
+        self.tree = self.src_exists and os.path.isdir(src)
+        if self.tree:
+            self.src_root = os.path.realpath(src)
+            self.single = None
+            self.dest_root = os.path.realpath(dest)
+            self.dest_name = None
+            if os.path.lexists(self.dest_root) and not os.path.isdir(self.dest_root):
+                raise InputError('dest exists and is not a directory', dest, errno.ENOTDIR)
+        else:
+            self.src_root = os.path.realpath(os.path.dirname(src))
+            self.single = os.path.basename(src)
+            if os.path.isdir(dest):
+                self.dest_root, self.dest_name = os.path.realpath(dest), self.single
+            else:
+                self.dest_root = os.path.realpath(os.path.dirname(dest))
+                self.dest_name = os.path.basename(dest)
+        self.src_real = os.path.join(self.src_root, self.single) if self.single else self.src_root
+        self.dest_real = os.path.join(self.dest_root, self.dest_name) if self.single else self.dest_root
+        self.job_id = str(opts.job_id or hashlib.sha256(
+            os.fsencode(self.src_real) + b'\0' + os.fsencode(self.dest_real)).hexdigest()[:16])
+        self.job_tag = hashlib.sha256(self.job_id.encode('utf-8')).hexdigest()[:12]
+        self.state_dir = os.path.join(os.path.abspath(opts.state_dir or DEFAULT_STATE_DIR), self.job_id)
+        self.journal_path = os.path.join(self.state_dir, JOURNAL_NAME)
+        self.identity = {'job_id': self.job_id, 'src': self.src_real, 'dest': self.dest_real}
+        self.src_st = src_st
+
+    def check(self, writing=True):
+        """Refuse bad input before anything is touched."""
+        if not self.src_exists:
+            raise InputError('src does not exist', self.src_arg, errno.ENOENT)
+        if self.single is None:
+            if not os.access(self.src_root, os.R_OK | os.X_OK):
+                raise InputError('src is not readable', self.src_root, errno.EACCES)
+            if _inside(self.dest_root, self.src_root):
+                raise InputError('dest is inside src (or the same directory); a move into itself '
+                                 'would never end', self.dest_root)
+            if _inside(self.src_root, self.dest_root):
+                raise InputError('src is inside dest; choose a destination outside the source', self.src_root)
+            src_id = (self.src_st.st_dev, self.src_st.st_ino) if not stat.S_ISLNK(self.src_st.st_mode) \
+                else tuple(getattr(os.stat(self.src_root), a) for a in ('st_dev', 'st_ino'))
+            if src_id in set(_ancestors(self.dest_root)):
+                raise InputError('dest is inside src through a bind mount or link (same directory '
+                                 'reached by another path)', self.dest_root)
+            if os.path.isdir(self.dest_root):
+                dst = os.stat(self.dest_root)
+                if (dst.st_dev, dst.st_ino) in set(_ancestors(self.src_root)):
+                    raise InputError('src is inside dest through a bind mount or link', self.src_root)
+            if _inside(os.path.realpath(self.state_dir), self.src_root):
+                raise InputError('state_dir is inside src: the journal would move with the data',
+                                 self.state_dir)
+        else:
+            if os.path.lexists(self.dest_real) and os.path.samefile(self.dest_real, self.src_arg) \
+                    and not os.path.islink(self.src_arg):
+                raise InputError('src and dest are the same file', self.dest_real)
+        if not writing:
+            return
+        existing = _nearest_existing(self.dest_root)
+        if _readonly(existing):
+            raise InputError('dest is on a read-only filesystem', existing, errno.EROFS)
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError('dest is not writable', existing, errno.EACCES)
+        if self.opts.mode == 'move' and _readonly(self.src_root):
+            raise InputError('src is on a read-only filesystem: its files cannot be removed '
+                             '(use mode=copy)', self.src_root, errno.EROFS)
+
+    def dest_rel(self, rel):
+        if self.single is not None:
+            return self.dest_name
+        return rel
+
+
+def _readonly(path):
+    try:
+        return bool(os.statvfs(path).f_flag & getattr(os, 'ST_RDONLY', 1))
+    except OSError:
+        return False
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT (or a caller's predicate); checked between buffers."""
+
+    def __init__(self, predicate=None):
+        self.predicate = predicate
+        self.set = False
+        self._saved = {}
+
+    def __call__(self):
+        if not self.set and self.predicate is not None and self.predicate():
+            self.set = True
+        return self.set
+
+    def _handle(self, signum, frame):
+        self.set = True
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._saved[sig] = signal.signal(sig, self._handle)
+
+    def restore(self):
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved = {}
+
+
+def run(params, should_stop=None):
+    """Move (or copy) according to `params`; returns the module's result dict."""
+    started = time.monotonic()
+    opts = Options.from_params(params)
+    job = Job(opts)
+    if opts.mode == 'verify':
+        return verify(job, started)
+    algorithm = _hashing.resolve(opts.hash)
+    if not job.src_exists:
+        finished = _finished_single(job, algorithm, started)
+        if finished is not None:
+            return finished
+    job.check()
+    os.close(_durable.open_root(job.state_dir, create=True))
+    stop = StopFlag(should_stop)
+    stop.install()
+    try:
+        with JobLock(job.state_dir, job.job_id, opts.lock_timeout):
+            journal = Journal.open(job.journal_path, job.identity)
+            try:
+                return Runner(job, journal, algorithm, stop).run(started)
+            finally:
+                journal.close()
+    finally:
+        stop.restore()
+
+
+def _finished_single(job, algorithm, started):
+    """A one-file job rerun after its source was moved away: report, change nothing."""
+    if not os.path.exists(job.journal_path):
+        return None
+    try:
+        journal = Journal.open(job.journal_path, job.identity, create=False, readonly=True)
+    except JournalError:
+        return None
+    try:
+        counts = journal.counts()
+        if any(counts[s][0] for s in WORK_STATES + ('failed',)) or not counts['done'][0]:
+            return None
+        stats = _stats_from_counts(journal, counts)
+        stats['files_already_done'] = counts['done'][0]
+        return _result.build(job.job_id, job.journal_path, algorithm, stats, [],
+                             time.monotonic() - started, False, True, False, mode=job.opts.mode)
+    finally:
+        journal.close()
+
+
+def _stats_from_counts(journal, counts):
+    stats = _result.empty_stats()
+    kinds = journal.kind_counts()
+    failed, quarantined = journal.failure_counts()
+    stats['files_total'] = sum(c[0] for c in counts.values()) - kinds.get('dir', 0)
+    stats['bytes_total'] = sum(c[1] for c in counts.values())
+    stats['files_skipped'] = counts['skipped'][0]
+    stats['files_failed'] = failed
+    stats['files_quarantined'] = quarantined
+    stats['dirs'] = max(0, journal.dir_count() - 1)
+    stats['symlinks'] = kinds.get('symlink', 0)
+    return stats
+
+
+def _same_source(recorded, st, kind):
+    """Is the name still the file that was copied? (inode, size, mtime; ctime
+    is left out: unlinking another name of a hard link changes it)."""
+    if not recorded:
+        return True
+    ino, size, mtime = (int(v) for v in recorded.split(':')[:3])
+    if st.st_ino != ino or st.st_mtime_ns != mtime:
+        return False
+    return kind != 'file' or st.st_size == size
+
+
+class Runner:
+    """One run of one job, holding its lock and journal."""
+
+    def __init__(self, job, journal, algorithm, stop):
+        self.job = job
+        self.opts = job.opts
+        self.journal = journal
+        self.algorithm = algorithm
+        self.stop = stop
+        self.moves = self.opts.mode == 'move'
+        self.moved = 0
+        self.bytes_moved = 0
+        self.changes = 0
+        self.errors = []
+        self.fatal = False
+        self.run_no = 0
+        self.audit = None
+
+    # -- the run -----------------------------------------------------------------
+
+    def run(self, started):
+        opts, journal = self.opts, self.journal
+        meta = journal.meta()
+        counts = journal.counts()
+        pending_before = sum(counts[s][0] for s in WORK_STATES)
+        scanned_before = meta.get('scan_complete') == '1'
+        resumed = pending_before > 0 or (meta.get('run', '0') != '0' and not scanned_before)
+        self.run_no = journal.begin_run(opts.retry_failed, opts.max_attempts)
+        journal.set_meta(run_started='%.3f' % time.time(), run_pid=os.getpid(),
+                         run_start_files=counts['done'][0], run_start_bytes=counts['done'][1])
+        if scanned_before and not pending_before:
+            journal.rescan()          # a finished job: look for what is new at the source
+        journal.commit()
+        self.audit = AuditLog(opts.audit_log, self.job.job_id, self.run_no)
+        self.audit.event('run_start', mode=opts.mode, src=self.job.src_real, dest=self.job.dest_real,
+                         resumed=resumed)
+        src_root_fd = _durable.open_root(self.job.src_root)
+        src_tree = _durable.DirTree(src_root_fd, self.job.src_root)
+        dst_root_fd = _durable.open_root(self.job.dest_root, create=True)
+        self.dst_tree = _durable.DirTree(dst_root_fd, self.job.dest_root, create=True)
+        self.src_tree = src_tree
+        already_done = 0
+        try:
+            excluded = _scan.Excluder(opts.exclude, part_suffix='.%s.part' % self.job.job_tag)
+            scanned = _scan.scan(journal, src_tree, excluded, opts.special_files, self.moves,
+                                 should_stop=self.stop, single=self.job.single,
+                                 on_error=lambda rel, exc: self.audit.event('scan_error', rel, error=str(exc)))
+            counts = journal.counts()
+            already_done = counts['done'][0]
+            if scanned:
+                self._work()
+            if scanned and not self.stop() and not self.fatal and self.job.single is None:
+                self._finalize()
+            journal.set_meta(run_finished='%.3f' % time.time())
+            journal.commit()
+        except MoverError as exc:
+            journal.commit()
+            self.errors.append(exc)
+        finally:
+            src_tree.close()
+            self.dst_tree.close()
+        result = self._result(started, already_done, resumed)
+        self.audit.event('run_end', changed=result['changed'], complete=result['complete'],
+                         files_moved=self.moved, msg=result.get('msg'))
+        self.audit.close()
+        return result
+
+    def _work(self):
+        opts = self.opts
+        transfer = Transfer(self.src_tree, self.dst_tree, self.job.dest_rel, self.journal, self.algorithm,
+                            opts.verify_readback, opts.buffer_size, opts.checkpoint_size,
+                            opts.preserve, opts.on_conflict, opts.special_files, self.job.job_tag,
+                            os.fstat(self.dst_tree.root_fd).st_dev, self.stop)
+        self.transfer = transfer
+        pool = ThreadPoolExecutor(max_workers=opts.workers) if opts.workers > 1 else None
+        try:
+            after = 0
+            while not self.stop() and not self.fatal:
+                rows = self.journal.fetch_work(after, opts.batch_files)
+                if not rows:
+                    break
+                size = 0
+                for index, row in enumerate(rows):
+                    size += row.size
+                    if size >= opts.batch_bytes:
+                        rows = rows[:index + 1]
+                        break
+                after = rows[-1].id
+                self._batch(rows, pool)
+                self.src_tree.clear()
+                self.dst_tree.clear()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    # -- one batch ---------------------------------------------------------------
+
+    def _batch(self, rows, pool):
+        hardlinks = 'hardlinks' in self.opts.preserve
+        recovered = [r for r in rows if r.state == 'copied']
+        todo = [r for r in rows if r.state != 'copied']
+        followers = [r for r in todo if hardlinks and r.leader is not None and r.kind == 'file']
+        first = [r for r in todo if not (hardlinks and r.leader is not None and r.kind == 'file')]
+        outcomes = []
+        for row in recovered:
+            outcome = self._recover_copied(row)
+            if outcome is None:
+                first.append(row)
+            else:
+                outcomes.append(outcome)
+        if pool is not None and len(first) > 1:
+            outcomes.extend(pool.map(self.transfer.run, first))
+        else:
+            outcomes.extend(self.transfer.run(r) for r in first)
+        in_place = {o.row.id for o in outcomes if o.status in (MOVED, IDENTICAL)}
+        for row in followers:
+            outcomes.append(self._follow(row, in_place))
+        self._commit_batch(outcomes)
+
+    def _recover_copied(self, row):
+        """A row the journal says is copied: its destination is durable and verified."""
+        dreldir, dname = split(self.job.dest_rel(row.path))
+        try:
+            os.lstat(dname, dir_fd=self.dst_tree.get(dreldir))
+            return Outcome(row, MOVED, method=row.method or 'copy', digest=row.hash,
+                           src_ident=row.ident)
+        except (OSError, MoverError):
+            pass
+        reldir, name = split(row.path)
+        try:
+            os.lstat(name, dir_fd=self.src_tree.get(reldir))
+            return None                        # source still there: move it again
+        except (OSError, MoverError):
+            return Outcome(row, FAILED, error=MoverError(
+                'neither the source nor the destination exists although the journal recorded a '
+                'durable copy: the destination was removed by someone else', self.dst_tree.full(dname)))
+
+    def _follow(self, row, in_place):
+        """A further name of a hard-link group: link to the first name at the destination."""
+        leader = self.journal.get(row.leader)
+        if leader is not None and row.leader not in in_place and leader.state not in ('copied', 'done'):
+            leader = None
+        if leader is None:
+            reldir, name = split(row.path)
+            try:
+                st = os.lstat(name, dir_fd=self.src_tree.get(reldir))
+            except (OSError, MoverError):
+                st = None
+            if st is not None and st.st_dev == self.transfer.same_device:
+                return self.transfer.run(row)
+            return Outcome(row, FAILED, error=MoverError(
+                'the first name of its hard-link group was not moved, so this one waits',
+                self.src_tree.full(row.path)))
+        return self.transfer.run(row, leader_dest=self.job.dest_rel(leader.path))
+
+    def _commit_batch(self, outcomes):
+        """Steps 2-5: directories durable, journal, unlink, source dirs, done."""
+        journal = self.journal
+        ok = [o for o in outcomes if o.status in (MOVED, IDENTICAL)]
+        # 2. destination directories durable (and source dirs of renames)
+        dest_dirs = {}
+        for o in ok:
+            dest_dirs.setdefault(split(self.job.dest_rel(o.row.path))[0], []).append(o)
+        for reldir in sorted(dest_dirs):
+            try:
+                _durable.sync_dest_dir(self.dst_tree.get(reldir), self.dst_tree.full(reldir))
+            except MoverError as exc:
+                for o in dest_dirs[reldir]:
+                    o.status, o.error = FAILED, exc
+        self._sync_src_dirs([o for o in ok if o.status == MOVED and o.method == 'rename'])
+        _faults.point('after_dest_dir_sync')
+        copied = [o for o in ok if o.status in (MOVED, IDENTICAL) and self.moves and o.method != 'rename']
+        if _faults.broken('unlink_before_journal'):
+            self._unlink(copied)
+        # 3. the journal records where every file is, durably
+        for o in outcomes:
+            self._record(o)
+        journal.commit()
+        _faults.point('after_journal_copied')
+        # 4. only now may sources be removed
+        removed = self._unlink(copied) if not _faults.broken('unlink_before_journal') else copied
+        self._sync_src_dirs(removed)
+        _faults.point('after_src_dir_sync')
+        for o in removed:
+            journal.update(o.row.id, state='done')
+            self._count_moved(o)
+        journal.commit()
+        _faults.point('after_journal_done')
+
+    def _record(self, o):
+        journal, row = self.journal, o.row
+        if o.status in (MOVED, IDENTICAL):
+            if o.method == 'rename' or not self.moves:
+                journal.update(row.id, state='done', hash=o.digest, method=o.method, error=None,
+                               run=self.run_no, checkpoint=0)
+                if o.status == MOVED:
+                    self._count_moved(o)
+            else:
+                journal.update(row.id, state='copied', hash=o.digest, method=o.method, error=None,
+                               run=self.run_no, ident=o.src_ident, checkpoint=0)
+        elif o.status in (FAILED, RETRY):
+            error = o.error if o.error is not None else 'failed'
+            journal.fail(row.id, str(error), self.opts.max_attempts, self.run_no)
+            self.audit.event('file_failed', row.path, error=str(error))
+            if o.fatal and not self.fatal:
+                self.fatal = True
+                self.errors.append(error)
+        elif o.status == SKIPPED:
+            journal.update(row.id, state='skipped', error=str(o.error), run=self.run_no)
+            self.audit.event('file_skipped', row.path, reason=str(o.error))
+
+    def _count_moved(self, o):
+        self.moved += 1
+        self.changes += 1
+        self.bytes_moved += o.bytes
+        self.audit.event('file_moved', o.row.path, method=o.method, bytes=o.bytes)
+
+    def _unlink(self, copied):
+        """Step 4: remove each source whose copy the journal holds durably."""
+        removed = []
+        for o in copied:
+            reldir, name = split(o.row.path)
+            path = self.src_tree.full(o.row.path)
+            try:
+                fd = self.src_tree.get(reldir)
+                try:
+                    st = os.lstat(name, dir_fd=fd)
+                except FileNotFoundError:
+                    removed.append(o)          # already gone (an earlier run removed it)
+                    continue
+                if not _same_source(o.src_ident, st, o.row.kind):
+                    raise MoverError('source changed after it was copied; it was kept and the '
+                                     'destination holds the earlier content', path)
+                _durable.unlink_source(fd, name, path)
+                _faults.point('after_unlink')
+                removed.append(o)
+            except MoverError as exc:
+                self.journal.fail(o.row.id, str(exc), self.opts.max_attempts, self.run_no)
+                self.audit.event('file_failed', o.row.path, error=str(exc))
+        return removed
+
+    def _sync_src_dirs(self, outcomes):
+        """fsync each source directory that lost names (requires: the unlinks/renames returned)."""
+        for reldir in sorted({split(o.row.path)[0] for o in outcomes}):
+            try:
+                _durable.sync_dir(self.src_tree.get(reldir), self.src_tree.full(reldir))
+            except MoverError as exc:
+                if exc.errno != errno.ENOENT:
+                    self.fatal = True
+                    self.errors.append(exc)
+
+    # -- directories -------------------------------------------------------------
+
+    def _finalize(self):
+        """Once no file is left to move: directories' metadata, empty source dirs, stale parts."""
+        counts = self.journal.counts()
+        if any(counts[s][0] for s in WORK_STATES):
+            return
+        dirs = self.journal.dirs_for_finalize()
+        for _id, rel, *_rest in dirs:
+            self.dst_tree.get(rel)
+        self.changes += self.dst_tree.created
+        for dir_id, rel, mode, uid, gid, atime_ns, mtime_ns in reversed(dirs):
+            self._clean_parts(rel)
+            src_fd = None
+            try:
+                src_fd = self.src_tree.get(rel)
+            except MoverError:
+                pass
+            dst_fd = self.dst_tree.get(rel)
+            st = types.SimpleNamespace(st_mode=mode, st_uid=uid, st_gid=gid, st_atime_ns=atime_ns,
+                                       st_mtime_ns=mtime_ns)
+            xattrs = _metadata.read_xattrs(fd=src_fd) if src_fd is not None and \
+                'xattrs' in self.opts.preserve else None
+            current = os.fstat(dst_fd)
+            have = _metadata.read_xattrs(fd=dst_fd) if xattrs else None
+            if _metadata.differs(st, current, self.opts.preserve) or (xattrs and xattrs != have):
+                _metadata.apply(st, self.opts.preserve, fd=dst_fd, xattrs=xattrs,
+                                path_for_errors=self.dst_tree.full(rel))
+                self.changes += 1
+            done = True
+            if self.moves and self.opts.remove_empty_dirs and rel:
+                done = self._remove_source_dir(rel)
+            if done:
+                self.journal.dir_done(dir_id)
+            self.src_tree.trim(1024)
+            self.dst_tree.trim(1024)
+        self.journal.commit()
+
+    def _remove_source_dir(self, rel):
+        reldir, name = split(rel)
+        try:
+            parent = self.src_tree.get(reldir)
+        except MoverError:
+            return True
+        self.src_tree.clear()        # no fd of ours may keep the directory open
+        parent = self.src_tree.get(reldir)
+        try:
+            os.rmdir(name, dir_fd=parent)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return False         # it still holds excluded, failed or new files
+            self.errors.append(os_error(exc, 'cannot remove empty source directory', self.src_tree.full(rel)))
+            return False
+        _durable.sync_dir(parent, self.src_tree.full(reldir))
+        self.changes += 1
+        self.audit.event('dir_removed', rel)
+        return True
+
+    def _clean_parts(self, rel):
+        """Remove this job's orphan parts, and other jobs' parts older than part_max_age days."""
+        try:
+            fd = self.dst_tree.get(rel)
+            names = os.listdir(fd)
+        except (OSError, MoverError):
+            return
+        cutoff = time.time() - self.opts.part_max_age * 86400
+        removed = False
+        for name in names:
+            match = _PART.match(name)
+            if not match:
+                continue
+            try:
+                st = os.lstat(name, dir_fd=fd)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+                continue
+            if match.group(1) == self.job.job_tag or st.st_mtime < cutoff:
+                _durable.remove_quietly(fd, name)
+                self.audit.event('part_removed', (rel + '/' if rel else '') + name)
+                removed = True
+        if removed:
+            _durable.sync_dir(fd, self.dst_tree.full(rel))
+
+    # -- result ------------------------------------------------------------------
+
+    def _result(self, started, already_done, resumed):
+        journal = self.journal
+        counts = journal.counts()
+        stats = _stats_from_counts(journal, counts)
+        stats['files_moved'] = self.moved
+        stats['files_already_done'] = max(0, already_done)
+        stats['bytes_moved'] = self.bytes_moved
+        stats['resumed'] = bool(resumed)
+        stats['hardlinks'] = journal.hardlink_count()
+        stats['special_skipped'] = journal.special_skipped()
+        failures = [_result.failure(p, e, a, q) for p, e, a, q in
+                    journal.failures(self.opts.max_failures_reported)]
+        meta = journal.meta()
+        complete = (meta.get('scan_complete') == '1' and not any(counts[s][0] for s in WORK_STATES)
+                    and not stats['files_failed'] and not self.errors)
+        return _result.build(self.job.job_id, self.job.journal_path, self.algorithm, stats, failures,
+                             time.monotonic() - started, self.changes > 0, complete, self.stop(),
+                             errors=self.errors, mode=self.opts.mode)
+
+
+# -- check mode and verify ---------------------------------------------------------
+
+
+def plan(params):
+    """Check mode: what a run would do, changing nothing (not even the journal)."""
+    started = time.monotonic()
+    opts = Options.from_params(params)
+    job = Job(opts)
+    algorithm = _hashing.resolve(opts.hash)
+    if not job.src_exists:
+        finished = _finished_single(job, algorithm, started)
+        if finished is not None:
+            finished['plan'] = dict.fromkeys(_result.PLAN_KEYS, 0)
+            finished['msg'] = _result.summary(finished)
+            return finished
+    job.check(writing=False)
+    journal = None
+    if os.path.exists(job.journal_path):
+        journal = Journal.open(job.journal_path, job.identity, create=False, readonly=True)
+    try:
+        return _Planner(job, algorithm, journal).run(started)
+    finally:
+        if journal is not None:
+            journal.close()
+
+
+class _Planner:
+    def __init__(self, job, algorithm, journal):
+        self.job = job
+        self.algorithm = algorithm
+        self.journal = journal
+        self.plan = dict.fromkeys(_result.PLAN_KEYS, 0)
+        self.stats = _result.empty_stats()
+        self.failures = []
+
+    def entries(self, src_tree):
+        if self.job.single is not None:
+            st = os.lstat(self.job.single, dir_fd=src_tree.root_fd)
+            yield self.job.single, self.job.single, st
+            return
+        excluded = _scan.Excluder(self.job.opts.exclude, part_suffix='.%s.part' % self.job.job_tag)
+        yield from _scan.walk(src_tree, excluded)
+
+    def run(self, started):
+        job = self.job
+        src_tree = _durable.DirTree(_durable.open_root(job.src_root), job.src_root)
+        dest_exists = os.path.isdir(job.dest_root)
+        dest_dev = os.stat(_nearest_existing(job.dest_root)).st_dev
+        dst_tree = _durable.DirTree(_durable.open_root(job.dest_root), job.dest_root) if dest_exists else None
+        transfer = Transfer(src_tree, dst_tree, job.dest_rel, None, self.algorithm, False,
+                            job.opts.buffer_size, 0, (), 'fail', job.opts.special_files, job.job_tag,
+                            dest_dev, None)
+        try:
+            for rel, _name, st in self.entries(src_tree):
+                self._one(rel, st, transfer, src_tree, dst_tree, dest_dev)
+        except MoverError as exc:
+            self.failures.append(_result.failure(exc.path or job.src_root, exc))
+        finally:
+            src_tree.close()
+            if dst_tree is not None:
+                dst_tree.close()
+        self.stats['files_failed'] = len(self.failures)
+        self.stats['files_total'] = self.plan['files'] + self.plan['already_done'] + \
+            self.plan['conflicts'] + self.plan['skipped']
+        result = _result.build(job.job_id, job.journal_path, self.algorithm, self.stats,
+                               self.failures[:job.opts.max_failures_reported],
+                               time.monotonic() - started, self.plan['files'] > 0, False, False,
+                               plan=self.plan, mode=job.opts.mode)
+        if not self.failures:
+            result['msg'] = _result.summary(result)
+        return result
+
+    def _one(self, rel, st, transfer, src_tree, dst_tree, dest_dev):
+        kind = _scan.kind_of(st)
+        if kind == 'dir':
+            self.stats['dirs'] += 1
+            return
+        if kind == 'symlink':
+            self.stats['symlinks'] += 1
+        if kind == 'special' and (self.job.opts.special_files == 'skip' or stat.S_ISSOCK(st.st_mode)):
+            self.plan['skipped'] += 1
+            self.stats['special_skipped'] += 1
+            return
+        size = st.st_size if kind == 'file' else 0
+        self.stats['bytes_total'] += size
+        dreldir, dname = split(self.job.dest_rel(rel))
+        dst_st = None
+        if dst_tree is not None:
+            try:
+                dst_st = os.lstat(dname, dir_fd=dst_tree.get(dreldir))
+            except (OSError, MoverError):
+                dst_st = None
+        if dst_st is not None:
+            same = False
+            if kind == 'file':
+                reldir, name = split(rel)
+                fd = transfer._open_src(src_tree.get(reldir), name, src_tree.full(rel))
+                try:
+                    same = transfer.same_content(fd, st, dst_tree.get(dreldir), dname, dst_st)[0] \
+                        if dst_st.st_size == st.st_size else False
+                finally:
+                    os.close(fd)
+            elif kind == 'symlink' and stat.S_ISLNK(dst_st.st_mode):
+                reldir, name = split(rel)
+                same = os.readlink(name, dir_fd=src_tree.get(reldir)) == \
+                    os.readlink(dname, dir_fd=dst_tree.get(dreldir))
+            if same:
+                self.plan['already_done'] += 1
+                self.stats['files_already_done'] += 1
+                return
+            if self.job.opts.on_conflict != 'overwrite':
+                self.plan['conflicts'] += 1
+                return
+        self.plan['files'] += 1
+        self.plan['bytes'] += size
+        if st.st_dev == dest_dev:
+            self.plan['renames'] += 1
+        else:
+            self.plan['copies'] += 1
+
+
+def verify(job, started):
+    """mode=verify: compare the destination with the source and the journal; change nothing."""
+    job.check(writing=False)
+    algorithm = _hashing.resolve(job.opts.hash if job.opts.hash != 'none' else 'auto')
+    failures = []
+    stats = _result.empty_stats()
+    if not os.path.isdir(job.dest_root):
+        raise InputError('dest does not exist', job.dest_root, errno.ENOENT)
+    src_tree = _durable.DirTree(_durable.open_root(job.src_root), job.src_root)
+    dst_tree = _durable.DirTree(_durable.open_root(job.dest_root), job.dest_root)
+    transfer = Transfer(src_tree, dst_tree, job.dest_rel, None, algorithm, True, job.opts.buffer_size,
+                        0, (), 'fail', job.opts.special_files, job.job_tag, None, None)
+    planner = _Planner(job, algorithm, None)
+    checked = set()
+    try:
+        for rel, _name, st in planner.entries(src_tree):
+            kind = _scan.kind_of(st)
+            if kind in ('dir', 'special'):
+                continue
+            stats['files_total'] += 1
+            error = _verify_one(transfer, src_tree, dst_tree, job.dest_rel(rel), rel, st, kind)
+            if error:
+                failures.append(_result.failure(src_tree.full(rel), error))
+            elif len(checked) < 100000:
+                checked.add(rel)
+        if os.path.exists(job.journal_path):
+            journal = Journal.open(job.journal_path, job.identity, create=False, readonly=True)
+            try:
+                for row in _done_rows(journal):
+                    if row.path in checked or row.kind != 'file' or not row.hash or \
+                            row.hash.startswith('size:') or ':' not in row.hash:
+                        continue
+                    stats['files_total'] += 1
+                    error = _verify_recorded(transfer, dst_tree, job.dest_rel(row.path), row, algorithm)
+                    if error:
+                        failures.append(_result.failure(dst_tree.full(job.dest_rel(row.path)), error))
+            finally:
+                journal.close()
+    except MoverError as exc:
+        failures.append(_result.failure(exc.path or job.src_root, exc))
+    finally:
+        src_tree.close()
+        dst_tree.close()
+    stats['files_failed'] = len(failures)
+    return _result.build(job.job_id, job.journal_path, algorithm, stats,
+                         failures[:job.opts.max_failures_reported], time.monotonic() - started,
+                         False, not failures, False, mode='verify')
+
+
+def _done_rows(journal):
+    after = 0
+    while True:
+        with journal._lock:
+            rows = journal._conn.execute(
+                "SELECT id FROM files WHERE state = 'done' AND id > ? ORDER BY id LIMIT 1000",
+                (after,)).fetchall()
+        if not rows:
+            return
+        for (file_id,) in rows:
+            yield journal.get(file_id)
+        after = rows[-1][0]
+
+
+def _verify_one(transfer, src_tree, dst_tree, dest_rel, rel, st, kind):
+    dreldir, dname = split(dest_rel)
+    try:
+        dst_dir = dst_tree.get(dreldir)
+        dst_st = os.lstat(dname, dir_fd=dst_dir)
+    except (OSError, MoverError):
+        return 'missing at the destination'
+    reldir, name = split(rel)
+    if kind == 'symlink':
+        if not stat.S_ISLNK(dst_st.st_mode) or \
+                os.readlink(name, dir_fd=src_tree.get(reldir)) != os.readlink(dname, dir_fd=dst_dir):
+            return 'symbolic link differs at the destination'
+        return None
+    fd = transfer._open_src(src_tree.get(reldir), name, src_tree.full(rel))
+    try:
+        same = transfer.same_content(fd, st, dst_dir, dname, dst_st)[0]
+    finally:
+        os.close(fd)
+    return None if same else 'content differs at the destination'
+
+
+def _verify_recorded(transfer, dst_tree, dest_rel, row, algorithm):
+    dreldir, dname = split(dest_rel)
+    try:
+        dst_dir = dst_tree.get(dreldir)
+        fd = os.open(dname, os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC, dir_fd=dst_dir)
+    except (OSError, MoverError):
+        return 'recorded as moved but missing at the destination'
+    try:
+        st = os.fstat(fd)
+        recorded_algorithm = row.hash.partition(':')[0]
+        if recorded_algorithm == 'blake3' and not _hashing.blake3_available():
+            return 'recorded with blake3, which is not installed here: cannot verify'
+        saved, transfer.algorithm = transfer.algorithm, recorded_algorithm
+        try:
+            digest = transfer.hash_fd(fd, st.st_size, False)
+        finally:
+            transfer.algorithm = saved
+    finally:
+        os.close(fd)
+    if st.st_size != row.size:
+        return 'size differs from the journal (%d, recorded %d)' % (st.st_size, row.size)
+    if digest != row.hash:
+        return 'content differs from the hash recorded in the journal (%s)' % display_path(row.path)
+    return None

@@ -1,0 +1,76 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The result of a run: one builder for check mode, real runs and verify.
+
+PRIVATE to the durable.mover collection; not a public API. The reporting
+filter plugins read results with the same keys (see _report.py).
+"""
+
+from __future__ import annotations
+
+from ansible_collections.durable.mover.plugins.module_utils._errors import display_path
+
+STAT_KEYS = ('files_total', 'files_moved', 'files_already_done', 'files_skipped', 'files_failed',
+             'files_quarantined', 'dirs', 'symlinks', 'hardlinks', 'special_skipped',
+             'bytes_total', 'bytes_moved')
+PLAN_KEYS = ('files', 'bytes', 'renames', 'copies', 'conflicts', 'already_done', 'skipped')
+
+
+def empty_stats():
+    stats = dict.fromkeys(STAT_KEYS, 0)
+    stats['resumed'] = False
+    return stats
+
+
+def failure(path, error, attempts=1, quarantined=False):
+    return {'path': display_path(path), 'error': str(error), 'attempts': int(attempts or 0),
+            'quarantined': bool(quarantined)}
+
+
+def build(job_id, journal_path, hash_algorithm, stats, failures, elapsed, changed,
+          complete, interrupted, errors=(), plan=None, mode='move'):
+    """The module's result dict. `errors`: run-level errors (e.g. disk full)."""
+    result = {
+        'changed': bool(changed),
+        'job_id': job_id,
+        'journal': journal_path,
+        'mode': mode,
+        'complete': bool(complete),
+        'interrupted': bool(interrupted),
+        'hash_algorithm': hash_algorithm,
+        'stats': stats,
+        'failures': list(failures),
+        'elapsed_seconds': round(elapsed, 3),
+        'bytes_per_second': round(stats.get('bytes_moved', 0) / elapsed, 1) if elapsed > 0 else 0.0,
+    }
+    if plan is not None:
+        result['plan'] = plan
+    messages = [str(e) for e in errors]
+    if stats.get('files_failed'):
+        messages.append('%d file(s) failed (%d quarantined); see failures'
+                        % (stats['files_failed'], stats.get('files_quarantined', 0)))
+    if interrupted:
+        messages.append('interrupted by a signal; the journal is consistent: run again to resume')
+    if messages:
+        result['failed'] = True
+        result['msg'] = '; '.join(messages)
+    else:
+        result['msg'] = summary(result)
+    return result
+
+
+def summary(result):
+    stats = result['stats']
+    if 'plan' in result:
+        plan = result['plan']
+        return ('check mode: would move %d file(s), %d bytes (%d rename(s), %d copy(ies)), '
+                '%d conflict(s), %d already done' % (plan['files'], plan['bytes'], plan['renames'],
+                                                      plan['copies'], plan['conflicts'],
+                                                      plan['already_done']))
+    if result.get('mode') == 'verify':
+        return 'verified %d file(s): all match' % stats.get('files_total', 0)
+    if not result['changed']:
+        return 'nothing to do: %d file(s) already at the destination' % stats['files_already_done']
+    return 'moved %d file(s), %d bytes' % (stats['files_moved'], stats['bytes_moved'])

@@ -1,0 +1,434 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Bringing one entry to its final destination name (steps 1-5 of a move).
+
+PRIVATE to the durable.mover collection; not a public API.
+
+`Transfer.run(row)` ends with the entry renamed into place at the destination
+(or found there already, identical) and returns an Outcome; it never removes a
+source other than by rename(2) on one filesystem. Making the destination
+directory durable, the journal commit and the unlink of the source are the
+batch's job (_mover.py), in that order.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import threading
+
+from ansible_collections.durable.mover.plugins.module_utils import _copy, _durable, _faults, _hashing
+from ansible_collections.durable.mover.plugins.module_utils import _metadata
+from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError, os_error
+from ansible_collections.durable.mover.plugins.module_utils._scan import special_name
+
+O_NOATIME = getattr(os, 'O_NOATIME', 0)
+NAME_MAX = 255
+
+MOVED, IDENTICAL, FAILED, SKIPPED, INTERRUPTED, RETRY = (
+    'moved', 'identical', 'failed', 'skipped', 'interrupted', 'retry')
+
+
+class Outcome:
+    __slots__ = ('row', 'status', 'method', 'digest', 'error', 'bytes', 'fatal', 'src_ident')
+
+    def __init__(self, row, status, method=None, digest=None, error=None, nbytes=0, src_ident=None):
+        self.row = row
+        self.status = status
+        self.method = method
+        self.digest = digest
+        self.error = error
+        self.bytes = nbytes
+        self.fatal = bool(getattr(error, 'fatal', False))
+        self.src_ident = src_ident
+
+
+def split(rel):
+    reldir, _sep, name = rel.rpartition('/')
+    return reldir, name
+
+
+def ident(st):
+    """What must not change while a file is copied (and until its source is removed)."""
+    return '%d:%d:%d:%d' % (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def part_name(name, job_tag):
+    """`.<name>.<job>.part`, or a digest of the name when that would be too long."""
+    candidate = '.%s.%s.part' % (name, job_tag)
+    if len(os.fsencode(candidate)) <= NAME_MAX:
+        return candidate
+    return '.%s.%s.part' % (hashlib.sha256(os.fsencode(name)).hexdigest()[:32], job_tag)
+
+
+class Transfer:
+    """Per-file operations, called from worker threads."""
+
+    def __init__(self, src_tree, dst_tree, dest_rel, journal, algorithm, verify_readback,
+                 buffer_size, checkpoint_size, preserve, on_conflict, special_files, job_tag,
+                 same_device, should_stop):
+        self.src = src_tree
+        self.dst = dst_tree
+        self.dest_rel = dest_rel          # source rel path -> destination rel path
+        self.journal = journal
+        self.algorithm = algorithm
+        self.verify_readback = verify_readback
+        self.buffer_size = buffer_size
+        self.checkpoint_size = checkpoint_size
+        self.preserve = preserve
+        self.on_conflict = on_conflict
+        self.special_files = special_files
+        self.job_tag = job_tag
+        self.same_device = same_device    # st_dev of the destination root
+        self.should_stop = should_stop
+        self._local = threading.local()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _buffer(self):
+        buf = getattr(self._local, 'buf', None)
+        if buf is None:
+            buf = self._local.buf = bytearray(self.buffer_size)
+        return buf
+
+    def _lstat_dest(self, dst_dir, dname):
+        try:
+            return os.lstat(dname, dir_fd=dst_dir)
+        except FileNotFoundError:
+            return None
+
+    def hash_fd(self, fd, size, sparse):
+        hasher = _hashing.new(self.algorithm)
+        _copy.feed(fd, 0, size, hasher, self._buffer(), sparse=sparse, should_stop=self.should_stop)
+        return _hashing.digest(self.algorithm, hasher)
+
+    def _open_src(self, src_dir, name, path):
+        flags = os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC
+        try:
+            try:
+                return os.open(name, flags | O_NOATIME, dir_fd=src_dir)
+            except PermissionError:
+                if not O_NOATIME:
+                    raise
+                return os.open(name, flags, dir_fd=src_dir)   # O_NOATIME needs ownership
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise MoverError('source was replaced by a symbolic link', path, exc.errno)
+            raise os_error(exc, 'cannot open source', path)
+
+    def same_content(self, src_fd, src_st, dst_dir, dname, dst_st):
+        """True if the existing destination file has the source's content."""
+        if not stat.S_ISREG(dst_st.st_mode) or dst_st.st_size != src_st.st_size:
+            return False, None
+        if (dst_st.st_dev, dst_st.st_ino) == (src_st.st_dev, src_st.st_ino):
+            return True, None
+        try:
+            dfd = os.open(dname, os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC, dir_fd=dst_dir)
+        except OSError:
+            return False, None
+        try:
+            algorithm = self.algorithm if self.algorithm != 'none' else 'sha256'
+            saved, self.algorithm = self.algorithm, algorithm
+            try:
+                src_digest = self.hash_fd(src_fd, src_st.st_size, _copy.is_sparse(src_st))
+                dst_digest = self.hash_fd(dfd, dst_st.st_size, _copy.is_sparse(dst_st))
+            finally:
+                self.algorithm = saved
+            if src_digest != dst_digest:
+                return False, None
+            if 'mode' in self.preserve or 'times' in self.preserve or 'owner' in self.preserve:
+                if _metadata.differs(src_st, dst_st, self.preserve):
+                    _metadata.apply(src_st, self.preserve, fd=dfd, path_for_errors=self.dst.full(dname))
+            return True, src_digest
+        finally:
+            os.close(dfd)
+
+    def _conflict(self, row, path, what):
+        if self.on_conflict == 'skip':
+            return Outcome(row, SKIPPED, error='conflict skipped (on_conflict=skip): %s' % what)
+        return Outcome(row, FAILED, error=MoverError(
+            'conflict: %s; the source was kept (on_conflict=fail)' % what, path))
+
+    # -- dispatch ----------------------------------------------------------------
+
+    def run(self, row, leader_dest=None):
+        rel = row.path
+        path = self.src.full(rel)
+        try:
+            reldir, name = split(rel)
+            dreldir, dname = split(self.dest_rel(rel))
+            src_dir = self.src.get(reldir)
+            try:
+                st = os.lstat(name, dir_fd=src_dir)
+            except FileNotFoundError:
+                return self._vanished(row, dreldir, dname)
+            except OSError as exc:
+                raise os_error(exc, 'cannot stat source', path)
+            kind = {stat.S_IFREG: 'file', stat.S_IFLNK: 'symlink'}.get(stat.S_IFMT(st.st_mode), 'special')
+            if kind != row.kind or stat.S_ISDIR(st.st_mode):
+                return Outcome(row, RETRY, error=MoverError(
+                    'source changed type since it was scanned (%s)' % special_name(st.st_mode)
+                    if kind == 'special' else 'source changed type since it was scanned', path))
+            if kind == 'special' and (self.special_files == 'skip' or stat.S_ISSOCK(st.st_mode)):
+                return Outcome(row, SKIPPED, error='%s skipped (special_files=skip)' % special_name(st.st_mode))
+            dst_dir = self.dst.get(dreldir)
+            if st.st_dev == self.same_device:
+                outcome = self._rename(row, st, src_dir, name, dst_dir, dname, path)
+                if outcome is not None:
+                    return outcome
+            if kind == 'symlink':
+                return self._symlink(row, st, src_dir, name, dst_dir, dname, path)
+            if kind == 'special':
+                return self._special(row, st, src_dir, name, dst_dir, dname, path)
+            if leader_dest is not None:
+                return self._link(row, st, src_dir, name, dst_dir, dname, path, leader_dest)
+            return self._copy(row, st, src_dir, name, dst_dir, dname, path)
+        except _copy.Interrupted:
+            return Outcome(row, INTERRUPTED)
+        except MoverError as exc:
+            return Outcome(row, FAILED, error=exc)
+        except OSError as exc:
+            return Outcome(row, FAILED, error=os_error(exc, 'cannot move', path))
+
+    def _vanished(self, row, dreldir, dname):
+        """The source is gone: renamed by a run that died before its journal commit?"""
+        try:
+            dst_st = self._lstat_dest(self.dst.get(dreldir), dname)
+        except MoverError:
+            dst_st = None
+        if dst_st is not None and row.ino and dst_st.st_ino == row.ino and dst_st.st_dev == self.same_device:
+            return Outcome(row, MOVED, method='rename', nbytes=0)
+        return Outcome(row, SKIPPED, error='source vanished before it was moved (deleted by someone else)')
+
+    # -- same filesystem ---------------------------------------------------------
+
+    def _rename(self, row, st, src_dir, name, dst_dir, dname, path):
+        dst_st = self._lstat_dest(dst_dir, dname)
+        if dst_st is not None and (dst_st.st_dev, dst_st.st_ino) != (st.st_dev, st.st_ino):
+            if stat.S_ISDIR(dst_st.st_mode):
+                return self._conflict(row, path, 'a directory is in the way at the destination')
+            if row.kind == 'file':
+                fd = self._open_src(src_dir, name, path)
+                try:
+                    same, digest = self.same_content(fd, st, dst_dir, dname, dst_st)
+                finally:
+                    os.close(fd)
+                if same:
+                    return Outcome(row, IDENTICAL, method='identical', digest=digest, src_ident=ident(st))
+            elif row.kind == 'symlink' and stat.S_ISLNK(dst_st.st_mode):
+                if os.readlink(name, dir_fd=src_dir) == os.readlink(dname, dir_fd=dst_dir):
+                    return Outcome(row, IDENTICAL, method='identical', src_ident=ident(st))
+            if self.on_conflict != 'overwrite':
+                return self._conflict(row, path, 'the destination exists with different content')
+        try:
+            _durable.rename_into_place(src_dir, name, dst_dir, dname, self.dst.full(dname))
+        except MoverError as exc:
+            if exc.errno == errno.EXDEV:
+                return None          # a mount point inside the tree: copy instead
+            raise
+        _faults.point('after_rename')
+        return Outcome(row, MOVED, method='rename', nbytes=st.st_size if row.kind == 'file' else 0)
+
+    # -- across filesystems ------------------------------------------------------
+
+    def _copy(self, row, st0, src_dir, name, dst_dir, dname, path):
+        fd = self._open_src(src_dir, name, path)
+        part = None
+        part_fd = None
+        keep_part = False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_ino != st0.st_ino:
+                return Outcome(row, RETRY, error=MoverError('source was replaced while it was opened', path))
+            dst_st = self._lstat_dest(dst_dir, dname)
+            if dst_st is not None:
+                if stat.S_ISDIR(dst_st.st_mode):
+                    return self._conflict(row, path, 'a directory is in the way at the destination')
+                same, digest = self.same_content(fd, st, dst_dir, dname, dst_st)
+                if same:
+                    return Outcome(row, IDENTICAL, method='identical', digest=digest, src_ident=ident(st))
+                if self.on_conflict != 'overwrite':
+                    return self._conflict(row, path, 'the destination exists with different content')
+            part = part_name(dname, self.job_tag)
+            src_ident = ident(st)
+            resume_at = 0
+            if row.state == 'copying' and row.checkpoint and row.ident == src_ident:
+                part_st = self._lstat_dest(dst_dir, part)
+                if part_st is not None and stat.S_ISREG(part_st.st_mode) and part_st.st_size >= row.checkpoint:
+                    resume_at = row.checkpoint
+            part_fd = _durable.create_part(dst_dir, part, resume_at, self.dst.full(part))
+            sparse = _copy.is_sparse(st)
+            buf = self._buffer()
+            hasher = _hashing.new(self.algorithm)
+            if resume_at:
+                # The part's prefix is durable; hash the source's prefix (reading
+                # is cheaper than writing) so the final hash covers the whole source.
+                _copy.feed(fd, 0, resume_at, hasher, buf, sparse=sparse, should_stop=self.should_stop)
+            state = {'last': resume_at}
+
+            def checkpoint(pos):
+                if self.checkpoint_size and pos - state['last'] >= self.checkpoint_size:
+                    _durable.sync_data(part_fd, self.dst.full(part), checkpoint=True)
+                    self.journal.checkpoint(row.id, pos, src_ident)
+                    state['last'] = pos
+                    _faults.point('after_checkpoint')
+
+            try:
+                _copy.feed(fd, resume_at, st.st_size, hasher, buf, sink=part_fd, sparse=sparse,
+                           progress=checkpoint, should_stop=self.should_stop, source_path=path)
+            except _copy.Interrupted:
+                keep_part = state['last'] > 0     # resumable from its checkpoint
+                raise
+            os.ftruncate(part_fd, st.st_size)     # trailing hole, or nothing
+            _faults.point('after_part_write')
+            xattrs = _metadata.read_xattrs(fd=fd) if 'xattrs' in self.preserve else None
+            _metadata.apply(st, self.preserve, fd=part_fd, xattrs=xattrs,
+                            path_for_errors=self.dst.full(dname))
+            _durable.sync_data(part_fd, self.dst.full(part))
+            _faults.point('after_part_sync')
+            digest = _hashing.digest(self.algorithm, hasher)
+            self._verify(part_fd, dst_dir, part, st, sparse, digest, row.path, path)
+            _faults.point('after_verify')
+            self._check_unchanged(fd, src_dir, name, st, path)
+            os.close(part_fd)
+            part_fd = None
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self.dst.full(dname))
+            part = None
+            _faults.point('after_rename')
+            return Outcome(row, MOVED, method='copy', digest=digest, nbytes=st.st_size - resume_at,
+                           src_ident=src_ident)
+        except MoverError as exc:
+            if isinstance(exc, _copy.SourceChanged):
+                return Outcome(row, RETRY, error=exc)
+            raise
+        finally:
+            os.close(fd)
+            if part_fd is not None:
+                os.close(part_fd)
+            if part is not None and not keep_part:
+                _durable.remove_quietly(dst_dir, part)
+
+    def _verify(self, part_fd, dst_dir, part, st, sparse, digest, rel, path):
+        """Compare what is on disk under the part's name with the source's hash."""
+        if self.algorithm == 'none' or not self.verify_readback:
+            size = os.fstat(part_fd).st_size
+            if size != st.st_size:
+                raise MoverError('verification failed: the copy has %d bytes, the source %d'
+                                 % (size, st.st_size), path, errno.EIO)
+            if not _faults.corrupt(rel):
+                return
+            raise MoverError('verification failed: injected corruption', path, errno.EIO)
+        rfd = os.open(part, os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC | O_NOATIME, dir_fd=dst_dir)
+        try:
+            _copy.drop_cache(rfd)          # read from the disk, not from the page cache
+            actual = self.hash_fd(rfd, st.st_size, sparse)
+        finally:
+            os.close(rfd)
+        if _faults.corrupt(rel):
+            actual = 'corrupt:' + actual
+        if actual != digest:
+            raise MoverError('verification failed: the copy read back from disk hashes to %s, '
+                             'the source to %s (%s); the copy was discarded'
+                             % (actual[:24], digest[:24], self.algorithm), path, errno.EIO)
+
+    def _check_unchanged(self, fd, src_dir, name, st, path):
+        now = os.fstat(fd)
+        try:
+            named = os.lstat(name, dir_fd=src_dir)
+        except FileNotFoundError:
+            named = None
+        if ident(now) != ident(st) or named is None or named.st_ino != st.st_ino:
+            raise _copy.SourceChanged('source changed while it was copied (it will be copied again '
+                                      'next run; the source was kept)', path, errno.EAGAIN)
+
+    def _link(self, row, st, src_dir, name, dst_dir, dname, path, leader_dest):
+        """A further name of a hard-link group whose first name is already in place."""
+        lreldir, lname = split(leader_dest)
+        ldir = self.dst.get(lreldir)
+        dst_st = self._lstat_dest(dst_dir, dname)
+        try:
+            lst = os.lstat(lname, dir_fd=ldir)
+        except OSError as exc:
+            raise os_error(exc, 'hard link target missing at the destination', self.dst.full(leader_dest))
+        if dst_st is not None:
+            if (dst_st.st_dev, dst_st.st_ino) == (lst.st_dev, lst.st_ino):
+                return Outcome(row, IDENTICAL, method='identical', src_ident=ident(st))
+            if self.on_conflict != 'overwrite':
+                return self._conflict(row, path, 'the destination exists and is not the same hard link')
+        part = part_name(dname, self.job_tag)
+        _durable.remove_quietly(dst_dir, part)
+        try:
+            os.link(lname, part, src_dir_fd=ldir, dst_dir_fd=dst_dir, follow_symlinks=False)
+        except OSError as exc:
+            raise os_error(exc, 'cannot create hard link', self.dst.full(dname))
+        try:
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self.dst.full(dname))
+        except MoverError:
+            _durable.remove_quietly(dst_dir, part)
+            raise
+        _faults.point('after_rename')
+        return Outcome(row, MOVED, method='link', src_ident=ident(st))
+
+    def _symlink(self, row, st, src_dir, name, dst_dir, dname, path):
+        try:
+            target = os.readlink(name, dir_fd=src_dir)
+        except OSError as exc:
+            raise os_error(exc, 'cannot read symbolic link', path)
+        dst_st = self._lstat_dest(dst_dir, dname)
+        if dst_st is not None:
+            if stat.S_ISLNK(dst_st.st_mode) and os.readlink(dname, dir_fd=dst_dir) == target:
+                return Outcome(row, IDENTICAL, method='identical', src_ident=ident(st))
+            if stat.S_ISDIR(dst_st.st_mode) or self.on_conflict != 'overwrite':
+                return self._conflict(row, path, 'the destination exists and is not the same link')
+        part = part_name(dname, self.job_tag)
+        _durable.remove_quietly(dst_dir, part)
+        try:
+            os.symlink(target, part, dir_fd=dst_dir)
+            xattrs = _metadata.read_xattrs(dir_fd=src_dir, name=name) if 'xattrs' in self.preserve else None
+            _metadata.apply(st, self.preserve, dir_fd=dst_dir, name=part, xattrs=xattrs,
+                            path_for_errors=self.dst.full(dname))
+            if os.readlink(name, dir_fd=src_dir) != target:
+                raise _copy.SourceChanged('symbolic link changed while it was copied', path, errno.EAGAIN)
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self.dst.full(dname))
+        except _copy.SourceChanged as exc:
+            _durable.remove_quietly(dst_dir, part)
+            return Outcome(row, RETRY, error=exc)
+        except OSError as exc:
+            _durable.remove_quietly(dst_dir, part)
+            raise os_error(exc, 'cannot create symbolic link', self.dst.full(dname))
+        except MoverError:
+            _durable.remove_quietly(dst_dir, part)
+            raise
+        _faults.point('after_rename')
+        return Outcome(row, MOVED, method='symlink', src_ident=ident(st))
+
+    def _special(self, row, st, src_dir, name, dst_dir, dname, path):
+        """special_files=recreate: a FIFO or device node made anew at the destination."""
+        dst_st = self._lstat_dest(dst_dir, dname)
+        if dst_st is not None:
+            if stat.S_IFMT(dst_st.st_mode) == stat.S_IFMT(st.st_mode) and dst_st.st_rdev == st.st_rdev:
+                return Outcome(row, IDENTICAL, method='identical', src_ident=ident(st))
+            if stat.S_ISDIR(dst_st.st_mode) or self.on_conflict != 'overwrite':
+                return self._conflict(row, path, 'the destination exists and is not the same special file')
+        part = part_name(dname, self.job_tag)
+        _durable.remove_quietly(dst_dir, part)
+        try:
+            os.mknod(part, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=dst_dir)
+            _metadata.apply(st, [p for p in self.preserve if p != 'mode'], dir_fd=dst_dir, name=part,
+                            path_for_errors=self.dst.full(dname))
+            os.chmod(part, stat.S_IMODE(st.st_mode), dir_fd=dst_dir)
+            if 'times' in self.preserve:
+                os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_dir, follow_symlinks=False)
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self.dst.full(dname))
+        except OSError as exc:
+            _durable.remove_quietly(dst_dir, part)
+            raise os_error(exc, 'cannot recreate %s' % special_name(st.st_mode), self.dst.full(dname))
+        except MoverError:
+            _durable.remove_quietly(dst_dir, part)
+            raise
+        _faults.point('after_rename')
+        return Outcome(row, MOVED, method='special', src_ident=ident(st))
