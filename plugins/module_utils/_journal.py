@@ -327,6 +327,11 @@ class Journal:
                 _SELECT + " WHERE state IN ('pending', 'copying', 'copied') AND id > ? "
                 "ORDER BY id LIMIT ?", (after_id, limit))]
 
+    def get_by_path(self, rel):
+        with self._lock:
+            found = self._conn.execute(_SELECT + ' WHERE path = ?', (_blob(rel),)).fetchone()
+            return _row(found) if found else None
+
     def get(self, file_id):
         with self._lock:
             found = self._conn.execute(_SELECT + ' WHERE id = ?', (file_id,)).fetchone()

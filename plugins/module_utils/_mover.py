@@ -30,6 +30,7 @@ import hashlib
 import os
 import re
 import signal
+import sqlite3
 import stat
 import threading
 import time
@@ -145,8 +146,8 @@ class Options(types.SimpleNamespace):
                              % (', '.join(sorted(unknown)), ', '.join(_metadata.PRESERVE_ALL)))
         if values['remove_empty_dirs'] is None:
             values['remove_empty_dirs'] = values['mode'] == 'move'
-        if values['job_id'] is not None and not re.match(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$',
-                                                          str(values['job_id'])):
+        job_id_ok = re.match(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$', str(values['job_id']))
+        if values['job_id'] is not None and not job_id_ok:
             raise InputError('job_id may contain only letters, digits, ".", "_" and "-" '
                              '(got %r)' % values['job_id'])
         return cls(**values)
@@ -319,8 +320,15 @@ def run(params, should_stop=None):
             journal = Journal.open(job.journal_path, job.identity)
             try:
                 return Runner(job, journal, algorithm, stop).run(started)
+            except sqlite3.Error as exc:
+                # e.g. the state dir's disk is full: nothing after the last commit is trusted
+                raise JournalError('writing the journal failed (%s); the last commit is intact, '
+                                   'run again once the cause is fixed' % exc, job.journal_path)
             finally:
-                journal.close()
+                try:
+                    journal.close()
+                except sqlite3.Error:
+                    pass
     finally:
         stop.restore()
 
@@ -790,6 +798,12 @@ class _Planner:
             src_tree.close()
             if dst_tree is not None:
                 dst_tree.close()
+        if self.journal is not None and self.job.opts.mode == 'move':
+            # moved files are gone from the source: the journal remembers them
+            done = self.journal.counts()['done']
+            self.plan['already_done'] += done[0]
+            self.stats['files_already_done'] += done[0]
+            self.stats['bytes_total'] += done[1]
         self.stats['files_failed'] = len(self.failures)
         self.stats['files_total'] = self.plan['files'] + self.plan['already_done'] + \
             self.plan['conflicts'] + self.plan['skipped']
@@ -821,6 +835,13 @@ class _Planner:
                 dst_st = os.lstat(dname, dir_fd=dst_tree.get(dreldir))
             except (OSError, MoverError):
                 dst_st = None
+        if dst_st is not None and self.journal is not None:
+            row = self.journal.get_by_path(rel)
+            if row is not None and row.state == 'done' and row.ino == st.st_ino and \
+                    row.size == (st.st_size if kind == 'file' else 0) and row.mtime_ns == st.st_mtime_ns:
+                self.plan['already_done'] += 1
+                self.stats['files_already_done'] += 1
+                return
         if dst_st is not None:
             same = False
             if kind == 'file':

@@ -66,9 +66,9 @@ def summary(result):
     if 'plan' in result:
         plan = result['plan']
         return ('check mode: would move %d file(s), %d bytes (%d rename(s), %d copy(ies)), '
-                '%d conflict(s), %d already done' % (plan['files'], plan['bytes'], plan['renames'],
-                                                      plan['copies'], plan['conflicts'],
-                                                      plan['already_done']))
+                '%d conflict(s), %d already done'
+                % (plan['files'], plan['bytes'], plan['renames'], plan['copies'], plan['conflicts'],
+                   plan['already_done']))
     if result.get('mode') == 'verify':
         return 'verified %d file(s): all match' % stats.get('files_total', 0)
     if not result['changed']:

@@ -208,7 +208,10 @@ class Transfer:
 
     def _rename(self, row, st, src_dir, name, dst_dir, dname, path):
         dst_st = self._lstat_dest(dst_dir, dname)
-        if dst_st is not None and (dst_st.st_dev, dst_st.st_ino) != (st.st_dev, st.st_ino):
+        if dst_st is not None and (dst_st.st_dev, dst_st.st_ino) == (st.st_dev, st.st_ino):
+            # Two names of one inode: rename(2) would do nothing and keep both.
+            return Outcome(row, IDENTICAL, method='identical', src_ident=ident(st))
+        if dst_st is not None:
             if stat.S_ISDIR(dst_st.st_mode):
                 return self._conflict(row, path, 'a directory is in the way at the destination')
             if row.kind == 'file':

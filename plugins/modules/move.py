@@ -27,7 +27,7 @@ description:
     any file failed, and still returns the whole result.
   - Use M(durable.mover.move_info) to read a job's progress while it runs.
 author:
-  - durable.mover maintainers
+  - Durable Mover Maintainers (@durable-mover)
 requirements:
   - Python 3.9 or newer on the managed host, standard library only.
   - The C(blake3) Python package on the managed host for BLAKE3 hashing (optional; SHA-256 is used without it).
@@ -38,11 +38,14 @@ attributes:
     description: Reports what would move (files, bytes, renames, copies, conflicts) and changes nothing, not even the journal.
   diff_mode:
     support: none
+    description: No diff is produced.
   platform:
+    support: full
     platforms: posix
+    description: Linux and other POSIX systems with C(fsync) semantics.
   idempotent:
     support: full
-    description: A rerun after a complete move reports RV(changed=false) and RV(stats.files_moved=0).
+    description: A rerun after a complete move reports C(changed=false) and RV(stats.files_moved=0).
   safe_file_operations:
     support: full
     description: Files are written under a temporary name, flushed, verified and renamed atomically.

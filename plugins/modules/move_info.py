@@ -16,15 +16,18 @@ description:
     without touching any file and without taking the job's lock, so it can run while the job is running.
   - The job is named by O(job_id), or derived from O(src) and O(dest) as M(durable.mover.move) derives it.
 author:
-  - durable.mover maintainers
+  - Durable Mover Maintainers (@durable-mover)
 attributes:
   check_mode:
     support: full
     description: Reads only; behaves the same in check mode.
   diff_mode:
     support: none
+    description: No diff is produced.
   platform:
+    support: full
     platforms: posix
+    description: Linux and other POSIX systems with C(fsync) semantics.
   idempotent:
     support: full
     description: Never changes anything.

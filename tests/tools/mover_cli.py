@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Run the durable.mover core directly, without Ansible (tests, crash suite, benchmarks).
 
 Usage: mover_cli.py '{"src": ..., "dest": ..., ...}' [--check]
