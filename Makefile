@@ -1,0 +1,100 @@
+# Developer and CI entry points for the durable.mover collection.
+#
+#   make venv             .venv with requirements-dev.txt (stamp: .venv/.stamp)
+#   make collection-link  .collections/ansible_collections/durable/mover -> repo root
+#   make demo             build ./demo/src and run playbooks/migrate.yml on localhost
+#   make test             pytest, then sanity, then lint; all three always run
+#   make pytest | sanity | lint
+#   make clean
+#
+# Everything runs from the repository root; `make -C /path/to/repo test` works too.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VENV_BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp
+COLL_ROOT := .collections
+COLL_LINK := $(COLL_ROOT)/ansible_collections/durable/mover
+OUTPUT := tests/output
+PYTEST_ARGS ?=
+
+# pip on some machines lists local index directories that do not exist; the
+# resulting per-package warnings are noise, not errors.
+PIP_NOISE := sed -u '/is ignored: it is neither a file nor a directory/d'
+
+# The venv's tools (ansible-*, pytest) come first for every recipe and for the
+# tests' subprocesses; the venv itself is made with the PATH make started with.
+SYSTEM_PATH := $(PATH)
+export PATH := $(CURDIR)/$(VENV_BIN):$(SYSTEM_PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLL_ROOT):$(HOME)/.ansible/collections:/usr/share/ansible/collections
+
+.PHONY: help venv collection-link demo test pytest sanity lint clean
+
+help:
+	@sed -n '3,9s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+
+venv: $(STAMP)
+
+# Re-run when requirements change; `python3 -m venv` over an existing venv is
+# harmless, and pip only installs what is missing.
+$(STAMP): requirements-dev.txt
+	@echo ">>> creating $(VENV) with $$(PATH="$(SYSTEM_PATH)" command -v $(PYTHON)) ($$(PATH="$(SYSTEM_PATH)" $(PYTHON) --version 2>&1))"
+	PATH="$(SYSTEM_PATH)" $(PYTHON) -m venv $(VENV)
+	$(VENV_BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | $(PIP_NOISE)
+	$(VENV_BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt 2>&1 | $(PIP_NOISE)
+	@$(VENV_BIN)/python -m pip list --disable-pip-version-check 2>/dev/null \
+	  | grep -iE '^(ansible-core|ansible-lint|blake3|pytest|pytest-timeout) ' || true
+	touch $@
+
+# Relative link (../../.. from .collections/ansible_collections/durable/), so
+# the clone can be moved. Recreated if missing or pointing elsewhere.
+collection-link:
+	@if [ "$$(readlink $(COLL_LINK) 2>/dev/null)" != "../../.." ]; then \
+	  mkdir -p $(dir $(COLL_LINK)) && ln -sfn ../../.. $(COLL_LINK) && \
+	  echo ">>> linked $(COLL_LINK) -> ../../.."; \
+	fi
+
+demo: venv collection-link
+	rm -rf demo
+	$(VENV_BIN)/python tests/demo/make_demo_tree.py demo/src
+	$(VENV_BIN)/ansible-playbook playbooks/migrate.yml \
+	  -e migrate_src=$(CURDIR)/demo/src \
+	  -e migrate_dest=$(CURDIR)/demo/dest \
+	  -e migrate_state_dir=$(CURDIR)/demo/state
+	@if [ -f migrate-reports/summary.md ]; then \
+	  echo "=== migrate-reports/summary.md"; cat migrate-reports/summary.md; \
+	elif [ -f migrate-reports/fleet.json ]; then \
+	  echo "=== migrate-reports/fleet.json"; cat migrate-reports/fleet.json; \
+	else \
+	  echo "(no migrate-reports/summary.md or fleet.json was written)"; \
+	fi
+
+# All three parts run even when an earlier one fails; the target fails if any did.
+test: venv collection-link
+	@rc=0; summary=""; \
+	for part in pytest sanity lint; do \
+	  start=$$SECONDS; \
+	  if $(MAKE) --no-print-directory $$part; then result=ok; else result=FAILED; rc=1; fi; \
+	  summary+="$$(printf '  %-7s %-7s %4ds' $$part $$result $$((SECONDS - start)))"$$'\n'; \
+	done; \
+	printf '>>> make test:\n%s' "$$summary"; \
+	exit $$rc
+
+pytest: venv collection-link
+	@mkdir -p $(OUTPUT)/junit
+	$(VENV_BIN)/python -m pytest -ra --junitxml=$(OUTPUT)/junit/pytest.xml $(PYTEST_ARGS) tests/ \
+	  2>&1 | tee $(OUTPUT)/pytest.log
+
+sanity: venv
+	tests/sanity/run.sh
+
+lint: venv collection-link
+	ansible-lint
+
+clean:
+	rm -rf $(VENV) $(COLL_ROOT) .ansible $(OUTPUT) demo .pytest_cache
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
