@@ -1,0 +1,195 @@
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Syscall order check: read an ``strace -f -y`` trace of a run of the core and
+check, for every moved file, the order of the fsync chain:
+
+across devices:  last write to the part < flush of the part < rename into place
+                 < fsync(dest dir) < durable journal commit (fsync of the WAL)
+                 < unlink(source) < fsync(source dir)
+one filesystem:  rename < fsync of both directories < durable journal commit
+
+"A < B" means A returned before B was entered (threads are accounted for by
+pairing strace's ``<unfinished ...>`` and ``<... resumed>`` lines).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+
+CALL = re.compile(r'^(\d+)\s+(\w+)\((.*?)(?:\)\s+=\s+(-?\d+)|\s*<unfinished \.\.\.>)')
+RESUMED = re.compile(r'^(\d+)\s+<\.\.\. (\w+) resumed>.*=\s+(-?\d+)')
+FD = re.compile(r'^(-?\d+|AT_FDCWD)<([^>]*)>')
+QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+class Call:
+    __slots__ = ('name', 'args', 'start', 'end', 'ret')
+
+    def __init__(self, name, args, start):
+        self.name, self.args, self.start, self.end, self.ret = name, args, start, None, None
+
+
+def parse(text: str) -> list:
+    calls, pending = [], {}
+    for index, line in enumerate(text.splitlines()):
+        match = CALL.match(line)
+        if match:
+            pid, name, args, ret = match.groups()
+            call = Call(name, args, index)
+            if ret is None:
+                pending[(pid, name)] = call
+            else:
+                call.end, call.ret = index, int(ret)
+            calls.append(call)
+            continue
+        match = RESUMED.match(line)
+        if match:
+            pid, name, ret = match.groups()
+            call = pending.pop((pid, name), None)
+            if call is not None:
+                call.end, call.ret = index, int(ret)
+    return [c for c in calls if c.end is not None and c.ret is not None and c.ret >= 0]
+
+
+def _fd_path(arg: str):
+    match = FD.match(arg.strip())
+    return match.group(2) if match else None
+
+
+def _split_args(args: str) -> list:
+    parts, depth, current, quoted, escape = [], 0, [], False, False
+    for char in args:
+        if quoted:
+            current.append(char)
+            if escape:
+                escape = False
+            elif char == '\\':
+                escape = True
+            elif char == '"':
+                quoted = False
+            continue
+        if char == '"':
+            quoted = True
+        elif char in '[{(<':
+            depth += 1
+        elif char in ']})>':
+            depth -= 1
+        elif char == ',' and depth == 0:
+            parts.append(''.join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    parts.append(''.join(current).strip())
+    return parts
+
+
+def _unquote(arg: str) -> str:
+    match = QUOTED.search(arg)
+    if not match:
+        return arg
+    return match.group(1).encode('latin-1', 'backslashreplace').decode('unicode_escape')
+
+
+class Trace:
+    """Events of one run, indexed for the checks."""
+
+    def __init__(self, text: str):
+        self.calls = parse(text)
+        self.writes = defaultdict(list)      # path -> calls
+        self.syncs = defaultdict(list)       # path -> calls (fsync/fdatasync)
+        self.renames = []                    # (call, src_path, dst_path)
+        self.unlinks = []                    # (call, path)
+        self.wal_syncs = []
+        for call in self.calls:
+            args = _split_args(call.args)
+            if call.name in ('write', 'pwrite64', 'ftruncate', 'fchmod', 'fchown', 'fsetxattr'):
+                path = _fd_path(args[0])
+                if path:
+                    self.writes[path].append(call)
+            elif call.name in ('fsync', 'fdatasync'):
+                path = _fd_path(args[0])
+                if path:
+                    self.syncs[path].append(call)
+                    if path.endswith('-wal'):
+                        self.wal_syncs.append(call)
+            elif call.name in ('renameat', 'renameat2'):
+                old = os.path.join(_fd_path(args[0]) or '', _unquote(args[1]))
+                new = os.path.join(_fd_path(args[2]) or '', _unquote(args[3]))
+                self.renames.append((call, old, new))
+            elif call.name == 'rename':
+                self.renames.append((call, _unquote(args[0]), _unquote(args[1])))
+            elif call.name == 'unlinkat':
+                self.unlinks.append((call, os.path.join(_fd_path(args[0]) or '', _unquote(args[1]))))
+            elif call.name == 'unlink':
+                self.unlinks.append((call, _unquote(args[0])))
+
+    def first_sync_after(self, path, call):
+        for sync in self.syncs.get(path, ()):
+            if sync.start > call.end:
+                return sync
+        return None
+
+    def first_wal_sync_after(self, call):
+        for sync in self.wal_syncs:
+            if sync.start > call.end:
+                return sync
+        return None
+
+
+def check(text: str, src_root: str, dest_root: str) -> tuple:
+    """(files checked, list of violations) for every file that reached its final name."""
+    trace = Trace(text)
+    problems = []
+    checked = 0
+    for rename, old, new in trace.renames:
+        if not new.startswith(dest_root.rstrip('/') + '/'):
+            continue
+        rel = os.path.relpath(new, dest_root)
+        dest_dir = os.path.dirname(new)
+        source = os.path.join(src_root, rel)
+        chain = []
+        if old.startswith(src_root.rstrip('/') + '/'):
+            # one filesystem: rename < fsync(dest dir), fsync(src dir) < journal
+            dsync = trace.first_sync_after(dest_dir, rename)
+            ssync = trace.first_sync_after(os.path.dirname(old), rename)
+            if dsync is None or ssync is None:
+                problems.append('%s: renamed without fsync of %s' % (
+                    rel, 'the destination dir' if dsync is None else 'the source dir'))
+                continue
+            last = dsync if dsync.end > ssync.end else ssync
+            journal = trace.first_wal_sync_after(last)
+            if journal is None:
+                problems.append('%s: renamed but never committed to the journal afterwards' % rel)
+            checked += 1
+            continue
+        part = old
+        writes = [w for w in trace.writes.get(part, ()) if w.end < rename.start]
+        flush = [s for s in trace.syncs.get(part, ()) if s.end < rename.start]
+        if writes and (not flush or flush[-1].start < writes[-1].end):
+            problems.append('%s: renamed into place before the part was flushed after its last write' % rel)
+        if not writes and not flush and not part.endswith('.part'):
+            problems.append('%s: renamed from an unexpected name %s' % (rel, part))
+        dsync = trace.first_sync_after(dest_dir, rename)
+        if dsync is None:
+            problems.append('%s: no fsync of the destination directory after the rename' % rel)
+            continue
+        journal = trace.first_wal_sync_after(dsync)
+        unlinks = [(c, p) for c, p in trace.unlinks if p == source and c.start > rename.start]
+        early = [(c, p) for c, p in trace.unlinks if p == source and c.start < rename.start]
+        if early:
+            problems.append('%s: source unlinked before its copy was renamed into place' % rel)
+        if unlinks:
+            unlink = unlinks[0][0]
+            if journal is None or journal.end > unlink.start:
+                problems.append('%s: source unlinked before the journal commit that records the copy' % rel)
+            if unlink.start < dsync.end:
+                problems.append('%s: source unlinked before the destination directory was fsynced' % rel)
+            ssync = trace.first_sync_after(os.path.dirname(source), unlink)
+            if ssync is None:
+                problems.append('%s: no fsync of the source directory after the unlink' % rel)
+            chain.append('unlinked')
+        checked += 1
+    return checked, problems

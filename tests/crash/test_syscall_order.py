@@ -1,0 +1,78 @@
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Syscall order check on traced runs of the real core, including the
+deliberately broken variants, which the check must catch."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from crashlib import build_tree, check_final, params, run_core, snapshot
+from ordercheck import check
+
+pytestmark = [pytest.mark.root]
+TRACE = ('trace=write,pwrite64,ftruncate,fchmod,fchown,fsetxattr,fsync,fdatasync,'
+         'rename,renameat,renameat2,unlink,unlinkat')
+
+
+def _many(root: Path, dirs=4, files=5):
+    build_tree(root)
+    for d in range(dirs):
+        sub = root / ('many%d' % d)
+        sub.mkdir()
+        for f in range(files):
+            (sub / ('f%02d' % f)).write_bytes(b'%d/%d\n' % (d, f) * (f + 1))
+
+
+def _traced_run(tmp_path, dest_parent, faults='', **extra):
+    strace = shutil.which('strace')
+    if strace is None:
+        pytest.skip('strace is not installed (apt-get install strace)')
+    src, dest, state = tmp_path / 'src', dest_parent / 'dest', tmp_path / 'state'
+    _many(src)
+    original = snapshot(src)
+    out = tmp_path / 'run.trace'
+    proc = run_core(params(src, dest, state, **extra), faults=faults,
+                    prefix=[strace, '-f', '-y', '-qq', '-o', str(out), '-e', TRACE])
+    return original, src, dest, state, out.read_text(errors='replace'), proc
+
+
+@pytest.mark.parametrize('workers,batch_files', [(1, 256), (4, 3)])
+def test_order_across_devices(tmp_path, tmpfs, workers, batch_files):
+    original, src, dest, state, text, proc = _traced_run(tmp_path, tmpfs('64m'), workers=workers,
+                                                         batch_files=batch_files)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not check_final(original, src, dest, state)
+    checked, problems = check(text, str(src), str(dest))
+    files = sum(1 for kind, _ in original.values() if kind != 'dir')
+    assert checked == files
+    assert not problems, problems
+
+
+@pytest.mark.parametrize('workers,batch_files', [(1, 256), (4, 3)])
+def test_order_same_filesystem(tmp_path, workers, batch_files):
+    (tmp_path / 'same').mkdir()
+    original, src, dest, state, text, proc = _traced_run(tmp_path, tmp_path / 'same', workers=workers,
+                                                         batch_files=batch_files)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not check_final(original, src, dest, state)
+    checked, problems = check(text, str(src), str(dest))
+    assert checked == sum(1 for kind, _ in original.values() if kind != 'dir')
+    assert not problems, problems
+
+
+@pytest.mark.parametrize('variant,expected', [
+    ('no_part_fdatasync', 'before the part was flushed'),
+    ('no_dest_dir_fsync', 'no fsync of the destination directory'),
+    ('unlink_before_journal', 'before the journal commit'),
+])
+def test_order_check_catches_broken_chains(tmp_path, tmpfs, variant, expected):
+    """The check must be able to fail: each broken variant of the chain is reported."""
+    _original, src, dest, _state, text, proc = _traced_run(tmp_path, tmpfs('64m'), faults='broken=' + variant)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _checked, problems = check(text, str(src), str(dest))
+    assert any(expected in p for p in problems), problems
