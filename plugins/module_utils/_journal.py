@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 
 from ansible_collections.durable.mover.plugins.module_utils._errors import JournalError
 
@@ -125,7 +126,9 @@ class Journal:
             raise JournalError('journal does not exist', path, errno.ENOENT)
         try:
             if readonly:
-                conn = sqlite3.connect('file:%s?mode=ro' % path, uri=True,
+                # A URI: the path is percent-encoded, or '#', '?' and '%' in it
+                # would be read as URI syntax (and mode=ro lost).
+                conn = sqlite3.connect('file:%s?mode=ro' % urllib.parse.quote(os.fsencode(path)), uri=True,
                                        isolation_level=None, check_same_thread=False)
             else:
                 conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
@@ -209,6 +212,21 @@ class Journal:
                 self._conn.execute('ROLLBACK')
                 self._in_tx = False
 
+    def checkpoint_wal(self):
+        """Copy the WAL into the database file (the end of a run).
+
+        Not needed for durability (a commit is durable in the WAL), but an I/O
+        error here means the state disk is failing, which a run must report.
+        """
+        with self._lock:
+            self.commit()
+            try:
+                busy = self._conn.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchone()[0]
+            except sqlite3.Error as exc:
+                raise JournalError('checkpointing the journal failed (%s); every commit is '
+                                   'still safe in its write-ahead log' % exc, self.path)
+            return not busy
+
     def close(self):
         with self._lock:
             try:
@@ -285,9 +303,15 @@ class Journal:
             for rel, kind, st, state, error in entries:
                 leader = None
                 if kind == 'file' and st.st_nlink > 1:
+                    # The group's first name: one with no leader itself (else two
+                    # rescanned names lead each other and neither moves), still to
+                    # move or unchanged (a name moved by an earlier run may have
+                    # left its inode number to a new, unrelated file).
                     found = conn.execute(
                         'SELECT id FROM files WHERE dev = ? AND ino = ? AND nlink > 1 AND path != ? '
-                        'ORDER BY id LIMIT 1', (st.st_dev, st.st_ino, _blob(rel))).fetchone()
+                        "AND leader IS NULL AND (state IN ('pending', 'copying', 'copied') "
+                        'OR (size = ? AND mtime_ns = ?)) ORDER BY id LIMIT 1',
+                        (st.st_dev, st.st_ino, _blob(rel), st.st_size, st.st_mtime_ns)).fetchone()
                     if found:
                         leader = found[0]
                 conn.execute(sql, (_blob(rel), kind, st.st_size if kind == 'file' else 0,

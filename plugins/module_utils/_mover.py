@@ -61,6 +61,7 @@ from ansible_collections.durable.mover.plugins.module_utils._transfer import (
     SKIPPED,
     Outcome,
     Transfer,
+    open_read,
     split,
 )
 
@@ -404,7 +405,9 @@ class Runner:
         counts = journal.counts()
         pending_before = sum(counts[s][0] for s in WORK_STATES)
         scanned_before = meta.get('scan_complete') == '1'
-        resumed = pending_before > 0 or (meta.get('run', '0') != '0' and not scanned_before)
+        # The last run died before its end (e.g. killed after its last file, before the directories).
+        unfinished = float(meta.get('run_finished') or 0) < float(meta.get('run_started') or 0)
+        resumed = pending_before > 0 or (meta.get('run', '0') != '0' and (not scanned_before or unfinished))
         self.run_no = journal.begin_run(opts.retry_failed, opts.max_attempts)
         journal.set_meta(run_started='%.3f' % time.time(), run_pid=os.getpid(),
                          run_start_files=counts['done'][0], run_start_bytes=counts['done'][1])
@@ -433,6 +436,7 @@ class Runner:
                 self._finalize()
             journal.set_meta(run_finished='%.3f' % time.time())
             journal.commit()
+            journal.checkpoint_wal()
         except MoverError as exc:
             journal.commit()
             self.errors.append(exc)
@@ -450,7 +454,8 @@ class Runner:
         transfer = Transfer(self.src_tree, self.dst_tree, self.job.dest_rel, self.journal, self.algorithm,
                             opts.verify_readback, opts.buffer_size, opts.checkpoint_size,
                             opts.preserve, opts.on_conflict, opts.special_files, self.job.job_tag,
-                            os.fstat(self.dst_tree.root_fd).st_dev, self.stop)
+                            # mode=copy never takes the rename path: it would remove the source
+                            os.fstat(self.dst_tree.root_fd).st_dev if self.moves else None, self.stop)
         self.transfer = transfer
         pool = ThreadPoolExecutor(max_workers=opts.workers) if opts.workers > 1 else None
         try:
@@ -865,7 +870,7 @@ class _Planner:
                 return
         self.plan['files'] += 1
         self.plan['bytes'] += size
-        if st.st_dev == dest_dev:
+        if st.st_dev == dest_dev and self.job.opts.mode == 'move':
             self.plan['renames'] += 1
         else:
             self.plan['copies'] += 1
@@ -894,7 +899,8 @@ def verify(job, started):
             error = _verify_one(transfer, src_tree, dst_tree, job.dest_rel(rel), rel, st, kind)
             if error:
                 failures.append(_result.failure(src_tree.full(rel), error))
-            elif len(checked) < 100000:
+            # Checked (and reported if it failed): the journal pass must not count it again.
+            if len(checked) < 100000:
                 checked.add(rel)
         if os.path.exists(job.journal_path):
             journal = Journal.open(job.journal_path, job.identity, create=False, readonly=True)
@@ -959,7 +965,7 @@ def _verify_recorded(transfer, dst_tree, dest_rel, row, algorithm):
     dreldir, dname = split(dest_rel)
     try:
         dst_dir = dst_tree.get(dreldir)
-        fd = os.open(dname, os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC, dir_fd=dst_dir)
+        fd = open_read(dst_dir, dname)
     except (OSError, MoverError):
         return 'recorded as moved but missing at the destination'
     try:

@@ -52,7 +52,7 @@ def _strace():
 
 
 def crash_points(trace: Path) -> list:
-    """(syscall, n) for every mutating call of the traced process, n counted per syscall."""
+    """(syscall, n, args) for every mutating call of the traced process, n counted per syscall."""
     counts = defaultdict(int)
     points = []
     main_pid = None
@@ -70,7 +70,7 @@ def crash_points(trace: Path) -> list:
             continue
         if name in ('write', 'pwrite64') and re.match(r'\d+<(pipe|socket|/dev/)', args):
             continue
-        points.append((name, counts[name]))
+        points.append((name, counts[name], args))
     return points
 
 
@@ -98,7 +98,7 @@ class Sweep:
         return proc
 
     def crash(self, point):
-        name, n = point
+        name, n = point[:2]
         return run_core(self.values, prefix=[_strace(), '-f', '-qq', '-o', '/dev/null', '-e', 'trace=' + name,
                                              '--inject=%s:signal=KILL:when=%d' % (name, n)])
 
