@@ -1,0 +1,270 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""End to end: playbooks/migrate.yml with the real durable.mover.move module.
+
+Each test runs ansible-playbook on localhost (the repository's ansible.cfg and
+inventory) over a small tree under tmp_path, then checks that the reports the
+playbook wrote agree with what actually happened on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PLAYBOOK = REPO_ROOT / "playbooks" / "migrate.yml"
+
+# name -> content of the regular files of the source tree
+TREE = {
+    "top.txt": b"top level\n",
+    "empty": b"",
+    "a/one.bin": bytes(range(256)) * 40,
+    "a/b/two.txt": b"two\n" * 1000,
+    "a/b/c/three": b"3",
+    "name with spaces & <markup>.txt": b"odd name\n",
+}
+
+
+def ansible_playbook() -> str:
+    venv = REPO_ROOT / ".venv" / "bin" / "ansible-playbook"
+    if venv.exists():
+        return str(venv)
+    found = shutil.which("ansible-playbook")
+    if found is None:
+        pytest.skip("ansible-playbook is not installed (make venv)")
+    return found
+
+
+def run_playbook(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["ANSIBLE_CONFIG"] = str(REPO_ROOT / "ansible.cfg")
+    env["ANSIBLE_NOCOLOR"] = "1"
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    # The playbook puts its default report directory under $PWD, which a
+    # shell would set to the working directory.
+    env["PWD"] = str(cwd)
+    return subprocess.run(
+        [ansible_playbook(), str(PLAYBOOK), *args],
+        cwd=str(cwd), env=env, capture_output=True, text=True, timeout=280, check=False,
+    )
+
+
+def recap(proc: subprocess.CompletedProcess, host: str = "localhost") -> dict:
+    """The PLAY RECAP counters of one host."""
+    match = re.search(r"^%s\s*:\s*(.*)$" % re.escape(host), proc.stdout, re.MULTILINE)
+    assert match, "no recap line for %s in:\n%s" % (host, proc.stdout)
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+def output(proc: subprocess.CompletedProcess) -> str:
+    return "exit %d\n--- stdout\n%s\n--- stderr\n%s" % (proc.returncode, proc.stdout, proc.stderr)
+
+
+def make_tree(root: Path) -> None:
+    for name, content in TREE.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+
+def regular_files(root: Path) -> dict:
+    if not root.exists():
+        return {}
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+def load_reports(report_dir: Path) -> tuple:
+    fleet = json.loads((report_dir / "fleet.json").read_text(encoding="utf-8"))
+    junit = ET.fromstring((report_dir / "junit.xml").read_bytes())
+    summary = (report_dir / "summary.md").read_text(encoding="utf-8")
+    return fleet, junit, summary
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> dict:
+    paths = {name: tmp_path / name for name in ("src", "dest", "state", "reports")}
+    make_tree(paths["src"])
+    return paths
+
+
+def migrate_args(paths: dict, **extra: str) -> list:
+    args = [
+        "-e", "migrate_src=%s" % paths["src"],
+        "-e", "migrate_dest=%s" % paths["dest"],
+        "-e", "migrate_state_dir=%s" % paths["state"],
+    ]
+    if "reports" in paths:
+        args += ["-e", "migrate_report_dir=%s" % paths["reports"]]
+    for key, value in extra.items():
+        args += ["-e", "%s=%s" % (key, value)]
+    return args
+
+
+def test_move_then_rerun(paths: dict) -> None:
+    total_bytes = sum(len(content) for content in TREE.values())
+
+    first = run_playbook(*migrate_args(paths))
+    assert first.returncode == 0, output(first)
+    assert recap(first)["changed"] >= 1
+    assert recap(first)["failed"] == 0
+
+    # The data moved: every file at dest with its content, none left at src.
+    assert regular_files(paths["dest"]) == TREE
+    assert regular_files(paths["src"]) == {}
+
+    # The reports say the same.
+    fleet, junit, summary = load_reports(paths["reports"])
+    host = fleet["hosts"]["localhost"]
+    assert host["status"] == "ok"
+    assert host["changed"] is True
+    assert host["stats"]["files_moved"] == len(TREE)
+    assert host["stats"]["bytes_moved"] == total_bytes
+    assert host["stats"]["files_failed"] == 0
+    assert fleet["totals"]["hosts"] == fleet["totals"]["hosts_ok"] == 1
+    assert fleet["totals"]["files_moved"] == len(TREE)
+    assert fleet["totals"]["bytes_moved"] == total_bytes
+
+    per_host = json.loads((paths["reports"] / "hosts" / "localhost.json").read_text(encoding="utf-8"))
+    assert per_host["report"]["status"] == "ok"
+    assert per_host["result"]["job_id"] == host["job_id"]
+
+    assert (junit.get("tests"), junit.get("failures"), junit.get("errors")) == ("1", "0", "0")
+    assert junit.find("testsuite").get("name") == "localhost"
+    assert junit.find("testsuite/testcase").get("name") == "move %s" % host["job_id"]
+
+    assert "| localhost | ok | %d / %d |" % (len(TREE), len(TREE)) in summary
+    # The summary is printed too, for a person reading the run.
+    assert "1 host(s): 1 ok, 0 failed, 0 unreachable." in first.stdout
+
+    # A rerun has nothing to do: no change anywhere, reports rewritten.
+    second = run_playbook(*migrate_args(paths))
+    assert second.returncode == 0, output(second)
+    counts = recap(second)
+    assert counts["changed"] == 0, output(second)
+    assert counts["failed"] == 0
+    assert regular_files(paths["dest"]) == TREE
+
+    fleet, junit, summary = load_reports(paths["reports"])
+    host = fleet["hosts"]["localhost"]
+    assert host["status"] == "ok"
+    assert host["changed"] is False
+    assert host["stats"]["files_moved"] == 0
+    assert host["stats"]["bytes_moved"] == 0
+    assert host["stats"]["files_already_done"] == len(TREE)
+    assert junit.get("failures") == "0"
+    assert "| localhost | ok | 0 / %d | %d |" % (len(TREE), len(TREE)) in summary
+
+
+def test_missing_source_fails_after_writing_reports(paths: dict) -> None:
+    shutil.rmtree(paths["src"])
+    proc = run_playbook(*migrate_args(paths))
+    assert proc.returncode != 0, output(proc)
+    # The move failed (ignored, so reporting ran) and the last task failed the play.
+    assert recap(proc)["ignored"] == 1
+    assert recap(proc)["failed"] == 1
+    assert not paths["dest"].exists() or regular_files(paths["dest"]) == {}
+
+    fleet, junit, summary = load_reports(paths["reports"])
+    host = fleet["hosts"]["localhost"]
+    assert host["status"] == "failed"
+    assert str(paths["src"]) in host["msg"]
+    assert fleet["totals"]["hosts_failed"] == 1
+    assert (paths["reports"] / "hosts" / "localhost.json").exists()
+    assert (junit.get("tests"), junit.get("failures"), junit.get("errors")) == ("1", "1", "0")
+    assert "| localhost | failed |" in summary
+    assert "## Failures" in summary
+
+
+def test_default_report_dir_is_under_the_working_directory(paths: dict, tmp_path: Path) -> None:
+    del paths["reports"]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = run_playbook(*migrate_args(paths), cwd=cwd)
+    assert proc.returncode == 0, output(proc)
+    fleet, _junit, _summary = load_reports(cwd / "migrate-reports")
+    assert fleet["hosts"]["localhost"]["stats"]["files_moved"] == len(TREE)
+    assert not (REPO_ROOT / "playbooks" / "migrate-reports").exists()
+
+
+def test_check_mode_moves_nothing_and_reports_the_plan(paths: dict) -> None:
+    proc = run_playbook("--check", *migrate_args(paths))
+    assert proc.returncode == 0, output(proc)
+    assert regular_files(paths["src"]) == TREE
+    assert regular_files(paths["dest"]) == {}
+
+    # Reports are written in check mode too.
+    fleet, _junit, summary = load_reports(paths["reports"])
+    host = fleet["hosts"]["localhost"]
+    assert host["status"] == "ok"
+    assert host["stats"]["files_moved"] == 0
+    assert host["plan"]["files"] == len(TREE)
+    assert "Check mode: nothing was moved" in summary
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the ssh client to make a host unreachable")
+def test_unreachable_host_is_reported(paths: dict, tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.yml"
+    # Nothing listens on port 1 of the loopback: the connection is refused.
+    inventory.write_text(
+        "all:\n"
+        "  hosts:\n"
+        "    localhost:\n"
+        "      ansible_connection: local\n"
+        "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n"
+        "    down:\n"
+        "      ansible_host: 127.0.0.1\n"
+        "      ansible_port: 1\n"
+        "      ansible_connection: ssh\n"
+        "      ansible_ssh_common_args: -o ConnectTimeout=5 -o StrictHostKeyChecking=no\n",
+        encoding="utf-8",
+    )
+    proc = run_playbook("-i", str(inventory), *migrate_args(paths))
+    assert proc.returncode != 0, output(proc)
+    # localhost still moved its tree.
+    assert regular_files(paths["dest"]) == TREE
+
+    fleet, junit, summary = load_reports(paths["reports"])
+    assert fleet["hosts"]["localhost"]["status"] == "ok"
+    assert fleet["hosts"]["down"]["status"] == "unreachable"
+    assert (fleet["totals"]["hosts_ok"], fleet["totals"]["hosts_unreachable"]) == (1, 1)
+    assert (paths["reports"] / "hosts" / "down.json").exists()
+    suites = {suite.get("name"): suite for suite in junit.findall("testsuite")}
+    assert suites["down"].find("testcase/error") is not None
+    assert junit.get("errors") == "1"
+    assert "| down | unreachable |" in summary
+
+
+def test_reports_are_written_under_a_limit_that_leaves_out_localhost(paths: dict, tmp_path: Path) -> None:
+    # A separate `hosts: localhost` report play would match no host here.
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(
+        "all:\n"
+        "  vars:\n"
+        "    ansible_connection: local\n"
+        "    ansible_python_interpreter: '{{ ansible_playbook_python }}'\n"
+        "  hosts:\n"
+        "    mover1:\n"
+        "    mover2:\n",
+        encoding="utf-8",
+    )
+    proc = run_playbook("-i", str(inventory), "--limit", "mover1", *migrate_args(paths))
+    assert proc.returncode == 0, output(proc)
+    assert regular_files(paths["dest"]) == TREE
+    fleet, junit, _summary = load_reports(paths["reports"])
+    assert list(fleet["hosts"]) == ["mover1"]
+    assert fleet["hosts"]["mover1"]["stats"]["files_moved"] == len(TREE)
+    assert [suite.get("name") for suite in junit.findall("testsuite")] == ["mover1"]
