@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
+import threading
 
 from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError
 
@@ -32,7 +34,7 @@ class Interrupted(Exception):
     """A stop was requested (SIGTERM/SIGINT) while a file was in hand."""
 
 
-def data_segments(fd, start, end, sparse):
+def data_segments(fd, start, end, sparse, source_path=None):
     """Yield (offset, length, is_data) covering [start, end) in order."""
     if not sparse or SEEK_DATA is None:
         if end > start:
@@ -55,7 +57,12 @@ def data_segments(fd, start, end, sparse):
             yield pos, data - pos, False
         if data >= end:
             return
-        hole = min(os.lseek(fd, data, SEEK_HOLE), end)
+        try:
+            hole = min(os.lseek(fd, data, SEEK_HOLE), end)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:      # `data` is past EOF now: the file shrank
+                raise SourceChanged('source shrank while it was copied', source_path, errno.EIO)
+            raise
         yield data, hole - data, True
         pos = hole
 
@@ -77,7 +84,7 @@ def feed(fd, start, end, hasher, buf, sink=None, sparse=False, progress=None,
     view = memoryview(buf)
     size = len(buf)
     zeros = None
-    for offset, length, is_data in data_segments(fd, start, end, sparse):
+    for offset, length, is_data in data_segments(fd, start, end, sparse, source_path):
         pos, stop = offset, offset + length
         while pos < stop:
             if should_stop is not None and should_stop():
@@ -101,6 +108,10 @@ def feed(fd, start, end, hasher, buf, sink=None, sparse=False, progress=None,
             pos += got
             if progress is not None:
                 progress(pos)
+    # A hole is hashed as zeros without reading: a file cut inside one would
+    # otherwise hash as if it still had its old length.
+    if sparse and end > start and os.fstat(fd).st_size < end:
+        raise SourceChanged('source shrank while it was copied', source_path, errno.EIO)
 
 
 def advise(fd, advice):
@@ -118,3 +129,165 @@ def drop_cache(fd):
 
 def is_sparse(st):
     return st.st_blocks * 512 < st.st_size
+
+
+class Pipeline:
+    """A large copy with reading, writing and read-back verification overlapped.
+
+    The calling thread reads the source and hashes it; a writer thread writes
+    and flushes (fdatasync every `flush_every` bytes, reporting each flushed
+    offset to `on_flush`); a verifier thread drops each flushed range from the
+    page cache and reads it back from disk into its own hasher, while the next
+    range is being written. `finish_verify()` verifies the tail once the caller
+    has made the whole file durable; the read-back then covers the whole file.
+    Buffers are a small pool reused throughout: memory is bounded.
+    """
+
+    def __init__(self, src_fd, part_fd, read_fd, algorithm_new, buffer_size, flush_every,
+                 on_flush=None, verify=True, should_stop=None, source_path=None, pool=3):
+        self.src_fd = src_fd
+        self.part_fd = part_fd
+        self.read_fd = read_fd
+        self.new_hasher = algorithm_new
+        self.buffer_size = buffer_size
+        self.flush_every = max(flush_every, buffer_size)
+        self.on_flush = on_flush
+        self.verify = verify and read_fd is not None
+        self.should_stop = should_stop
+        self.source_path = source_path
+        self.pool = pool
+        self._error = None
+        self._free = queue.Queue()
+        self._to_write = queue.Queue()
+        self._to_verify = queue.Queue()
+        self._verified_to = 0
+        self.verify_hasher = algorithm_new() if self.verify else None
+        self._verifier = None
+
+    # -- threads ---------------------------------------------------------------
+
+    def _fail(self, exc):
+        if self._error is None:
+            self._error = exc
+
+    def _writer(self, flushed_at, sync):
+        last_flush = flushed_at
+        try:
+            while True:
+                item = self._to_write.get()
+                if item is None:
+                    return
+                buf, offset, length = item
+                if self._error is None:
+                    view = memoryview(buf)[:length]
+                    done = 0
+                    while done < length:
+                        done += os.pwrite(self.part_fd, view[done:], offset + done)
+                    end = offset + length
+                    if end - last_flush >= self.flush_every:
+                        sync(self.part_fd)
+                        last_flush = end
+                        if self.on_flush is not None:
+                            self.on_flush(end)
+                        if self.verify:
+                            self._to_verify.put(end)
+                self._free.put(buf)
+        except BaseException as exc:  # pylint: disable=broad-except
+            self._fail(exc)
+            while True:               # keep draining so the reader never blocks
+                item = self._to_write.get()
+                if item is None:
+                    return
+                self._free.put(item[0])
+
+    def _verifier_loop(self):
+        buf = bytearray(self.buffer_size)
+        try:
+            while True:
+                upto = self._to_verify.get()
+                if upto is None:
+                    return
+                if self._error is not None or upto <= self._verified_to:
+                    continue
+                if FADV_DONTNEED is not None and hasattr(os, 'posix_fadvise'):
+                    try:
+                        os.posix_fadvise(self.read_fd, self._verified_to, upto - self._verified_to,
+                                         FADV_DONTNEED)
+                    except OSError:
+                        pass
+                feed(self.read_fd, self._verified_to, upto, self.verify_hasher, buf,
+                     should_stop=self.should_stop, source_path=self.source_path)
+                self._verified_to = upto
+        except BaseException as exc:  # pylint: disable=broad-except
+            self._fail(exc)
+
+    # -- the copy ----------------------------------------------------------------
+
+    def copy(self, hasher, start, end, sparse, sync, verified_prefix=0):
+        """Copy [start, end) of the source; `hasher` already holds [0, start).
+
+        The part's bytes [0, start) are durable (a resumed copy): they are
+        verified first. Raises Interrupted, SourceChanged or the I/O error.
+        """
+        for _ in range(self.pool):
+            self._free.put(bytearray(self.buffer_size))
+        if self.verify:
+            self._verifier = threading.Thread(target=self._verifier_loop, name='verify', daemon=True)
+            self._verifier.start()
+            if start:
+                self._to_verify.put(start)
+        writer = threading.Thread(target=self._writer, args=(start, sync), name='write', daemon=True)
+        writer.start()
+        zeros = None
+        try:
+            for offset, length, is_data in data_segments(self.src_fd, start, end, sparse, self.source_path):
+                pos, stop = offset, offset + length
+                while pos < stop:
+                    if self._error is not None:
+                        raise self._error
+                    if self.should_stop is not None and self.should_stop():
+                        raise Interrupted()
+                    want = min(self.buffer_size, stop - pos)
+                    if not is_data:
+                        if zeros is None:
+                            zeros = memoryview(bytearray(min(self.buffer_size, 1 << 20)))
+                        got = min(want, len(zeros))
+                        hasher.update(zeros[:got])
+                        pos += got
+                        continue
+                    buf = self._free.get()
+                    got = os.preadv(self.src_fd, [memoryview(buf)[:want]], pos)
+                    if got <= 0:
+                        self._free.put(buf)
+                        raise SourceChanged('source shrank while it was copied', self.source_path, errno.EIO)
+                    hasher.update(memoryview(buf)[:got])
+                    self._to_write.put((buf, pos, got))
+                    pos += got
+            if sparse and end > start and os.fstat(self.src_fd).st_size < end:
+                raise SourceChanged('source shrank while it was copied', self.source_path, errno.EIO)
+        except BaseException:
+            self._to_write.put(None)
+            writer.join()
+            self._stop_verifier()
+            raise
+        self._to_write.put(None)
+        writer.join()
+        if self._error is not None:
+            self._stop_verifier()
+            raise self._error
+
+    def finish_verify(self, end):
+        """After the caller's final flush: verify the rest; the read-back digest."""
+        if not self.verify:
+            return None
+        self._to_verify.put(end)
+        self._to_verify.put(None)
+        self._verifier.join()
+        if self._error is not None:
+            raise self._error
+        return self.verify_hasher
+
+    def _stop_verifier(self):
+        if self._verifier is not None:
+            self._to_verify.put(None)
+            self._verifier.join()

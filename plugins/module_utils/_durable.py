@@ -111,7 +111,9 @@ def create_part(dir_fd, part_name, resume_at=0, path_for_errors=None):
 
     Bytes past the last durable checkpoint are never trusted: they are cut off.
     """
-    flags = os.O_WRONLY | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC
+    # O_NONBLOCK: a FIFO planted under the part name fails (ENXIO) instead of
+    # blocking the run forever; it is cleared again once we know it is a file.
+    flags = os.O_WRONLY | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC | os.O_NONBLOCK
     if not resume_at:
         flags |= os.O_TRUNC
     try:
@@ -122,6 +124,7 @@ def create_part(dir_fd, part_name, resume_at=0, path_for_errors=None):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise MoverError('part file is not a regular file', path_for_errors, errno.EINVAL)
+        os.set_blocking(fd, True)
         if resume_at:
             os.ftruncate(fd, resume_at)
     except OSError as exc:

@@ -38,8 +38,10 @@ def job_info(params):
     try:
         meta = journal.meta()
         counts = journal.counts()
-        failures = [_result.failure(p, e, a, q) for p, e, a, q in
-                    journal.failures(int(params.get('max_failures_reported') or 100))]
+        failures = [_result.failure(os.path.join(meta.get('src', ''), p) if p != '.' else meta.get('src', p),
+                                    e, a, q) for p, e, a, q in
+                    journal.failures(100 if params.get('max_failures_reported') is None
+                                     else int(params['max_failures_reported']))]
         failed, quarantined = journal.failure_counts()
         dirs = journal.dir_count()
         kinds = journal.kind_counts()
@@ -69,8 +71,8 @@ def job_info(params):
     info.update(
         running=running,
         pid=pid if pid and pid > 0 else None,
-        src=meta.get('src'),
-        dest=meta.get('dest'),
+        source=meta.get('src'),
+        destination=meta.get('dest'),
         runs=int(meta.get('run', '0')),
         scan_complete=meta.get('scan_complete') == '1',
         complete=meta.get('scan_complete') == '1' and pending == 0 and failed == 0,

@@ -143,20 +143,26 @@ class Journal:
                 'recognised by content' % (exc, os.path.basename(path)), path)
         return journal
 
+    def _pragmas(self):
+        """WAL and synchronous=FULL, before any write. Set only once the file is
+        known to be a journal (or empty): switching to WAL rewrites the header,
+        and a file that is refused must be left exactly as it was."""
+        conn = self._conn
+        mode = conn.execute('PRAGMA journal_mode=WAL').fetchone()[0]
+        if mode.lower() != 'wal':
+            raise JournalError('cannot put the journal in WAL mode (got %s)' % mode, self.path)
+        conn.execute('PRAGMA synchronous=FULL')
+        conn.execute('PRAGMA foreign_keys=OFF')
+
     def _setup(self, identity, readonly):
         conn = self._conn
-        if not readonly:
-            mode = conn.execute('PRAGMA journal_mode=WAL').fetchone()[0]
-            if mode.lower() != 'wal':
-                raise JournalError('cannot put the journal in WAL mode (got %s)' % mode, self.path)
-            conn.execute('PRAGMA synchronous=FULL')
-            conn.execute('PRAGMA foreign_keys=OFF')
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not tables:
             # A database with no tables holds nothing (a run killed while creating
             # it): it is created afresh.
             if readonly:
                 raise JournalError('journal is empty', self.path)
+            self._pragmas()
             conn.executescript('BEGIN IMMEDIATE;\n' + _SCHEMA)
             meta = dict(identity)
             meta['schema'] = str(SCHEMA_VERSION)
@@ -185,6 +191,8 @@ class Journal:
                 raise JournalError(
                     'the journal belongs to another job (its %s is %r, this run\'s is %r); '
                     'use another state_dir or job_id' % (key, meta.get(key), identity[key]), self.path)
+        if not readonly:
+            self._pragmas()
 
     # -- transactions --------------------------------------------------------
 

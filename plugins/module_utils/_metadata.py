@@ -22,6 +22,11 @@ from ansible_collections.durable.mover.plugins.module_utils._errors import Mover
 PRESERVE_ALL = ('owner', 'mode', 'times', 'xattrs', 'hardlinks')
 IS_ROOT = hasattr(os, 'geteuid') and os.geteuid() == 0
 _NOT_SUPPORTED = (errno.ENOTSUP, getattr(errno, 'EOPNOTSUPP', errno.ENOTSUP))
+# xfs lists a POSIX ACL to root twice: as system.posix_acl_* and as its on-disk
+# form trusted.SGI_ACL_*. Only the former is copied: the latter would land on
+# another filesystem as an inert, soon stale attribute (which, moved back to
+# xfs after the ACL changed, would be written last and revert it).
+_SKIPPED_XATTR_PREFIXES = ('trusted.SGI_ACL_',)
 
 
 def _target(fd=None, dir_fd=None, name=None):
@@ -45,6 +50,8 @@ def read_xattrs(fd=None, dir_fd=None, name=None):
         raise
     result = []
     for attr in sorted(names):
+        if attr.startswith(_SKIPPED_XATTR_PREFIXES):
+            continue
         try:
             result.append((attr, os.getxattr(target, attr, follow_symlinks=follow)))
         except OSError as exc:

@@ -56,6 +56,7 @@ from ansible_collections.durable.mover.plugins.module_utils._lock import JobLock
 from ansible_collections.durable.mover.plugins.module_utils._transfer import (
     FAILED,
     IDENTICAL,
+    INTERRUPTED,
     MOVED,
     RETRY,
     SKIPPED,
@@ -105,6 +106,8 @@ def parse_size(value, name='size'):
     if isinstance(value, bool):
         raise InputError('%s must be a size, not %r' % (name, value))
     if isinstance(value, int):
+        if value < 0:
+            raise InputError('%s must not be negative, got %d' % (name, value))
         return value
     match = _SIZE.match(str(value))
     if not match:
@@ -112,6 +115,16 @@ def parse_size(value, name='size'):
                          % (name, value))
     number, unit = float(match.group(1)), match.group(2).lower()
     return int(number * (1024 ** ' kmgt'.index(unit or ' ')))
+
+
+def _number(kind, key, value):
+    """int/float of an option value, or an InputError naming the option."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise InputError('%s must be a number, got %r' % (key, value))
 
 
 class Options(types.SimpleNamespace):
@@ -134,20 +147,26 @@ class Options(types.SimpleNamespace):
             raise InputError('buffer_size must be between 4 KiB and 1 GiB, got %d' % values['buffer_size'])
         for key, low in (('workers', 1), ('max_attempts', 1), ('batch_files', 1),
                          ('max_failures_reported', 0)):
-            values[key] = int(values[key])
+            values[key] = _number(int, key, values[key])
             if values[key] < low:
                 raise InputError('%s must be at least %d, got %d' % (key, low, values[key]))
         for key in ('lock_timeout', 'part_max_age'):
-            values[key] = float(values[key])
+            values[key] = _number(float, key, values[key])
             if values[key] < 0:
                 raise InputError('%s must not be negative' % key)
+        for key in ('verify_readback', 'retry_failed', 'remove_empty_dirs'):
+            if values[key] is not None and not isinstance(values[key], bool):
+                raise InputError('%s must be true or false, got %r' % (key, values[key]))
+        for key in ('preserve', 'exclude'):
+            if not isinstance(values[key], (list, tuple)):
+                raise InputError('%s must be a list, got %r' % (key, values[key]))
         unknown = set(values['preserve']) - set(_metadata.PRESERVE_ALL)
         if unknown:
             raise InputError('preserve: unknown item(s) %s (choose from %s)'
                              % (', '.join(sorted(unknown)), ', '.join(_metadata.PRESERVE_ALL)))
         if values['remove_empty_dirs'] is None:
             values['remove_empty_dirs'] = values['mode'] == 'move'
-        job_id_ok = re.match(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$', str(values['job_id']))
+        job_id_ok = re.match(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z', str(values['job_id']))
         if values['job_id'] is not None and not job_id_ok:
             raise InputError('job_id may contain only letters, digits, ".", "_" and "-" '
                              '(got %r)' % values['job_id'])
@@ -394,6 +413,7 @@ class Runner:
         self.changes = 0
         self.errors = []
         self.fatal = False
+        self.halted = False   # a transfer hit a fatal error: start no further file
         self.run_no = 0
         self.audit = None
 
@@ -494,13 +514,23 @@ class Runner:
             else:
                 outcomes.append(outcome)
         if pool is not None and len(first) > 1:
-            outcomes.extend(pool.map(self.transfer.run, first))
+            outcomes.extend(pool.map(self._transfer_one, first))
         else:
-            outcomes.extend(self.transfer.run(r) for r in first)
+            outcomes.extend(self._transfer_one(r) for r in first)
         in_place = {o.row.id for o in outcomes if o.status in (MOVED, IDENTICAL)}
         for row in followers:
-            outcomes.append(self._follow(row, in_place))
+            outcomes.append(self._follow(row, in_place) if not self.halted else Outcome(row, INTERRUPTED))
         self._commit_batch(outcomes)
+
+    def _transfer_one(self, row):
+        """Transfer one row, unless a fatal error (destination full or read-only) stopped the
+        run: the rest of the batch then stays pending instead of failing the same way."""
+        if self.halted:
+            return Outcome(row, INTERRUPTED)
+        outcome = self.transfer.run(row)
+        if outcome.fatal:
+            self.halted = True
+        return outcome
 
     def _recover_copied(self, row):
         """A row the journal says is copied: its destination is durable and verified."""
@@ -732,7 +762,7 @@ class Runner:
         stats['resumed'] = bool(resumed)
         stats['hardlinks'] = journal.hardlink_count()
         stats['special_skipped'] = journal.special_skipped()
-        failures = [_result.failure(p, e, a, q) for p, e, a, q in
+        failures = [_result.failure(self.src_tree.full(p), e, a, q) for p, e, a, q in
                     journal.failures(self.opts.max_failures_reported)]
         meta = journal.meta()
         complete = (meta.get('scan_complete') == '1' and not any(counts[s][0] for s in WORK_STATES)
@@ -889,7 +919,15 @@ def verify(job, started):
     transfer = Transfer(src_tree, dst_tree, job.dest_rel, None, algorithm, True, job.opts.buffer_size,
                         0, (), 'fail', job.opts.special_files, job.job_tag, None, None)
     planner = _Planner(job, algorithm, None)
-    checked = set()
+    limit = job.opts.max_failures_reported
+    failed = 0
+
+    def report(path, error):
+        nonlocal failed
+        failed += 1
+        if len(failures) < limit:
+            failures.append(_result.failure(path, error))
+
     try:
         for rel, _name, st in planner.entries(src_tree):
             kind = _scan.kind_of(st)
@@ -898,32 +936,38 @@ def verify(job, started):
             stats['files_total'] += 1
             error = _verify_one(transfer, src_tree, dst_tree, job.dest_rel(rel), rel, st, kind)
             if error:
-                failures.append(_result.failure(src_tree.full(rel), error))
-            # Checked (and reported if it failed): the journal pass must not count it again.
-            if len(checked) < 100000:
-                checked.add(rel)
+                report(src_tree.full(rel), error)
         if os.path.exists(job.journal_path):
             journal = Journal.open(job.journal_path, job.identity, create=False, readonly=True)
             try:
                 for row in _done_rows(journal):
-                    if row.path in checked or row.kind != 'file' or not row.hash or \
-                            row.hash.startswith('size:') or ':' not in row.hash:
-                        continue
+                    if row.kind != 'file' or not row.hash or row.hash.startswith('size:') or \
+                            ':' not in row.hash or _source_exists(src_tree, row.path):
+                        continue      # a source still there was compared by the walk above
                     stats['files_total'] += 1
                     error = _verify_recorded(transfer, dst_tree, job.dest_rel(row.path), row, algorithm)
                     if error:
-                        failures.append(_result.failure(dst_tree.full(job.dest_rel(row.path)), error))
+                        report(dst_tree.full(job.dest_rel(row.path)), error)
             finally:
                 journal.close()
     except MoverError as exc:
-        failures.append(_result.failure(exc.path or job.src_root, exc))
+        report(exc.path or job.src_root, exc)
     finally:
         src_tree.close()
         dst_tree.close()
-    stats['files_failed'] = len(failures)
+    stats['files_failed'] = failed
     return _result.build(job.job_id, job.journal_path, algorithm, stats,
                          failures[:job.opts.max_failures_reported], time.monotonic() - started,
                          False, not failures, False, mode='verify')
+
+
+def _source_exists(src_tree, rel):
+    reldir, name = split(rel)
+    try:
+        os.lstat(name, dir_fd=src_tree.get(reldir))
+        return True
+    except (OSError, MoverError):
+        return False
 
 
 def _done_rows(journal):

@@ -73,4 +73,5 @@ def summary(result):
         return 'verified %d file(s): all match' % stats.get('files_total', 0)
     if not result['changed']:
         return 'nothing to do: %d file(s) already at the destination' % stats['files_already_done']
-    return 'moved %d file(s), %d bytes' % (stats['files_moved'], stats['bytes_moved'])
+    return '%s %d file(s), %d bytes' % ('copied' if result.get('mode') == 'copy' else 'moved',
+                                        stats['files_moved'], stats['bytes_moved'])

@@ -28,6 +28,10 @@ from ansible_collections.durable.mover.plugins.module_utils._scan import special
 
 O_NOATIME = getattr(os, 'O_NOATIME', 0)
 NAME_MAX = 255
+# Files larger than this many buffers are copied by a _copy.Pipeline, flushed
+# and read back every PIPELINE_FLUSH bytes while the rest is written.
+PIPELINE_MIN_BUFFERS = 4
+PIPELINE_FLUSH = 256 * 1024 * 1024
 
 MOVED, IDENTICAL, FAILED, SKIPPED, INTERRUPTED, RETRY = (
     'moved', 'identical', 'failed', 'skipped', 'interrupted', 'retry')
@@ -45,6 +49,25 @@ class Outcome:
         self.bytes = nbytes
         self.fatal = bool(getattr(error, 'fatal', False))
         self.src_ident = src_ident
+
+
+def open_read(dir_fd, name):
+    """Open `name` to read it, never following a link, and without updating its
+    atime where allowed (reading the destination to compare it must not undo
+    the atime the move preserved)."""
+    flags = os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC
+    if O_NOATIME:
+        try:
+            return os.open(name, flags | O_NOATIME, dir_fd=dir_fd)
+        except PermissionError:      # O_NOATIME needs ownership (or CAP_FOWNER)
+            pass
+    return os.open(name, flags, dir_fd=dir_fd)
+
+
+def _close_reader(pipeline):
+    if pipeline is not None and pipeline.read_fd is not None:
+        os.close(pipeline.read_fd)
+        pipeline.read_fd = None
 
 
 def split(rel):
@@ -127,7 +150,7 @@ class Transfer:
         if (dst_st.st_dev, dst_st.st_ino) == (src_st.st_dev, src_st.st_ino):
             return True, None
         try:
-            dfd = os.open(dname, os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC, dir_fd=dst_dir)
+            dfd = open_read(dst_dir, dname)
         except OSError:
             return False, None
         try:
@@ -280,11 +303,21 @@ class Transfer:
                     state['last'] = pos
                     _faults.point('after_checkpoint')
 
+            pipeline = None
             try:
-                _copy.feed(fd, resume_at, st.st_size, hasher, buf, sink=part_fd, sparse=sparse,
-                           progress=checkpoint, should_stop=self.should_stop, source_path=path)
+                if st.st_size - resume_at > PIPELINE_MIN_BUFFERS * self.buffer_size:
+                    pipeline = self._pipeline(fd, part_fd, dst_dir, part, path, row, src_ident, state)
+                    pipeline.copy(hasher, resume_at, st.st_size, sparse,
+                                  lambda f: _durable.sync_data(f, self.dst.full(part), checkpoint=True))
+                else:
+                    _copy.feed(fd, resume_at, st.st_size, hasher, buf, sink=part_fd, sparse=sparse,
+                               progress=checkpoint, should_stop=self.should_stop, source_path=path)
             except _copy.Interrupted:
                 keep_part = state['last'] > 0     # resumable from its checkpoint
+                _close_reader(pipeline)
+                raise
+            except BaseException:
+                _close_reader(pipeline)
                 raise
             os.ftruncate(part_fd, st.st_size)     # trailing hole, or nothing
             _faults.point('after_part_write')
@@ -294,7 +327,13 @@ class Transfer:
             _durable.sync_data(part_fd, self.dst.full(part))
             _faults.point('after_part_sync')
             digest = _hashing.digest(self.algorithm, hasher)
-            self._verify(part_fd, dst_dir, part, st, sparse, digest, row.path, path)
+            read_back = None
+            if pipeline is not None and pipeline.verify:
+                try:
+                    read_back = _hashing.digest(self.algorithm, pipeline.finish_verify(st.st_size))
+                finally:
+                    _close_reader(pipeline)
+            self._verify(part_fd, dst_dir, part, st, sparse, digest, row.path, path, read_back)
             _faults.point('after_verify')
             self._check_unchanged(fd, src_dir, name, st, path)
             os.close(part_fd)
@@ -315,8 +354,27 @@ class Transfer:
             if part is not None and not keep_part:
                 _durable.remove_quietly(dst_dir, part)
 
-    def _verify(self, part_fd, dst_dir, part, st, sparse, digest, rel, path):
-        """Compare what is on disk under the part's name with the source's hash."""
+    def _pipeline(self, fd, part_fd, dst_dir, part, path, row, src_ident, state):
+        """An overlapped copy: flushes every PIPELINE_FLUSH bytes (read back meanwhile),
+        journal checkpoints every checkpoint_size bytes."""
+        verify = self.verify_readback and self.algorithm != 'none'
+        read_fd = open_read(dst_dir, part) if verify else None
+
+        def flushed(pos):
+            if self.checkpoint_size and pos - state['last'] >= self.checkpoint_size:
+                self.journal.checkpoint(row.id, pos, src_ident)
+                state['last'] = pos
+                _faults.point('after_checkpoint')
+
+        flush_every = min(PIPELINE_FLUSH, self.checkpoint_size) if self.checkpoint_size else PIPELINE_FLUSH
+        return _copy.Pipeline(fd, part_fd, read_fd, lambda: _hashing.new(self.algorithm), self.buffer_size,
+                              flush_every, on_flush=flushed, verify=verify, should_stop=self.should_stop,
+                              source_path=path)
+
+    def _verify(self, part_fd, dst_dir, part, st, sparse, digest, rel, path, read_back=None):
+        """Compare what is on disk under the part's name with the source's hash.
+
+        `read_back`: the digest of the read-back already done by a Pipeline."""
         if self.algorithm == 'none' or not self.verify_readback:
             size = os.fstat(part_fd).st_size
             if size != st.st_size:
@@ -325,12 +383,15 @@ class Transfer:
             if not _faults.corrupt(rel):
                 return
             raise MoverError('verification failed: injected corruption', path, errno.EIO)
-        rfd = os.open(part, os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC | O_NOATIME, dir_fd=dst_dir)
-        try:
-            _copy.drop_cache(rfd)          # read from the disk, not from the page cache
-            actual = self.hash_fd(rfd, st.st_size, sparse)
-        finally:
-            os.close(rfd)
+        if read_back is not None:
+            actual = read_back
+        else:
+            rfd = open_read(dst_dir, part)
+            try:
+                _copy.drop_cache(rfd)          # read from the disk, not from the page cache
+                actual = self.hash_fd(rfd, st.st_size, sparse)
+            finally:
+                os.close(rfd)
         if _faults.corrupt(rel):
             actual = 'corrupt:' + actual
         if actual != digest:

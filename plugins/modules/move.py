@@ -397,7 +397,8 @@ def main() -> None:
     except _hashing.MissingLibraryError as exc:
         module.fail_json(msg=missing_required_lib(exc.library), exception=exc.traceback)
     except MoverError as exc:
-        module.fail_json(msg=str(exc), path=display_path(exc.path) if exc.path else None, errno=exc.errno)
+        module.fail_json(msg=str(exc), error_path=display_path(exc.path) if exc.path else None,
+                         errno=exc.errno)
     except Exception as exc:  # a bug: say so plainly, with the traceback
         module.fail_json(msg='unexpected error: %s' % exc, exception=traceback.format_exc())
     if result.get('failed'):

@@ -83,18 +83,18 @@ running:
   returned: always
   type: bool
 pid:
-  description: The pid of the running run, if any.
+  description: The pid of the running run; null when none is running.
   returned: always
   type: int
 complete:
   description: Whether every file is done (or skipped by decision) and none failed.
   returned: always
   type: bool
-src:
+source:
   description: The job's source, as recorded in the journal.
   returned: when RV(exists)
   type: str
-dest:
+destination:
   description: The job's destination, as recorded in the journal.
   returned: when RV(exists)
   type: str
@@ -155,7 +155,7 @@ progress:
       description: Time since the current (or last) run started, or its duration.
       type: float
     eta_seconds:
-      description: Estimated seconds left, while running and once a rate is known.
+      description: Estimated seconds left, while running and once a rate is known; null otherwise.
       type: float
 failures:
   description: Failed entries (path, error, attempts, quarantined).
