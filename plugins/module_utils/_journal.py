@@ -128,7 +128,14 @@ class Journal:
             if readonly:
                 # A URI: the path is percent-encoded, or '#', '?' and '%' in it
                 # would be read as URI syntax (and mode=ro lost).
-                conn = sqlite3.connect('file:%s?mode=ro' % urllib.parse.quote(os.fsencode(path)), uri=True,
+                # With no -wal beside it, no writer has the journal open: read it
+                # as immutable, so that SQLite creates no -wal/-shm files (check
+                # mode and move_info change nothing). A writer opening it
+                # meanwhile only appends to a new WAL, which leaves the database
+                # file, and so this snapshot, as it was.
+                options = 'mode=ro' if os.path.exists(path + '-wal') else 'mode=ro&immutable=1'
+                conn = sqlite3.connect('file:%s?%s' % (urllib.parse.quote(os.fsencode(path)), options),
+                                       uri=True,
                                        isolation_level=None, check_same_thread=False)
             else:
                 conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,

@@ -790,7 +790,12 @@ def plan(params):
     job.check(writing=False)
     journal = None
     if os.path.exists(job.journal_path):
-        journal = Journal.open(job.journal_path, job.identity, create=False, readonly=True)
+        try:
+            journal = Journal.open(job.journal_path, job.identity, create=False, readonly=True)
+        except JournalError as exc:
+            if 'journal is empty' not in exc.message:
+                raise
+            journal = None       # created by a run killed at once: it holds nothing
     try:
         return _Planner(job, algorithm, journal).run(started)
     finally:

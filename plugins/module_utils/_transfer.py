@@ -112,6 +112,11 @@ class Transfer:
 
     # -- helpers ---------------------------------------------------------------
 
+    def _dfull(self, name):
+        """Full destination path of `name` in the directory of the file in hand (errors)."""
+        reldir = getattr(self._local, 'dreldir', '')
+        return self.dst.full('%s/%s' % (reldir, name) if reldir else name)
+
     def _buffer(self):
         buf = getattr(self._local, 'buf', None)
         if buf is None:
@@ -165,7 +170,7 @@ class Transfer:
                 return False, None
             if 'mode' in self.preserve or 'times' in self.preserve or 'owner' in self.preserve:
                 if _metadata.differs(src_st, dst_st, self.preserve):
-                    _metadata.apply(src_st, self.preserve, fd=dfd, path_for_errors=self.dst.full(dname))
+                    _metadata.apply(src_st, self.preserve, fd=dfd, path_for_errors=self._dfull(dname))
             return True, src_digest
         finally:
             os.close(dfd)
@@ -184,6 +189,7 @@ class Transfer:
         try:
             reldir, name = split(rel)
             dreldir, dname = split(self.dest_rel(rel))
+            self._local.dreldir = dreldir
             src_dir = self.src.get(reldir)
             try:
                 st = os.lstat(name, dir_fd=src_dir)
@@ -251,7 +257,7 @@ class Transfer:
             if self.on_conflict != 'overwrite':
                 return self._conflict(row, path, 'the destination exists with different content')
         try:
-            _durable.rename_into_place(src_dir, name, dst_dir, dname, self.dst.full(dname))
+            _durable.rename_into_place(src_dir, name, dst_dir, dname, self._dfull(dname))
         except MoverError as exc:
             if exc.errno == errno.EXDEV:
                 return None          # a mount point inside the tree: copy instead
@@ -286,7 +292,7 @@ class Transfer:
                 part_st = self._lstat_dest(dst_dir, part)
                 if part_st is not None and stat.S_ISREG(part_st.st_mode) and part_st.st_size >= row.checkpoint:
                     resume_at = row.checkpoint
-            part_fd = _durable.create_part(dst_dir, part, resume_at, self.dst.full(part))
+            part_fd = _durable.create_part(dst_dir, part, resume_at, self._dfull(part))
             sparse = _copy.is_sparse(st)
             buf = self._buffer()
             hasher = _hashing.new(self.algorithm)
@@ -298,7 +304,7 @@ class Transfer:
 
             def checkpoint(pos):
                 if self.checkpoint_size and pos - state['last'] >= self.checkpoint_size:
-                    _durable.sync_data(part_fd, self.dst.full(part), checkpoint=True)
+                    _durable.sync_data(part_fd, self._dfull(part), checkpoint=True)
                     self.journal.checkpoint(row.id, pos, src_ident)
                     state['last'] = pos
                     _faults.point('after_checkpoint')
@@ -308,7 +314,7 @@ class Transfer:
                 if st.st_size - resume_at > PIPELINE_MIN_BUFFERS * self.buffer_size:
                     pipeline = self._pipeline(fd, part_fd, dst_dir, part, path, row, src_ident, state)
                     pipeline.copy(hasher, resume_at, st.st_size, sparse,
-                                  lambda f: _durable.sync_data(f, self.dst.full(part), checkpoint=True))
+                                  lambda f: _durable.sync_data(f, self._dfull(part), checkpoint=True))
                 else:
                     _copy.feed(fd, resume_at, st.st_size, hasher, buf, sink=part_fd, sparse=sparse,
                                progress=checkpoint, should_stop=self.should_stop, source_path=path)
@@ -323,8 +329,8 @@ class Transfer:
             _faults.point('after_part_write')
             xattrs = _metadata.read_xattrs(fd=fd) if 'xattrs' in self.preserve else None
             _metadata.apply(st, self.preserve, fd=part_fd, xattrs=xattrs,
-                            path_for_errors=self.dst.full(dname))
-            _durable.sync_data(part_fd, self.dst.full(part))
+                            path_for_errors=self._dfull(dname))
+            _durable.sync_data(part_fd, self._dfull(part))
             _faults.point('after_part_sync')
             digest = _hashing.digest(self.algorithm, hasher)
             read_back = None
@@ -338,7 +344,7 @@ class Transfer:
             self._check_unchanged(fd, src_dir, name, st, path)
             os.close(part_fd)
             part_fd = None
-            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self.dst.full(dname))
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname))
             part = None
             _faults.point('after_rename')
             return Outcome(row, MOVED, method='copy', digest=digest, nbytes=st.st_size - resume_at,
@@ -428,9 +434,9 @@ class Transfer:
         try:
             os.link(lname, part, src_dir_fd=ldir, dst_dir_fd=dst_dir, follow_symlinks=False)
         except OSError as exc:
-            raise os_error(exc, 'cannot create hard link', self.dst.full(dname))
+            raise os_error(exc, 'cannot create hard link', self._dfull(dname))
         try:
-            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self.dst.full(dname))
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname))
         except MoverError:
             _durable.remove_quietly(dst_dir, part)
             raise
@@ -454,16 +460,16 @@ class Transfer:
             os.symlink(target, part, dir_fd=dst_dir)
             xattrs = _metadata.read_xattrs(dir_fd=src_dir, name=name) if 'xattrs' in self.preserve else None
             _metadata.apply(st, self.preserve, dir_fd=dst_dir, name=part, xattrs=xattrs,
-                            path_for_errors=self.dst.full(dname))
+                            path_for_errors=self._dfull(dname))
             if os.readlink(name, dir_fd=src_dir) != target:
                 raise _copy.SourceChanged('symbolic link changed while it was copied', path, errno.EAGAIN)
-            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self.dst.full(dname))
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname))
         except _copy.SourceChanged as exc:
             _durable.remove_quietly(dst_dir, part)
             return Outcome(row, RETRY, error=exc)
         except OSError as exc:
             _durable.remove_quietly(dst_dir, part)
-            raise os_error(exc, 'cannot create symbolic link', self.dst.full(dname))
+            raise os_error(exc, 'cannot create symbolic link', self._dfull(dname))
         except MoverError:
             _durable.remove_quietly(dst_dir, part)
             raise
@@ -483,14 +489,14 @@ class Transfer:
         try:
             os.mknod(part, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=dst_dir)
             _metadata.apply(st, [p for p in self.preserve if p != 'mode'], dir_fd=dst_dir, name=part,
-                            path_for_errors=self.dst.full(dname))
+                            path_for_errors=self._dfull(dname))
             os.chmod(part, stat.S_IMODE(st.st_mode), dir_fd=dst_dir)
             if 'times' in self.preserve:
                 os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_dir, follow_symlinks=False)
-            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self.dst.full(dname))
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname))
         except OSError as exc:
             _durable.remove_quietly(dst_dir, part)
-            raise os_error(exc, 'cannot recreate %s' % special_name(st.st_mode), self.dst.full(dname))
+            raise os_error(exc, 'cannot recreate %s' % special_name(st.st_mode), self._dfull(dname))
         except MoverError:
             _durable.remove_quietly(dst_dir, part)
             raise

@@ -393,10 +393,6 @@ def test_xattr_the_destination_cannot_hold_fails_that_file_and_keeps_it(
 
 @pytest.mark.root
 @pytest.mark.loop
-@pytest.mark.xfail(strict=True, reason=(
-    "core: _transfer.Transfer names destination paths in errors with self.dst.full(dname) / "
-    "self.dst.full(part), dropping the file's directory: the message says <dest>/big, not "
-    "<dest>/sub/big"))
 def test_xattr_failure_names_the_destination_path(loopfs: t.Callable[..., Path], tmp_path: Path) -> None:
     _src, dest, result = _xattr_too_big(loopfs, tmp_path)
     assert str(dest / "sub" / "big") in result["msg"], result["msg"]
