@@ -60,6 +60,7 @@ from ansible_collections.durable.mover.plugins.module_utils._transfer import (
     MOVED,
     RETRY,
     SKIPPED,
+    STAGED,
     Outcome,
     Transfer,
     open_read,
@@ -476,6 +477,7 @@ class Runner:
                             opts.preserve, opts.on_conflict, opts.special_files, self.job.job_tag,
                             # mode=copy never takes the rename path: it would remove the source
                             os.fstat(self.dst_tree.root_fd).st_dev if self.moves else None, self.stop)
+        transfer.batch_sync = _durable.syncfs_supported(self.dst_tree.root_fd)
         self.transfer = transfer
         pool = ThreadPoolExecutor(max_workers=opts.workers) if opts.workers > 1 else None
         try:
@@ -517,10 +519,26 @@ class Runner:
             outcomes.extend(pool.map(self._transfer_one, first))
         else:
             outcomes.extend(self._transfer_one(r) for r in first)
+        staged = [o for o in outcomes if o.status == STAGED]
+        if staged:
+            outcomes = [o for o in outcomes if o.status != STAGED]
+            outcomes.extend(self._finish_staged(staged, pool))
         in_place = {o.row.id for o in outcomes if o.status in (MOVED, IDENTICAL)}
         for row in followers:
             outcomes.append(self._follow(row, in_place) if not self.halted else Outcome(row, INTERRUPTED))
         self._commit_batch(outcomes)
+
+    def _finish_staged(self, staged, pool):
+        """One flush of the destination filesystem for the batch's small copies
+        (requires: their last writes returned), then verify and rename each."""
+        try:
+            _durable.sync_filesystem(self.dst_tree.root_fd, self.dst_tree.root_path, data=True)
+        except MoverError as exc:
+            return [self.transfer.discard(o, exc) for o in staged]
+        _faults.point('after_part_sync')
+        if pool is not None and len(staged) > 1:
+            return list(pool.map(self.transfer.finish, staged))
+        return [self.transfer.finish(o) for o in staged]
 
     def _transfer_one(self, row):
         """Transfer one row, unless a fatal error (destination full or read-only) stopped the

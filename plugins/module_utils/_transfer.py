@@ -33,14 +33,15 @@ NAME_MAX = 255
 PIPELINE_MIN_BUFFERS = 4
 PIPELINE_FLUSH = 256 * 1024 * 1024
 
-MOVED, IDENTICAL, FAILED, SKIPPED, INTERRUPTED, RETRY = (
-    'moved', 'identical', 'failed', 'skipped', 'interrupted', 'retry')
+MOVED, IDENTICAL, FAILED, SKIPPED, INTERRUPTED, RETRY, STAGED = (
+    'moved', 'identical', 'failed', 'skipped', 'interrupted', 'retry', 'staged')
 
 
 class Outcome:
-    __slots__ = ('row', 'status', 'method', 'digest', 'error', 'bytes', 'fatal', 'src_ident')
+    __slots__ = ('row', 'status', 'method', 'digest', 'error', 'bytes', 'fatal', 'src_ident', 'staged')
 
-    def __init__(self, row, status, method=None, digest=None, error=None, nbytes=0, src_ident=None):
+    def __init__(self, row, status, method=None, digest=None, error=None, nbytes=0, src_ident=None,
+                 staged=None):
         self.row = row
         self.status = status
         self.method = method
@@ -49,6 +50,7 @@ class Outcome:
         self.bytes = nbytes
         self.fatal = bool(getattr(error, 'fatal', False))
         self.src_ident = src_ident
+        self.staged = staged      # STAGED: (reldir, name, dreldir, dname, part, st, sparse)
 
 
 def open_read(dir_fd, name):
@@ -108,6 +110,9 @@ class Transfer:
         self.job_tag = job_tag
         self.same_device = same_device    # st_dev of the destination root
         self.should_stop = should_stop
+        # batch_sync: small copies are not flushed one by one; the batch flushes
+        # the destination filesystem once (syncfs) and then calls finish().
+        self.batch_sync = False
         self._local = threading.local()
 
     # -- helpers ---------------------------------------------------------------
@@ -325,11 +330,18 @@ class Transfer:
             except BaseException:
                 _close_reader(pipeline)
                 raise
-            os.ftruncate(part_fd, st.st_size)     # trailing hole, or nothing
+            if os.fstat(part_fd).st_size != st.st_size:
+                os.ftruncate(part_fd, st.st_size)     # a trailing hole
             _faults.point('after_part_write')
             xattrs = _metadata.read_xattrs(fd=fd) if 'xattrs' in self.preserve else None
             _metadata.apply(st, self.preserve, fd=part_fd, xattrs=xattrs,
                             path_for_errors=self._dfull(dname))
+            if self.batch_sync and pipeline is None:
+                # Flushed with the rest of the batch (syncfs), then finish()ed.
+                staged = (split(row.path)[0], name, split(self.dest_rel(row.path))[0], dname, part, st, sparse)
+                part = None
+                return Outcome(row, STAGED, method='copy', digest=_hashing.digest(self.algorithm, hasher),
+                               nbytes=st.st_size - resume_at, src_ident=src_ident, staged=staged)
             _durable.sync_data(part_fd, self._dfull(part))
             _faults.point('after_part_sync')
             digest = _hashing.digest(self.algorithm, hasher)
@@ -360,6 +372,47 @@ class Transfer:
             if part is not None and not keep_part:
                 _durable.remove_quietly(dst_dir, part)
 
+    def finish(self, outcome):
+        """A STAGED copy, after the batch's flush: verify, check the source, rename."""
+        row = outcome.row
+        reldir, name, dreldir, dname, part, st, sparse = outcome.staged
+        self._local.dreldir = dreldir
+        path = self.src.full(row.path)
+        dst_dir = None
+        try:
+            dst_dir = self.dst.get(dreldir)
+            src_dir = self.src.get(reldir)
+            self._verify(None, dst_dir, part, st, sparse, outcome.digest, row.path, path)
+            _faults.point('after_verify')
+            try:
+                named = os.lstat(name, dir_fd=src_dir)
+            except FileNotFoundError:
+                named = None
+            if named is None or ident(named) != outcome.src_ident:
+                raise _copy.SourceChanged('source changed while it was copied (it will be copied again '
+                                          'next run; the source was kept)', path, errno.EAGAIN)
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname))
+            _faults.point('after_rename')
+            return Outcome(row, MOVED, method='copy', digest=outcome.digest, nbytes=outcome.bytes,
+                           src_ident=outcome.src_ident)
+        except (MoverError, OSError, _copy.Interrupted) as exc:
+            if dst_dir is not None:
+                _durable.remove_quietly(dst_dir, part)
+            if isinstance(exc, _copy.Interrupted):
+                return Outcome(row, INTERRUPTED)
+            if isinstance(exc, _copy.SourceChanged):
+                return Outcome(row, RETRY, error=exc)
+            return Outcome(row, FAILED, error=os_error(exc, 'cannot move', path))
+
+    def discard(self, outcome, error):
+        """A STAGED copy whose batch flush failed: remove the part, fail the file."""
+        _reldir, _name, dreldir, _dname, part, _st, _sparse = outcome.staged
+        try:
+            _durable.remove_quietly(self.dst.get(dreldir), part)
+        except MoverError:
+            pass
+        return Outcome(outcome.row, FAILED, error=error)
+
     def _pipeline(self, fd, part_fd, dst_dir, part, path, row, src_ident, state):
         """An overlapped copy: flushes every PIPELINE_FLUSH bytes (read back meanwhile),
         journal checkpoints every checkpoint_size bytes."""
@@ -382,7 +435,7 @@ class Transfer:
 
         `read_back`: the digest of the read-back already done by a Pipeline."""
         if self.algorithm == 'none' or not self.verify_readback:
-            size = os.fstat(part_fd).st_size
+            size = os.fstat(part_fd).st_size if part_fd is not None else os.lstat(part, dir_fd=dst_dir).st_size
             if size != st.st_size:
                 raise MoverError('verification failed: the copy has %d bytes, the source %d'
                                  % (size, st.st_size), path, errno.EIO)

@@ -103,8 +103,12 @@ class Trace:
         self.renames = []                    # (call, src_path, dst_path)
         self.unlinks = []                    # (call, path)
         self.wal_syncs = []
+        self.fs_syncs = []                   # (call, path of the fd): syncfs flushes a whole filesystem
         for call in self.calls:
             args = _split_args(call.args)
+            if call.name == 'syncfs':
+                self.fs_syncs.append((call, _fd_path(args[0]) or ''))
+                continue
             if call.name in ('write', 'pwrite64', 'ftruncate', 'fchmod', 'fchown', 'fsetxattr'):
                 path = _fd_path(args[0])
                 if path:
@@ -126,11 +130,21 @@ class Trace:
             elif call.name == 'unlink':
                 self.unlinks.append((call, _unquote(args[0])))
 
-    def first_sync_after(self, path, call):
+    def first_sync_after(self, path, call, fs_root=None):
+        """The first fsync of `path` (or syncfs of the filesystem at `fs_root`) after `call`."""
+        found = [s for s in self.syncs.get(path, ()) if s.start > call.end]
+        if fs_root:
+            found += [c for c, p in self.fs_syncs if c.start > call.end and
+                      (p == fs_root or p.startswith(fs_root.rstrip('/') + '/'))]
+        return min(found, key=lambda c: c.start) if found else None
+
+    def flushed_between(self, path, after, before, fs_root):
+        """Was `path` flushed (fsync/fdatasync, or syncfs of its filesystem) in (after, before)?"""
         for sync in self.syncs.get(path, ()):
-            if sync.start > call.end:
-                return sync
-        return None
+            if sync.start > after and sync.end < before:
+                return True
+        return any(c.start > after and c.end < before and
+                   (p == fs_root or p.startswith(fs_root.rstrip('/') + '/')) for c, p in self.fs_syncs)
 
     def first_wal_sync_after(self, call):
         for sync in self.wal_syncs:
@@ -153,8 +167,8 @@ def check(text: str, src_root: str, dest_root: str) -> tuple:
         chain = []
         if old.startswith(src_root.rstrip('/') + '/'):
             # one filesystem: rename < fsync(dest dir), fsync(src dir) < journal
-            dsync = trace.first_sync_after(dest_dir, rename)
-            ssync = trace.first_sync_after(os.path.dirname(old), rename)
+            dsync = trace.first_sync_after(dest_dir, rename, dest_root)
+            ssync = trace.first_sync_after(os.path.dirname(old), rename, src_root)
             if dsync is None or ssync is None:
                 problems.append('%s: renamed without fsync of %s' % (
                     rel, 'the destination dir' if dsync is None else 'the source dir'))
@@ -167,12 +181,11 @@ def check(text: str, src_root: str, dest_root: str) -> tuple:
             continue
         part = old
         writes = [w for w in trace.writes.get(part, ()) if w.end < rename.start]
-        flush = [s for s in trace.syncs.get(part, ()) if s.end < rename.start]
-        if writes and (not flush or flush[-1].start < writes[-1].end):
+        if writes and not trace.flushed_between(part, writes[-1].end, rename.start, dest_root):
             problems.append('%s: renamed into place before the part was flushed after its last write' % rel)
-        if not writes and not flush and not part.endswith('.part'):
+        if not writes and not part.endswith('.part'):
             problems.append('%s: renamed from an unexpected name %s' % (rel, part))
-        dsync = trace.first_sync_after(dest_dir, rename)
+        dsync = trace.first_sync_after(dest_dir, rename, dest_root)
         if dsync is None:
             problems.append('%s: no fsync of the destination directory after the rename' % rel)
             continue
@@ -187,7 +200,7 @@ def check(text: str, src_root: str, dest_root: str) -> tuple:
                 problems.append('%s: source unlinked before the journal commit that records the copy' % rel)
             if unlink.start < dsync.end:
                 problems.append('%s: source unlinked before the destination directory was fsynced' % rel)
-            ssync = trace.first_sync_after(os.path.dirname(source), unlink)
+            ssync = trace.first_sync_after(os.path.dirname(source), unlink, src_root)
             if ssync is None:
                 problems.append('%s: no fsync of the source directory after the unlink' % rel)
             chain.append('unlinked')

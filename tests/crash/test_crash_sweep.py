@@ -37,7 +37,7 @@ from crashlib import (
 
 pytestmark = [pytest.mark.root]
 
-SYSCALLS = ('write', 'pwrite64', 'fsync', 'fdatasync', 'rename', 'renameat', 'renameat2',
+SYSCALLS = ('write', 'pwrite64', 'fsync', 'fdatasync', 'syncfs', 'rename', 'renameat', 'renameat2',
             'unlink', 'unlinkat', 'openat', 'ftruncate', 'mkdir', 'mkdirat', 'linkat',
             'symlinkat', 'fsetxattr', 'lsetxattr', 'setxattr', 'fchmod', 'fchown', 'fchownat',
             'utimensat', 'mknodat', 'copy_file_range', 'sendfile', 'rmdir')
@@ -142,6 +142,13 @@ def _sweep(tmp_path: Path, dest_parent: Path, label: str):
 @pytest.mark.timeout(900)
 def test_crash_at_every_syscall_across_devices(tmp_path, tmpfs):
     _sweep(tmp_path, tmpfs('64m'), 'cross-device')
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.loop
+def test_crash_at_every_syscall_batch_flush(tmp_path, loopfs):
+    """An ext4 destination: small copies are flushed per batch with syncfs."""
+    _sweep(tmp_path, loopfs('ext4'), 'cross-device, batch flush (ext4)')
 
 
 @pytest.mark.timeout(900)

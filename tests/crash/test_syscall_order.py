@@ -15,7 +15,7 @@ from crashlib import build_tree, check_final, params, run_core, snapshot
 from ordercheck import check
 
 pytestmark = [pytest.mark.root]
-TRACE = ('trace=write,pwrite64,ftruncate,fchmod,fchown,fsetxattr,fsync,fdatasync,'
+TRACE = ('trace=write,pwrite64,ftruncate,fchmod,fchown,fsetxattr,fsync,fdatasync,syncfs,'
          'rename,renameat,renameat2,unlink,unlinkat')
 
 
@@ -51,6 +51,31 @@ def test_order_across_devices(tmp_path, tmpfs, workers, batch_files):
     files = sum(1 for kind, _ in original.values() if kind != 'dir')
     assert checked == files
     assert not problems, problems
+
+
+@pytest.mark.loop
+@pytest.mark.parametrize('fstype', ['ext4', 'xfs'])
+def test_order_across_devices_with_batch_flush(tmp_path, loopfs, fstype):
+    """ext4/xfs destinations flush a batch of small copies with one syncfs."""
+    original, src, dest, state, text, proc = _traced_run(tmp_path, loopfs(fstype), workers=4, batch_files=7)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not check_final(original, src, dest, state)
+    assert 'syncfs(' in text
+    checked, problems = check(text, str(src), str(dest))
+    assert checked == sum(1 for kind, _ in original.values() if kind != 'dir')
+    assert not problems, problems
+
+
+@pytest.mark.loop
+@pytest.mark.parametrize('variant,expected', [
+    ('no_part_fdatasync', 'before the part was flushed'),
+    ('unlink_before_journal', 'before the journal commit'),
+])
+def test_order_check_catches_broken_batch_flush(tmp_path, loopfs, variant, expected):
+    _original, src, dest, _state, text, proc = _traced_run(tmp_path, loopfs('ext4'), faults='broken=' + variant)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _checked, problems = check(text, str(src), str(dest))
+    assert any(expected in p for p in problems), problems
 
 
 @pytest.mark.parametrize('workers,batch_files', [(1, 256), (4, 3)])

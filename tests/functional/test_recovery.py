@@ -132,7 +132,7 @@ DOUBLE_KILLS = [
     ("cross", "after_unlink@2", "after_src_dir_sync@1", 1),
     ("cross", "after_verify@1", "after_journal_done@1", 4),
     ("cross", "after_dest_dir_sync@1", "after_rename@1", 1),
-    ("cross", "after_part_sync@3", "after_unlink@2", 4),
+    ("cross", "after_verify@3", "after_unlink@2", 4),
     ("samefs", "after_rename@2", "after_rename@2", 4),
     ("samefs", "after_journal_copied@1", "after_dest_dir_sync@1", 1),
     ("samefs", "after_dest_dir_sync@1", "after_journal_done@1", 4),

@@ -1,0 +1,317 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Unit tests of plugins/module_utils/_durable.py (dir-fd traversal, part files, the fsync chain)
+and of _transfer.part_name."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+
+import pytest
+
+from core_helpers import run_python
+
+from ansible_collections.durable.mover.plugins.module_utils import _durable, _mover
+from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError
+from ansible_collections.durable.mover.plugins.module_utils._transfer import NAME_MAX, part_name
+
+TAG = "0123456789ab"
+
+
+def snapshot(root):
+    """Every path below root with its type, size and mtime: 'nothing touched' is equality."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            found[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns)
+    return found
+
+
+@pytest.fixture
+def swapped(tmp_path):
+    """root/a/b exists; then root/a is replaced by a symlink to outside/ (which has b/ too)."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "a" / "b").mkdir(parents=True)
+    (outside / "b").mkdir(parents=True)
+    (outside / "b" / "keep").write_bytes(b"outside data")
+    os.rename(root / "a", tmp_path / "a-moved-away")
+    (root / "a").symlink_to(outside)
+    return root, outside
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_dirtree_refuses_a_symlink_component(swapped, create):
+    root, outside = swapped
+    before = snapshot(outside)
+    tree = _durable.DirTree(_durable.open_root(str(root)), str(root), create=create)
+    try:
+        for rel in ("a", "a/b", "a/b/new", "a/new/deeper"):
+            with pytest.raises(MoverError) as info:
+                tree.get(rel)
+            assert info.value.errno in (errno.ELOOP, errno.ENOTDIR)
+            assert "symbolic link" in str(info.value)
+            assert info.value.path == os.path.join(str(root), "a")
+    finally:
+        tree.close()
+    assert snapshot(outside) == before
+    assert tree.created == 0
+
+
+def test_dirtree_symlink_as_last_component(tmp_path):
+    root = tmp_path / "root"
+    (root / "real").mkdir(parents=True)
+    (root / "link").symlink_to("real")
+    tree = _durable.DirTree(_durable.open_root(str(root)), str(root), create=True)
+    try:
+        with pytest.raises(MoverError):
+            tree.get("link")
+    finally:
+        tree.close()
+
+
+def test_dirtree_creates_missing_dirs(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "x").mkdir()
+    tree = _durable.DirTree(_durable.open_root(str(root)), str(root), create=True, mode=0o750)
+    try:
+        fd = tree.get("x/y/z")
+        assert os.path.samestat(os.fstat(fd), os.stat(root / "x" / "y" / "z"))
+        assert tree.get("x/y/z") == fd                    # cached
+        assert tree.created == 2
+        assert stat.S_IMODE(os.stat(root / "x" / "y").st_mode) == 0o750 & ~current_umask()
+    finally:
+        tree.close()
+
+
+def test_dirtree_without_create_does_not_create(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    tree = _durable.DirTree(_durable.open_root(str(root)), str(root))
+    try:
+        with pytest.raises(MoverError) as info:
+            tree.get("missing/deeper")
+        assert info.value.errno == errno.ENOENT
+    finally:
+        tree.close()
+    assert os.listdir(root) == []
+
+
+def test_dirtree_clear_closes_fds(tmp_path):
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    tree = _durable.DirTree(_durable.open_root(str(root)), str(root))
+    fd = tree.get("a/b")
+    tree.clear()
+    with pytest.raises(OSError) as info:
+        os.fstat(fd)
+    assert info.value.errno == errno.EBADF
+    assert os.path.samestat(os.fstat(tree.get("a/b")), os.stat(root / "a" / "b"))
+    tree.close()
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_open_root_create_makes_parents(tmp_path):
+    target = tmp_path / "p" / "q" / "r"
+    fd = _durable.open_root(str(target), create=True)
+    try:
+        assert os.path.samestat(os.fstat(fd), os.stat(target))
+    finally:
+        os.close(fd)
+    fd = _durable.open_root(str(target), create=True)       # existing: just opened
+    os.close(fd)
+
+
+def test_open_root_missing_without_create(tmp_path):
+    with pytest.raises(MoverError) as info:
+        _durable.open_root(str(tmp_path / "nope"))
+    assert info.value.errno == errno.ENOENT
+    assert not (tmp_path / "nope").exists()
+
+
+def test_open_root_file_in_the_way(tmp_path):
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(MoverError) as info:
+        _durable.open_root(str(tmp_path / "file" / "sub"), create=True)
+    assert info.value.errno == errno.ENOTDIR
+    assert (tmp_path / "file").read_bytes() == b"x"
+
+
+def test_make_dir_reports_existing(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert _durable.make_dir(fd, "d", 0o755) is True
+        assert _durable.make_dir(fd, "d", 0o755) is False
+        assert (tmp_path / "d").is_dir()
+    finally:
+        os.close(fd)
+
+
+# -- part files --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dir_fd(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+def test_create_part_truncates_to_resume_at(tmp_path, dir_fd):
+    data = bytes(range(256)) * 4
+    (tmp_path / "p").write_bytes(data)
+    fd = _durable.create_part(dir_fd, "p", resume_at=300)
+    try:
+        assert os.fstat(fd).st_size == 300
+        os.pwrite(fd, b"NEW", 300)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "p").read_bytes() == data[:300] + b"NEW"
+
+
+def test_create_part_from_zero_truncates_all(tmp_path, dir_fd):
+    (tmp_path / "p").write_bytes(b"stale bytes")
+    fd = _durable.create_part(dir_fd, "p", resume_at=0)
+    os.close(fd)
+    assert (tmp_path / "p").read_bytes() == b""
+    fd = _durable.create_part(dir_fd, "fresh")
+    os.close(fd)
+    assert stat.S_IMODE(os.stat(tmp_path / "fresh").st_mode) == 0o600
+
+
+def test_create_part_resume_extends_short_part_with_zeros(tmp_path, dir_fd):
+    (tmp_path / "p").write_bytes(b"abc")
+    fd = _durable.create_part(dir_fd, "p", resume_at=10)
+    os.close(fd)
+    assert (tmp_path / "p").read_bytes() == b"abc" + bytes(7)
+
+
+def test_create_part_does_not_follow_a_symlink(tmp_path, dir_fd):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (tmp_path / "p").symlink_to(victim)
+    for resume_at in (0, 4):
+        with pytest.raises(MoverError) as info:
+            _durable.create_part(dir_fd, "p", resume_at=resume_at)
+        assert info.value.errno == errno.ELOOP
+    assert victim.read_bytes() == b"precious"
+
+
+def test_create_part_on_a_fifo_fails_instead_of_hanging(tmp_path):
+    """A FIFO planted under the (predictable) part name must not block the run forever."""
+    os.mkfifo(tmp_path / "p")
+    code = """
+        import os, sys
+        from ansible_collections.durable.mover.plugins.module_utils import _durable
+        from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError
+        fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _durable.create_part(fd, "p")
+            print("opened")
+        except MoverError as exc:
+            print("refused", exc.errno)
+    """
+    try:
+        proc = run_python(code, str(tmp_path), timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("create_part blocked opening a FIFO at the part name")
+    assert proc.stdout.split()[0] == "refused", proc.stderr
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "p").st_mode)
+
+
+def test_part_name_short_names():
+    assert part_name("file.txt", TAG) == ".file.txt.%s.part" % TAG
+    assert _mover._PART.match(part_name("file.txt", TAG)).group(1) == TAG
+
+
+@pytest.mark.parametrize("name", [
+    "x" * 255,
+    "x" * 236,                                     # just over the limit once decorated
+    "é" * 127,                                     # 254 bytes of UTF-8
+    os.fsdecode(b"\xff" * 250),                    # not UTF-8
+])
+def test_part_name_of_long_names_fits(tmp_path, name):
+    part = part_name(name, TAG)
+    assert len(os.fsencode(part)) <= NAME_MAX
+    assert part.startswith(".") and part.endswith(".%s.part" % TAG)
+    assert _mover._PART.match(part).group(1) == TAG             # recognised by the part cleaner
+    assert part_name(name, TAG) == part                          # deterministic: a rerun finds it
+    # the filesystem accepts both names
+    (tmp_path / name).write_bytes(b"x")
+    (tmp_path / part).write_bytes(b"x")
+
+
+def test_part_names_of_different_long_names_differ():
+    assert part_name("a" * 250, TAG) != part_name("a" * 249 + "b", TAG)
+    assert part_name("a" * 250, TAG) != part_name("a" * 250, "ba9876543210")
+
+
+def test_part_name_at_the_boundary():
+    limit = NAME_MAX - len(".%s.part" % TAG) - 1
+    assert part_name("n" * limit, TAG) == ".%s.%s.part" % ("n" * limit, TAG)
+    assert len(part_name("n" * limit, TAG)) == NAME_MAX
+    assert "n" * (limit + 1) not in part_name("n" * (limit + 1), TAG)
+
+
+# -- single steps --------------------------------------------------------------------------------
+
+
+def test_unlink_source_and_remove_quietly(tmp_path, dir_fd):
+    (tmp_path / "f").write_bytes(b"x")
+    assert _durable.unlink_source(dir_fd, "f") is True
+    assert _durable.unlink_source(dir_fd, "f") is False
+    _durable.remove_quietly(dir_fd, "never-existed")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(MoverError) as info:
+        _durable.unlink_source(dir_fd, "d", "/shown/path")
+    assert "/shown/path" in str(info.value)
+    assert (tmp_path / "d").is_dir()
+
+
+def test_rename_into_place_replaces_atomically(tmp_path, dir_fd):
+    (tmp_path / ".f.part").write_bytes(b"new")
+    (tmp_path / "f").write_bytes(b"old")
+    _durable.rename_into_place(dir_fd, ".f.part", dir_fd, "f")
+    assert (tmp_path / "f").read_bytes() == b"new"
+    assert not (tmp_path / ".f.part").exists()
+    with pytest.raises(MoverError) as info:
+        _durable.rename_into_place(dir_fd, "missing", dir_fd, "f", "/dest/f")
+    assert info.value.errno == errno.ENOENT and "/dest/f" in str(info.value)
+
+
+def test_sync_functions_accept_real_fds_and_report_bad_ones(tmp_path, dir_fd):
+    (tmp_path / "f").write_bytes(b"x")
+    fd = os.open(tmp_path / "f", os.O_RDWR)
+    try:
+        _durable.sync_data(fd)
+        _durable.sync_data(fd, checkpoint=True)
+        _durable.sync_dir(dir_fd)
+        _durable.sync_dest_dir(dir_fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(MoverError) as info:
+        _durable.sync_data(fd, "/closed")
+    assert info.value.errno == errno.EBADF and "not retried" in str(info.value)
+
+
+def test_faults_are_off_without_the_variable():
+    proc = run_python("""
+        from ansible_collections.durable.mover.plugins.module_utils import _faults
+        assert not any(_faults.broken(v) for v in _faults.BROKEN)
+        for p in _faults.POINTS:
+            _faults.point(p)
+        print("alive")
+    """)
+    assert proc.stdout.strip() == "alive", proc.stderr

@@ -1,0 +1,338 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Unit tests of _mover.parse_size, Options.from_params and Job (the checks made before
+anything is touched). Bind mounts and read-only remounts are real (root only)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core_helpers import collections_root
+
+from ansible_collections.durable.mover.plugins.module_utils import _mover
+from ansible_collections.durable.mover.plugins.module_utils._errors import InputError
+from ansible_collections.durable.mover.plugins.module_utils._mover import Job, Options, parse_size
+
+KiB, MiB, GiB = 1024, 1024 ** 2, 1024 ** 3
+
+
+# -- parse_size --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value,expected", [
+    (4096, 4096),
+    ("4096", 4096),
+    ("16M", 16 * MiB),
+    ("16m", 16 * MiB),
+    ("16MiB", 16 * MiB),
+    ("16MB", 16 * MiB),
+    ("16 M", 16 * MiB),
+    (" 1k ", KiB),
+    ("1.5G", int(1.5 * GiB)),
+    ("2T", 2 * 1024 * GiB),
+    ("0", 0),
+])
+def test_parse_size(value, expected):
+    assert parse_size(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "abc", "16X", "-1M", "1.2.3M", "M", "16 MiBs", True, None, [16], -5])
+def test_parse_size_rejects_bad_values(value):
+    with pytest.raises(InputError) as info:
+        parse_size(value, "buffer_size")
+    assert "buffer_size" in str(info.value)
+
+
+# -- Options -----------------------------------------------------------------------------------
+
+
+BASE = {"src": "/nonexistent/src", "dest": "/nonexistent/dest"}
+
+
+def test_defaults():
+    opts = Options.from_params(dict(BASE))
+    assert (opts.mode, opts.hash, opts.on_conflict, opts.special_files) == ("move", "auto", "fail", "skip")
+    assert opts.buffer_size == 16 * MiB and opts.max_attempts == 3 and opts.workers == 4
+    assert opts.remove_empty_dirs is True
+    assert set(opts.preserve) == {"owner", "mode", "times", "xattrs", "hardlinks"}
+    assert Options.from_params(dict(BASE, mode="copy")).remove_empty_dirs is False
+
+
+def test_none_means_default():
+    """The module passes every option, unset ones as None."""
+    opts = Options.from_params(dict(BASE, mode=None, buffer_size=None, job_id=None, exclude=None))
+    assert (opts.mode, opts.buffer_size, opts.job_id, opts.exclude) == ("move", 16 * MiB, None, [])
+
+
+def test_human_sizes_in_options():
+    opts = Options.from_params(dict(BASE, buffer_size="1MiB", checkpoint_size="64M", batch_bytes="1G"))
+    assert (opts.buffer_size, opts.checkpoint_size, opts.batch_bytes) == (MiB, 64 * MiB, GiB)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("src", ""),
+    ("dest", ""),
+    ("mode", "teleport"),
+    ("hash", "md5"),
+    ("on_conflict", "merge"),
+    ("special_files", "copy"),
+    ("buffer_size", "1k"),
+    ("buffer_size", "2G"),
+    ("buffer_size", "lots"),
+    ("buffer_size", -1),
+    ("checkpoint_size", "big"),
+    ("checkpoint_size", -1),
+    ("batch_bytes", "x"),
+    ("batch_bytes", -1),
+    ("workers", 0),
+    ("workers", "many"),
+    ("max_attempts", 0),
+    ("max_attempts", "three"),
+    ("batch_files", 0),
+    ("max_failures_reported", -1),
+    ("lock_timeout", -1),
+    ("lock_timeout", "soon"),
+    ("part_max_age", -0.5),
+    ("part_max_age", "old"),
+    ("preserve", ["owner", "colour"]),
+    ("preserve", "owner"),
+    ("exclude", "*.tmp"),
+    ("verify_readback", "no"),
+    ("retry_failed", "yes"),
+    ("remove_empty_dirs", "no"),
+    ("job_id", "../escape"),
+    ("job_id", "a/b"),
+    ("job_id", ""),
+    ("job_id", ".hidden"),
+    ("job_id", "x" * 129),
+    ("job_id", "new\nline"),
+    ("job_id", "trailing\n"),
+])
+def test_invalid_option_is_rejected_naming_it(key, value):
+    with pytest.raises(InputError) as info:
+        Options.from_params(dict(BASE, **{key: value}))
+    assert key in str(info.value)
+
+
+@pytest.mark.parametrize("job_id", ["a", "job-1", "J.2_x", "x" * 128, "0abc"])
+def test_valid_job_ids(job_id):
+    assert Options.from_params(dict(BASE, job_id=job_id)).job_id == job_id
+
+
+# -- Job ---------------------------------------------------------------------------------------
+
+
+def make_job(tmp_path, src, dest, **params):
+    params.setdefault("state_dir", str(tmp_path / "state"))
+    return Job(Options.from_params(dict(params, src=str(src), dest=str(dest))))
+
+
+@pytest.fixture
+def tree(tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "f").write_bytes(b"data")
+    return src
+
+
+def check_refused(job, match, err=None, writing=True):
+    with pytest.raises(InputError, match=match) as info:
+        job.check(writing=writing)
+    if err is not None:
+        assert info.value.errno == err
+    return info.value
+
+
+def test_job_ok(tmp_path, tree):
+    job = make_job(tmp_path, tree, tmp_path / "dest")
+    job.check()
+    assert job.src_real == str(tree) and job.dest_real == str(tmp_path / "dest")
+    assert job.state_dir == os.path.join(str(tmp_path / "state"), job.job_id)
+    assert len(job.job_id) == 16
+    # the id depends on the real paths only: another spelling gives the same job
+    again = make_job(tmp_path, str(tree) + "/./", tmp_path / "x" / ".." / "dest")
+    assert again.job_id == job.job_id
+    assert make_job(tmp_path, tree, tmp_path / "other").job_id != job.job_id
+
+
+def test_src_missing(tmp_path):
+    err = check_refused(make_job(tmp_path, tmp_path / "nope", tmp_path / "dest"), "src does not exist",
+                        errno.ENOENT)
+    assert err.path == str(tmp_path / "nope")
+
+
+def test_dest_inside_src(tmp_path, tree):
+    check_refused(make_job(tmp_path, tree, tree / "sub" / "new"), "dest is inside src")
+
+
+def test_dest_equal_to_src(tmp_path, tree):
+    check_refused(make_job(tmp_path, tree, tree), "dest is inside src")
+
+
+def test_src_inside_dest(tmp_path, tree):
+    check_refused(make_job(tmp_path, tree, tmp_path), "src is inside dest")
+
+
+def test_dest_inside_src_via_symlink(tmp_path, tree):
+    (tmp_path / "alias").symlink_to(tree)
+    check_refused(make_job(tmp_path, tree, tmp_path / "alias" / "sub" / "out"), "dest is inside src")
+
+
+def test_src_via_symlink_to_dest_child(tmp_path):
+    dest = tmp_path / "dest"
+    (dest / "inner").mkdir(parents=True)
+    (tmp_path / "srclink").symlink_to(dest / "inner")
+    check_refused(make_job(tmp_path, tmp_path / "srclink", dest), "src is inside dest")
+
+
+@pytest.fixture
+def bind_mount(tmp_path):
+    """bind(source, target): mount --bind, unmounted at teardown (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    mounted = []
+
+    def bind(source, target):
+        target.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            pytest.skip("mount --bind failed: %s" % proc.stderr.strip())
+        mounted.append(target)
+        return target
+
+    yield bind
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], capture_output=True, check=False)
+        if os.path.ismount(target):
+            subprocess.run(["umount", "--lazy", str(target)], capture_output=True, check=False)
+
+
+@pytest.mark.root
+def test_dest_inside_src_via_bind_mount(tmp_path, tree, bind_mount):
+    alias = bind_mount(tree, tmp_path / "alias")
+    assert (alias / "f").read_bytes() == b"data"
+    job = make_job(tmp_path, tree, alias / "sub" / "out")
+    assert not job.dest_root.startswith(job.src_root)        # the path alone does not show it
+    check_refused(job, "bind mount")
+    assert not (tree / "sub" / "out").exists()
+
+
+@pytest.mark.root
+def test_dest_is_src_via_bind_mount(tmp_path, tree, bind_mount):
+    alias = bind_mount(tree, tmp_path / "alias")
+    check_refused(make_job(tmp_path, tree, alias), "bind mount")
+
+
+@pytest.mark.root
+def test_src_inside_dest_via_bind_mount(tmp_path, bind_mount):
+    dest = tmp_path / "dest"
+    (dest / "inner").mkdir(parents=True)
+    alias = bind_mount(dest, tmp_path / "alias")
+    check_refused(make_job(tmp_path, alias / "inner", dest), "src is inside dest")
+
+
+def test_state_dir_inside_src(tmp_path, tree):
+    check_refused(make_job(tmp_path, tree, tmp_path / "dest", state_dir=str(tree / ".state")),
+                  "state_dir is inside src")
+
+
+def test_dest_exists_as_file(tmp_path, tree):
+    (tmp_path / "destfile").write_bytes(b"i am a file")
+    with pytest.raises(InputError, match="not a directory") as info:
+        make_job(tmp_path, tree, tmp_path / "destfile")
+    assert info.value.errno == errno.ENOTDIR
+    assert (tmp_path / "destfile").read_bytes() == b"i am a file"
+
+
+def test_single_file_same_as_dest(tmp_path, tree):
+    check_refused(make_job(tmp_path, tree / "f", tree / "f"), "same file")
+    (tmp_path / "hard").unlink(missing_ok=True)
+    os.link(tree / "f", tmp_path / "hard")
+    check_refused(make_job(tmp_path, tree / "f", tmp_path / "hard"), "same file")
+
+
+def test_single_file_into_existing_dir(tmp_path, tree):
+    (tmp_path / "dest").mkdir()
+    job = make_job(tmp_path, tree / "f", tmp_path / "dest")
+    job.check()
+    assert job.dest_real == str(tmp_path / "dest" / "f")
+    renamed = make_job(tmp_path, tree / "f", tmp_path / "dest" / "g")
+    assert renamed.dest_real == str(tmp_path / "dest" / "g")
+
+
+@pytest.mark.root
+def test_read_only_dest(tmp_path, tree, tmpfs, remount_ro):
+    mnt = tmpfs("4m")
+    (mnt / "existing").mkdir()
+    remount_ro(mnt)
+    for dest in (mnt / "existing", mnt / "not" / "yet"):
+        job = make_job(tmp_path, tree, dest)
+        err = check_refused(job, "read-only", errno.EROFS)
+        assert err.path == str(mnt / "existing") if dest.name == "existing" else str(mnt)
+        job.check(writing=False)                 # check mode and verify only read
+
+
+@pytest.mark.root
+def test_read_only_src_in_move_mode(tmp_path, tmpfs, remount_ro):
+    mnt = tmpfs("4m")
+    (mnt / "tree").mkdir()
+    remount_ro(mnt)
+    check_refused(make_job(tmp_path, mnt / "tree", tmp_path / "dest"), "src is on a read-only", errno.EROFS)
+    make_job(tmp_path, mnt / "tree", tmp_path / "dest", mode="copy").check()
+
+
+@pytest.mark.root
+def test_unreadable_src_and_unwritable_dest_as_nobody(tmp_path, run_as_nobody, nobody_tmp_path):
+    locked = nobody_tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    os.chown(nobody_tmp_path / "locked", 0, 0)
+    readable = nobody_tmp_path / "readable"
+    readable.mkdir()
+    os.chown(readable, 65534, 65534)
+    rootdir = nobody_tmp_path / "rootonly"
+    rootdir.mkdir(mode=0o755)
+    os.chown(rootdir, 0, 0)
+    code = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.durable.mover.plugins.module_utils._mover import Job, Options
+from ansible_collections.durable.mover.plugins.module_utils._errors import InputError
+out = []
+for src, dest in ((sys.argv[2], sys.argv[3]), (sys.argv[4], sys.argv[5])):
+    try:
+        Job(Options.from_params({"src": src, "dest": dest, "state_dir": sys.argv[6]})).check()
+        out.append(None)
+    except InputError as exc:
+        out.append([str(exc), exc.errno])
+print(json.dumps(out))
+"""
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    proc = run_as_nobody([python, "-c", code, collections_root(),
+                          str(locked), str(nobody_tmp_path / "d1"),
+                          str(readable), str(rootdir / "dest"), str(nobody_tmp_path / "state")])
+    if proc.returncode != 0 and ("Permission denied" in proc.stderr or "No such file" in proc.stderr):
+        pytest.skip("nobody cannot run a Python that imports the collection here: %s" % proc.stderr[-300:])
+    assert proc.returncode == 0, proc.stderr
+    (src_err, src_errno), (dest_err, dest_errno) = json.loads(proc.stdout)
+    assert "src is not readable" in src_err and src_errno == errno.EACCES
+    assert "dest is not writable" in dest_err and dest_errno == errno.EACCES
+
+
+def test_bad_input_touches_nothing(tmp_path, tree):
+    """A run refused for bad input creates neither dest nor the state dir."""
+    params = {"src": str(tree), "dest": str(tree / "sub" / "out"), "state_dir": str(tmp_path / "state")}
+    before = sorted(os.listdir(tree)), sorted(os.listdir(tmp_path))
+    with pytest.raises(InputError):
+        _mover.run(params)
+    with pytest.raises(InputError):
+        _mover.run(dict(params, dest=str(tmp_path / "d"), workers="lots"))
+    assert (sorted(os.listdir(tree)), sorted(os.listdir(tmp_path))) == before
