@@ -199,6 +199,11 @@ class Journal:
                     'the journal belongs to another job (its %s is %r, this run\'s is %r); '
                     'use another state_dir or job_id' % (key, meta.get(key), identity[key]), self.path)
         if not readonly:
+            # Damage from outside SQLite (a failing disk, a stray write) must be
+            # refused before this run rewrites anything: one read of the journal.
+            problems = [r[0] for r in conn.execute('PRAGMA quick_check(5)')]
+            if problems != ['ok']:
+                raise sqlite3.DatabaseError('quick_check: %s' % '; '.join(problems))
             self._pragmas()
 
     # -- transactions --------------------------------------------------------
@@ -300,6 +305,12 @@ class Journal:
         """
         changed = "(files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns " \
                   "OR files.ino != excluded.ino OR files.kind != excluded.kind)"
+        # `hash` is kept while it names this job's own copy of an earlier content
+        # of the same source (copy mode; or a move whose source changed before it
+        # was removed): a destination with that content is ours to replace. A
+        # moved file that reappears at the source is another file: its hash goes.
+        keep_hash = "CASE WHEN files.state = 'done' THEN NULL ELSE files.hash END" if moves_source \
+            else 'files.hash'
         if moves_source:
             condition = "files.state = 'done' OR (files.state IN ('skipped', 'pending') AND %s)" % changed
         else:
@@ -310,7 +321,7 @@ class Journal:
                'mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, mode = excluded.mode, '
                'uid = excluded.uid, gid = excluded.gid, dev = excluded.dev, ino = excluded.ino, '
                'nlink = excluded.nlink, leader = excluded.leader, state = excluded.state, '
-               'error = excluded.error, hash = NULL, checkpoint = 0, ident = NULL, method = NULL, '
+               'error = excluded.error, hash = ' + keep_hash + ', checkpoint = 0, ident = NULL, method = NULL, '
                'attempts = 0, quarantined = 0 WHERE ' + condition)
         with self._lock:
             self._tx()

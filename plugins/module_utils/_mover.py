@@ -1040,11 +1040,7 @@ def _verify_recorded(transfer, dst_tree, dest_rel, row, algorithm):
         recorded_algorithm = row.hash.partition(':')[0]
         if recorded_algorithm == 'blake3' and not _hashing.blake3_available():
             return 'recorded with blake3, which is not installed here: cannot verify'
-        saved, transfer.algorithm = transfer.algorithm, recorded_algorithm
-        try:
-            digest = transfer.hash_fd(fd, st.st_size, False)
-        finally:
-            transfer.algorithm = saved
+        digest = transfer.hash_fd(fd, st.st_size, False, recorded_algorithm)
     finally:
         os.close(fd)
     if st.st_size != row.size:

@@ -134,10 +134,12 @@ class Transfer:
         except FileNotFoundError:
             return None
 
-    def hash_fd(self, fd, size, sparse):
-        hasher = _hashing.new(self.algorithm)
+    def hash_fd(self, fd, size, sparse, algorithm=None):
+        """The recorded-form digest of a file's logical content (thread-safe)."""
+        algorithm = algorithm or self.algorithm
+        hasher = _hashing.new(algorithm)
         _copy.feed(fd, 0, size, hasher, self._buffer(), sparse=sparse, should_stop=self.should_stop)
-        return _hashing.digest(self.algorithm, hasher)
+        return _hashing.digest(algorithm, hasher)
 
     def _open_src(self, src_dir, name, path):
         flags = os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC
@@ -165,18 +167,33 @@ class Transfer:
             return False, None
         try:
             algorithm = self.algorithm if self.algorithm != 'none' else 'sha256'
-            saved, self.algorithm = self.algorithm, algorithm
-            try:
-                src_digest = self.hash_fd(src_fd, src_st.st_size, _copy.is_sparse(src_st))
-                dst_digest = self.hash_fd(dfd, dst_st.st_size, _copy.is_sparse(dst_st))
-            finally:
-                self.algorithm = saved
+            src_digest = self.hash_fd(src_fd, src_st.st_size, _copy.is_sparse(src_st), algorithm)
+            dst_digest = self.hash_fd(dfd, dst_st.st_size, _copy.is_sparse(dst_st), algorithm)
             if src_digest != dst_digest:
                 return False, None
             if 'mode' in self.preserve or 'times' in self.preserve or 'owner' in self.preserve:
                 if _metadata.differs(src_st, dst_st, self.preserve):
                     _metadata.apply(src_st, self.preserve, fd=dfd, path_for_errors=self._dfull(dname))
             return True, src_digest
+        finally:
+            os.close(dfd)
+
+    def _our_stale_copy(self, row, dst_dir, dname, dst_st):
+        """Is the destination the copy this job made of an earlier content of the
+        source (recorded as copied, then the source changed before its removal)?
+        Then it is ours to replace, not a conflict."""
+        recorded = row.hash or ''
+        algorithm = recorded.partition(':')[0]
+        if algorithm not in ('blake3', 'sha256') or not stat.S_ISREG(dst_st.st_mode):
+            return False
+        if algorithm == 'blake3' and not _hashing.blake3_available():
+            return False
+        try:
+            dfd = open_read(dst_dir, dname)
+        except OSError:
+            return False
+        try:
+            return self.hash_fd(dfd, dst_st.st_size, _copy.is_sparse(dst_st), algorithm) == recorded
         finally:
             os.close(dfd)
 
@@ -288,7 +305,7 @@ class Transfer:
                 same, digest = self.same_content(fd, st, dst_dir, dname, dst_st)
                 if same:
                     return Outcome(row, IDENTICAL, method='identical', digest=digest, src_ident=ident(st))
-                if self.on_conflict != 'overwrite':
+                if self.on_conflict != 'overwrite' and not self._our_stale_copy(row, dst_dir, dname, dst_st):
                     return self._conflict(row, path, 'the destination exists with different content')
             part = part_name(dname, self.job_tag)
             src_ident = ident(st)

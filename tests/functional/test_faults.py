@@ -188,11 +188,6 @@ def test_source_changed_during_copy_is_kept_and_retried(kind, change, tmp_path, 
 
 
 @pytest.mark.root
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: a source changed after its copy was recorded 'copied' is kept (right) but the "
-    "destination keeps the stale copy, so every later run reports a conflict "
-    "(on_conflict=fail) instead of copying the new content: the job can never complete "
-    "without on_conflict=overwrite"))
 def test_source_changed_after_it_was_copied_is_kept_and_moved_next_run(tmp_path, request):
     layout = make_layout("tmpfs", tmp_path, request)
     spec = TreeSpec(files={"f.txt": FileSpec(b"first version\n"), "g.txt": FileSpec(b"other\n")})
@@ -502,14 +497,7 @@ def test_garbage_journal_is_refused_and_kept(tmp_path):
     assert not layout.dest.exists()
 
 
-@pytest.mark.parametrize("where", ["header", "pages", pytest.param("files_table", marks=pytest.mark.xfail(
-    strict=True, reason=(
-        "core bug: Journal.open checks only the header, sqlite_master and meta; damage inside the "
-        "files table (or its indexes) surfaces later, mid-run, as 'writing the journal failed "
-        "(database disk image is malformed) ... run again', not as a corrupt journal with how to "
-        "recover, after begin_run's commit has already rewritten the file (a damaged index page "
-        "can even go unnoticed). Fix: PRAGMA quick_check when opening for writing (cost: one read "
-        "of the whole journal per run)")))])
+@pytest.mark.parametrize("where", ["header", "pages", "files_table"])
 def test_damaged_journal_of_a_killed_run_is_refused_and_kept(where, tmp_path):
     """A real journal (killed mid-job, then checkpointed by a clean open and
     close), damaged on disk: refused, kept byte-identical, no data touched."""

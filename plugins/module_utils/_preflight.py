@@ -1,0 +1,372 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Preflight of one move: can it run here, and does the destination have room?
+
+PRIVATE to the durable.mover collection; not a public API. The module
+``durable.mover.preflight`` and the unit tests call it; it imports nothing from
+Ansible and never changes anything: it stats, lists, reads extended attribute
+names and plans the job read-only (``_mover.plan``, the check mode of a move,
+which also reads the job's journal when there is one).
+
+:func:`preflight` returns ``{'ok', 'problems', 'findings'}``: ``problems`` are
+plain sentences, each one a reason the move would fail or must not start;
+``findings`` is what was measured, problem or not, for the report.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+
+from ansible_collections.durable.mover.plugins.module_utils import _hashing, _mover
+from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError, display_path
+
+MIN_PYTHON = (3, 9)
+# A generous estimate of what the journal takes per entry (row, index, WAL).
+JOURNAL_BYTES_PER_ENTRY = 1024
+# How many entries of the source are sampled for extended attributes.
+XATTR_SAMPLE = 64
+_NOT_SUPPORTED = frozenset((errno.ENOTSUP, getattr(errno, 'EOPNOTSUPP', errno.ENOTSUP)))
+_NO_ATTR = frozenset(e for e in (getattr(errno, 'ENODATA', None), getattr(errno, 'ENOATTR', None)) if e)
+# Names the mover does not copy (see _metadata.py): they cannot be a problem.
+_IGNORED_XATTR_PREFIXES = ('trusted.SGI_ACL_',)
+# Options of a move that change what it would do; the rest do not matter here.
+PLAN_OPTIONS = ('src', 'dest', 'mode', 'hash', 'preserve', 'state_dir', 'job_id', 'exclude',
+                'on_conflict', 'special_files')
+
+
+def nearest_existing(path):
+    """``path`` itself or its nearest ancestor that exists."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def filesystem(path):
+    """Free space, free inodes and flags of the filesystem holding ``path``."""
+    info = {'free_bytes': None, 'free_inodes': None, 'read_only': False, 'device': None}
+    try:
+        vfs = os.statvfs(path)
+    except OSError as exc:
+        info['error'] = _oserror_text(exc, path)
+        return info
+    info['free_bytes'] = vfs.f_bavail * vfs.f_frsize
+    # Some filesystems (btrfs) have no inode limit and report 0 of 0.
+    info['free_inodes'] = vfs.f_favail if vfs.f_files else None
+    info['read_only'] = bool(vfs.f_flag & getattr(os, 'ST_RDONLY', 1))
+    try:
+        info['device'] = os.stat(path).st_dev
+    except OSError as exc:
+        info['error'] = _oserror_text(exc, path)
+    return info
+
+
+def _oserror_text(exc, path):
+    return '%s: %s' % (display_path(path), os.strerror(exc.errno) if exc.errno else exc)
+
+
+def human_bytes(count):
+    """A byte count in binary units, exact bytes in brackets: ``1.5 GiB (1610612736 bytes)``."""
+    value = float(count)
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'):
+        if value < 1024 or unit == 'PiB':
+            break
+        value /= 1024.0
+    if unit == 'B':
+        return '%d bytes' % count
+    return '%.1f %s (%d bytes)' % (value, unit, count)
+
+
+def _writable(path):
+    """Whether this process may create entries in the existing directory ``path``."""
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
+# ---------------------------------------------------------------------------
+# The checks, one function each; each appends to `problems` and returns findings
+# ---------------------------------------------------------------------------
+
+def check_python(problems):
+    version = sys.version_info[:3]
+    found = {
+        'version': '%d.%d.%d' % version,
+        'executable': sys.executable,
+        'supported': version[:2] >= MIN_PYTHON,
+    }
+    if not found['supported']:
+        problems.append('Python %s on the host is too old: durable.mover needs %d.%d or newer'
+                        % (found['version'], MIN_PYTHON[0], MIN_PYTHON[1]))
+    return found
+
+
+def check_hash(requested, problems):
+    available = _hashing.blake3_available()
+    found = {'requested': requested, 'blake3_available': available, 'algorithm': None,
+             'fallback': False}
+    try:
+        found['algorithm'] = _hashing.resolve(requested)
+    except _hashing.MissingLibraryError:
+        problems.append('hash=blake3 was asked for but the blake3 Python package is not installed on '
+                        'the host (pip install blake3, or use hash=auto to fall back to sha256)')
+    except ValueError as exc:
+        problems.append(str(exc))
+    else:
+        found['fallback'] = requested == 'auto' and not available
+    return found
+
+
+def check_src(src, mode, problems):
+    """The source, seen as the mover sees it: a link to a directory is that tree, any other
+    link is moved as a link."""
+    path = os.path.abspath(os.path.expanduser(src))
+    found = {'path': path, 'exists': False, 'type': None, 'readable': False, 'device': None}
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode) and os.path.isdir(path):
+            st = os.stat(path)
+    except FileNotFoundError:
+        found['missing_problem'] = 'src does not exist: %s' % display_path(path)
+        problems.append(found['missing_problem'])
+        return found
+    except OSError as exc:
+        problems.append('src is not accessible: %s' % _oserror_text(exc, path))
+        return found
+    if stat.S_ISDIR(st.st_mode):
+        kind = 'directory'
+    elif stat.S_ISLNK(st.st_mode):
+        kind = 'symlink'
+    else:
+        kind = 'file'
+    found.update(exists=True, device=st.st_dev, type=kind)
+    if kind == 'directory':
+        found['readable'] = os.access(path, os.R_OK | os.X_OK)
+    elif kind == 'file':
+        found['readable'] = os.access(path, os.R_OK)
+    else:
+        found['readable'] = True   # a link is read with readlink, never followed
+    if not found['readable']:
+        problems.append('src is not readable: %s' % display_path(path))
+    if mode == 'move':
+        # Moved files are unlinked from their directory.
+        parent = path if kind == 'directory' else os.path.dirname(path)
+        found['removable'] = _writable(parent) and not filesystem(parent)['read_only']
+        if not found['removable']:
+            problems.append('src is not writable, so moved files cannot be removed from it: %s '
+                            '(use mode=copy to keep the sources)' % display_path(parent))
+    return found
+
+
+def check_dest(dest_root, writing, problems):
+    """The destination's nearest existing directory: writable, read-only, free space."""
+    nearest = nearest_existing(dest_root)
+    found = {'path': dest_root, 'exists': os.path.isdir(dest_root), 'nearest_existing': nearest}
+    found.update(filesystem(nearest))
+    found['writable'] = _writable(nearest) and not found['read_only']
+    if not writing:
+        return found
+    if found['read_only']:
+        problems.append('dest is on a read-only filesystem: %s' % display_path(nearest))
+    elif not found['writable']:
+        if os.path.isdir(nearest):
+            problems.append('dest is not writable: %s' % display_path(nearest))
+        else:
+            problems.append('dest cannot be created: %s is not a directory' % display_path(nearest))
+    return found
+
+
+def check_state_dir(state_dir, job_id, problems):
+    path = os.path.join(os.path.abspath(state_dir or _mover.DEFAULT_STATE_DIR), job_id or '')
+    nearest = nearest_existing(path)
+    found = {'path': path, 'nearest_existing': nearest}
+    found.update(filesystem(nearest))
+    found['writable'] = _writable(nearest) and not found['read_only']
+    if found['read_only']:
+        problems.append('state_dir is on a read-only filesystem: %s' % display_path(nearest))
+    elif not found['writable']:
+        problems.append('state_dir is not writable: %s' % display_path(nearest))
+    return found
+
+
+def source_xattr_names(src, limit=XATTR_SAMPLE):
+    """Extended attribute names found on the source root and its first entries."""
+    names = set()
+    paths = [src]
+    if os.path.isdir(src):
+        try:
+            with os.scandir(src) as entries:
+                for count, entry in enumerate(entries):
+                    if count >= limit:
+                        break
+                    paths.append(entry.path)
+        except OSError:
+            pass
+    for path in paths:
+        try:
+            names.update(os.listxattr(path, follow_symlinks=False))
+        except OSError:
+            continue
+    if hasattr(os, 'geteuid') and os.geteuid() != 0:
+        # Only root may set SELinux labels; the mover keeps the default label otherwise.
+        names = {name for name in names if not name.startswith('security.selinux')}
+    return sorted(name for name in names if not name.startswith(_IGNORED_XATTR_PREFIXES))
+
+
+def check_xattrs(src, dest_nearest, preserve, problems):
+    """xattr support at the destination, when the source has xattrs to keep.
+
+    ``listxattr`` on the destination tells whether the filesystem has xattrs
+    at all; ``getxattr`` of each name the source uses (absent at the
+    destination: ENODATA) tells whether its namespace is supported. Neither
+    writes anything.
+    """
+    found = {'wanted': 'xattrs' in (preserve or ()), 'supported': None, 'source_names': [],
+             'unsupported_names': []}
+    if not found['wanted'] or not hasattr(os, 'listxattr'):
+        return found
+    found['source_names'] = source_xattr_names(src)
+    try:
+        os.listxattr(dest_nearest)
+    except OSError as exc:
+        if exc.errno not in _NOT_SUPPORTED:
+            found['error'] = _oserror_text(exc, dest_nearest)
+            return found
+        found['supported'] = False
+        found['unsupported_names'] = list(found['source_names'])
+    else:
+        found['supported'] = True
+        for name in found['source_names']:
+            try:
+                os.getxattr(dest_nearest, name)
+            except OSError as exc:
+                if exc.errno in _NOT_SUPPORTED:
+                    found['unsupported_names'].append(name)
+    if found['unsupported_names']:
+        problems.append('dest does not support the extended attributes the source has (%s): %s '
+                        '(set preserve without xattrs to move anyway)'
+                        % (', '.join(found['unsupported_names']), display_path(dest_nearest)))
+    return found
+
+
+def check_space(plan, src_found, dest_found, state_found, mode, problems):
+    """Free space (and inodes) at the destination against what is still to move."""
+    files = int(plan.get('files') or 0)
+    to_move = int(plan.get('bytes') or 0)
+    same_fs = src_found.get('device') is not None and src_found['device'] == dest_found.get('device')
+    # On one filesystem a move renames: no data is written.
+    needed = 0 if mode == 'verify' or (same_fs and mode == 'move') else to_move
+    journal = JOURNAL_BYTES_PER_ENTRY * files if mode != 'verify' else 0
+    if state_found.get('device') is not None and state_found['device'] == dest_found.get('device'):
+        needed += journal
+    found = {'same_filesystem': same_fs, 'files_to_move': files, 'bytes_to_move': to_move,
+             'bytes_needed': needed, 'free_bytes': dest_found.get('free_bytes'),
+             'free_inodes': dest_found.get('free_inodes'), 'journal_bytes_estimate': journal}
+    free = dest_found.get('free_bytes')
+    if needed and free is not None and free < needed:
+        problems.append('not enough free space at dest: %s still to move needs %s, %s has %s free'
+                        % (human_bytes(to_move), human_bytes(needed),
+                           display_path(dest_found['nearest_existing']), human_bytes(free)))
+    inodes = dest_found.get('free_inodes')
+    if not same_fs and mode != 'verify' and inodes is not None and files > inodes:
+        problems.append('not enough free inodes at dest: %d entries still to move, %s has %d free'
+                        % (files, display_path(dest_found['nearest_existing']), inodes))
+    state_free = state_found.get('free_bytes')
+    if journal and state_free is not None and state_free < journal and \
+            state_found.get('device') != dest_found.get('device'):
+        problems.append('not enough free space for the journal: about %s needed, %s has %s free'
+                        % (human_bytes(journal), display_path(state_found['nearest_existing']),
+                           human_bytes(state_free)))
+    return found
+
+
+def plan_job(params, problems):
+    """Check mode of the move itself: what is still to move, read-only."""
+    try:
+        result = _mover.plan(params)
+    except _hashing.MissingLibraryError:
+        return None   # reported by check_hash
+    except MoverError as exc:
+        problems.append(str(exc))
+        return None
+    except OSError as exc:
+        problems.append('cannot plan the move: %s' % _oserror_text(exc, exc.filename or params['src']))
+        return None
+    plan = dict(result.get('plan') or {})
+    for failure in result.get('failures') or ():
+        problems.append('%s: %s' % (failure.get('path'), failure.get('error')))
+    return {'job_id': result.get('job_id'), 'journal': result.get('journal'), 'plan': plan,
+            'journal_exists': os.path.exists(result.get('journal') or ''),
+            'stats': result.get('stats') or {}}
+
+
+# ---------------------------------------------------------------------------
+# The whole preflight
+# ---------------------------------------------------------------------------
+
+def preflight(params):
+    """Every check for one src/dest pair; returns ``{'ok', 'problems', 'findings'}``."""
+    params = {key: params.get(key) for key in PLAN_OPTIONS if params.get(key) is not None}
+    problems = []
+    findings = {'python': check_python(problems)}
+    try:
+        opts = _mover.Options.from_params(params)
+        job = _mover.Job(opts)
+    except MoverError as exc:
+        problems.append(str(exc))
+        findings['hash'] = check_hash(params.get('hash', 'auto'), problems)
+        return _done(problems, findings)
+    mode = opts.mode
+    findings['mode'] = mode
+    findings['job_id'] = job.job_id
+    findings['hash'] = check_hash(opts.hash, problems)
+    findings['src'] = check_src(opts.src, mode, problems)
+    findings['dest'] = check_dest(job.dest_root, mode != 'verify', problems)
+    findings['state_dir'] = check_state_dir(opts.state_dir, job.job_id, problems)
+    findings['xattrs'] = check_xattrs(findings['src']['path'], findings['dest']['nearest_existing'],
+                                      opts.preserve, problems)
+    planned = None
+    if findings['src']['exists'] and findings['src']['readable']:
+        planned = plan_job(params, problems)
+    elif job.single is not None and not job.src_exists and os.path.exists(job.journal_path):
+        # A one-file job whose file was moved by an earlier run: nothing to do, no problem.
+        own = []
+        planned = plan_job(params, own)
+        if planned is not None and not own:
+            problems.remove(findings['src']['missing_problem'])
+            findings['src']['already_moved'] = True
+        else:
+            problems.extend(own)
+    findings['src'].pop('missing_problem', None)
+    findings['journal'] = planned['journal'] if planned else job.journal_path
+    findings['journal_exists'] = os.path.exists(findings['journal'])
+    findings['plan'] = planned['plan'] if planned else None
+    if planned is not None:
+        findings['space'] = check_space(planned['plan'], findings['src'], findings['dest'],
+                                        findings['state_dir'], mode, problems)
+    return _done(problems, findings)
+
+
+def _done(problems, findings):
+    # One sentence once, in the order found.
+    unique = list(dict.fromkeys(problems))
+    return {'ok': not unique, 'problems': unique, 'findings': findings}
+
+
+def summary(result):
+    """One line: the problems, or what the preflight measured."""
+    if result['problems']:
+        return 'preflight found %d problem(s): %s' % (len(result['problems']), '; '.join(result['problems']))
+    space = result['findings'].get('space') or {}
+    if space:
+        return ('preflight ok: %d file(s), %s still to move; %s; %s free at dest'
+                % (space['files_to_move'], human_bytes(space['bytes_to_move']),
+                   'same filesystem (renames)' if space['same_filesystem'] else 'another filesystem (copies)',
+                   human_bytes(space['free_bytes']) if space['free_bytes'] is not None else 'unknown'))
+    return 'preflight ok'

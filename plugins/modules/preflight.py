@@ -1,0 +1,243 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: preflight
+short_description: Check that a durable.mover move can run on a host, before anything moves
+version_added: 0.1.0
+description:
+  - Checks, for one O(src)/O(dest) pair, what would make a M(durable.mover.move) of it fail or must stop it
+    from starting, and measures what the move still has to do. It changes nothing.
+  - "O(src) exists and is readable (and, in V(move) mode, its directories are writable so that moved files can be
+    removed); O(dest), or its nearest existing ancestor, is a writable directory on a filesystem that is not
+    mounted read-only; O(state_dir) is writable."
+  - Whether O(src) and O(dest) are on the same filesystem (a move is then a rename per entry and needs no space).
+  - The files and bytes still to move, from the job's check mode (the plan of M(durable.mover.move) in check
+    mode, which also reads the job's journal, so a resumed job counts only what is left), against the free
+    space and free inodes of the destination's filesystem. Not enough space is a problem, with both numbers
+    in the message.
+  - When O(preserve) includes V(xattrs) and the source has extended attributes (the source root and its first
+    entries are sampled), whether the destination's filesystem supports them.
+  - The Python version on the host, and whether C(blake3) is importable or SHA-256 is the fallback.
+  - The module fails, listing every problem, when there is any, unless O(fail_on_problems=false); the findings
+    are returned either way.
+author:
+  - Durable Mover Maintainers (@durable-mover)
+requirements:
+  - Python 3.9 or newer on the managed host, standard library only.
+attributes:
+  check_mode:
+    support: full
+    description: Reads only; behaves the same in check mode.
+  diff_mode:
+    support: none
+    description: No diff is produced.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux and other POSIX systems with C(statvfs).
+  idempotent:
+    support: full
+    description: Never changes anything.
+options:
+  src:
+    description: The O(durable.mover.move#module:src) of the move.
+    type: path
+    required: true
+  dest:
+    description: The O(durable.mover.move#module:dest) of the move.
+    type: path
+    required: true
+  mode:
+    description:
+      - The O(durable.mover.move#module:mode) of the move. V(verify) needs no space and no write access to O(dest);
+        V(copy) needs space even on one filesystem.
+    type: str
+    choices: [move, copy, verify]
+    default: move
+  hash:
+    description:
+      - The O(durable.mover.move#module:hash) of the move. V(blake3) without the C(blake3) package is a problem;
+        V(auto) without it is reported as the SHA-256 fallback.
+    type: str
+    choices: [auto, blake3, sha256, none]
+    default: auto
+  preserve:
+    description:
+      - The O(durable.mover.move#module:preserve) of the move. With V(xattrs), the destination must support the
+        extended attributes the source has.
+    type: list
+    elements: str
+    choices: [owner, mode, times, xattrs, hardlinks]
+    default: [owner, mode, times, xattrs, hardlinks]
+  state_dir:
+    description: The O(durable.mover.move#module:state_dir) of the move; it must be writable.
+    type: path
+    default: /var/lib/durable-mover
+  job_id:
+    description: The O(durable.mover.move#module:job_id) of the move, when it is not derived from O(src) and O(dest).
+    type: str
+  exclude:
+    description: The O(durable.mover.move#module:exclude) of the move (excluded entries are not counted).
+    type: list
+    elements: str
+    default: []
+  on_conflict:
+    description: The O(durable.mover.move#module:on_conflict) of the move (conflicting entries are not counted unless V(overwrite)).
+    type: str
+    choices: [fail, skip, overwrite]
+    default: fail
+  special_files:
+    description: The O(durable.mover.move#module:special_files) of the move.
+    type: str
+    choices: [skip, recreate]
+    default: skip
+  fail_on_problems:
+    description:
+      - Fail when a problem is found. With V(false), the module succeeds and RV(ok) says whether the move can run.
+    type: bool
+    default: true
+notes:
+  - Free space is what an unprivileged writer may use (C(f_bavail)); the estimate adds about 1 KiB per entry for
+    the journal when O(state_dir) is on the destination's filesystem.
+  - A file's size is counted, not the blocks it will take, so a destination that is almost exactly full may still
+    fill up; the move then stops cleanly with C(No space left on device) and a rerun resumes.
+seealso:
+  - module: durable.mover.move
+  - module: durable.mover.move_info
+"""
+
+EXAMPLES = r"""
+- name: Check that the data disk can be moved
+  durable.mover.preflight:
+    src: /srv/old-disk/data
+    dest: /srv/new-disk/data
+
+- name: Look without failing, then decide
+  durable.mover.preflight:
+    src: /srv/data
+    dest: /mnt/backup/data
+    mode: copy
+    fail_on_problems: false
+  register: preflight
+
+- name: Show what stands in the way
+  ansible.builtin.debug:
+    msg: "{{ preflight.problems }}"
+  when: not preflight.ok
+"""
+
+RETURN = r"""
+ok:
+  description: True when no problem was found.
+  returned: always
+  type: bool
+problems:
+  description: One sentence per problem found; empty when RV(ok).
+  returned: always
+  type: list
+  elements: str
+  sample: ["not enough free space at dest: 2.0 GiB (2147483648 bytes) still to move needs 2.0 GiB (2147491840 bytes),
+           /srv/new has 1.0 GiB (1073741824 bytes) free"]
+findings:
+  description: What was measured, problem or not.
+  returned: always
+  type: dict
+  contains:
+    python:
+      description: C(version), C(executable) and C(supported) (3.9 or newer) of the host's Python.
+      type: dict
+    hash:
+      description: C(requested), C(algorithm) (what a move would use), C(blake3_available), C(fallback) (V(auto) fell back to SHA-256).
+      type: dict
+    mode:
+      description: The mode of the move.
+      type: str
+    job_id:
+      description: The job's name.
+      type: str
+    src:
+      description: C(path), C(exists), C(type) (directory, file or symlink), C(readable), C(device) and, in V(move) mode, C(removable).
+      type: dict
+    dest:
+      description: >-
+        C(path), C(exists), C(nearest_existing) (the directory the other keys describe), C(writable), C(read_only),
+        C(free_bytes), C(free_inodes) (null when the filesystem has no inode limit), C(device).
+      type: dict
+    state_dir:
+      description: The job's state directory, with the same keys as RV(findings.dest).
+      type: dict
+    xattrs:
+      description: >-
+        C(wanted) (O(preserve) has V(xattrs)), C(supported) (the destination's filesystem has xattrs; null when not
+        checked), C(source_names) (names sampled at the source), C(unsupported_names).
+      type: dict
+    journal:
+      description: The job's journal path.
+      type: str
+    journal_exists:
+      description: Whether the job has run before.
+      type: bool
+    plan:
+      description: The check mode plan of the move (C(files), C(bytes), C(renames), C(copies), C(conflicts), C(already_done), C(skipped)); null when it could not be made.
+      type: dict
+    space:
+      description: >-
+        C(same_filesystem), C(files_to_move), C(bytes_to_move), C(bytes_needed) (0 for renames, plus the journal
+        estimate when it shares the destination's filesystem), C(free_bytes), C(free_inodes), C(journal_bytes_estimate).
+        Missing when no plan could be made.
+      type: dict
+msg:
+  description: The problems in one line, or what was found.
+  returned: always
+  type: str
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.durable.mover.plugins.module_utils._preflight import preflight, summary
+
+ARGUMENT_SPEC = dict(
+    src=dict(type='path', required=True),
+    dest=dict(type='path', required=True),
+    mode=dict(type='str', choices=['move', 'copy', 'verify'], default='move'),
+    hash=dict(type='str', choices=['auto', 'blake3', 'sha256', 'none'], default='auto'),
+    preserve=dict(type='list', elements='str', choices=['owner', 'mode', 'times', 'xattrs', 'hardlinks'],
+                  default=['owner', 'mode', 'times', 'xattrs', 'hardlinks']),
+    state_dir=dict(type='path', default='/var/lib/durable-mover'),
+    job_id=dict(type='str'),
+    exclude=dict(type='list', elements='str', default=[]),
+    on_conflict=dict(type='str', choices=['fail', 'skip', 'overwrite'], default='fail'),
+    special_files=dict(type='str', choices=['skip', 'recreate'], default='skip'),
+    fail_on_problems=dict(type='bool', default=True),
+)
+
+
+def execute(params: dict) -> dict:
+    """The same in check mode and in a real run: nothing is ever changed."""
+    found = preflight(params)
+    return dict(changed=False, ok=found['ok'], problems=found['problems'], findings=found['findings'],
+                msg=summary(found))
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        result = execute(dict(module.params))
+    except Exception as exc:  # a bug: say so plainly, with the traceback
+        module.fail_json(msg='unexpected error: %s' % exc, exception=traceback.format_exc())
+    if not result['ok'] and module.params['fail_on_problems']:
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
