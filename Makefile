@@ -32,7 +32,7 @@ SYSTEM_PATH := $(PATH)
 export PATH := $(CURDIR)/$(VENV_BIN):$(SYSTEM_PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLL_ROOT):$(HOME)/.ansible/collections:/usr/share/ansible/collections
 
-.PHONY: help venv collection-link demo test pytest sanity lint clean
+.PHONY: help venv collection-link demo test pytest sanity lint clean bench
 
 help:
 	@sed -n '3,9s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
@@ -98,3 +98,9 @@ lint: venv collection-link
 clean:
 	rm -rf $(VENV) $(COLL_ROOT) .ansible $(OUTPUT) demo .pytest_cache
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
+
+# Benchmarks against mv, cp and rsync (root: loop filesystems, drop_caches).
+# BENCH_ARGS="--only big,small --runs 5" to narrow; results: benchmarks/RESULTS.md.
+BENCH_ARGS ?=
+bench: venv collection-link
+	$(VENV_BIN)/python benchmarks/bench.py --output benchmarks/last-run.md $(BENCH_ARGS)
