@@ -2,11 +2,11 @@
 # Copyright: durable.mover contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Filters that turn registered durable.mover.move results into reports.
+"""Filters of the migrate and report roles: job lists, host results, progress, reports.
 
 The documentation of each filter is in the YAML file named after it beside
-this file. The work is done in module_utils/_report.py, shared with the unit
-tests.
+this file. The work is done in module_utils/_report.py and _jobs.py, shared
+with the unit tests.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from collections.abc import Mapping
 from ansible import template as _ansible_template
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.durable.mover.plugins.module_utils._jobs import job_list
 from ansible_collections.durable.mover.plugins.module_utils._report import (
     SUMMARY_MAX_FAILURES,
     fleet_report,
+    host_result,
     junit_xml,
+    progress_line,
     summary_markdown,
 )
 
@@ -43,17 +46,40 @@ def _check_mapping(value, name: str, what: str) -> None:
         )
 
 
-def fleet_report_filter(host_results, unreachable=None):
+def _host_names(value, name: str, option: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise AnsibleFilterError(
+            "durable.mover.%s: %s must be a list of host names, not %s" % (name, option, type(value).__name__)
+        )
+    return list(value)
+
+
+def fleet_report_filter(host_results, unreachable=None, pending=None):
     """``{host: registered result or None}`` -> fleet report dict."""
     _check_mapping(host_results, "fleet_report", "a dict of host name to move result")
-    if unreachable is None:
-        unreachable = []
-    elif isinstance(unreachable, str) or not isinstance(unreachable, (list, tuple, set, frozenset)):
-        raise AnsibleFilterError(
-            "durable.mover.fleet_report: unreachable must be a list of host names, not %s"
-            % type(unreachable).__name__
-        )
-    return _untrusted(fleet_report(host_results, unreachable))
+    unreachable = _host_names(unreachable, "fleet_report", "unreachable")
+    pending = _host_names(pending, "fleet_report", "pending")
+    return _untrusted(fleet_report(host_results, unreachable, pending))
+
+
+def host_result_filter(host):
+    """``{jobs, preflight, ...}`` of one host -> the aggregated host result."""
+    _check_mapping(host, "host_result", "a dict with jobs and preflight")
+    return _untrusted(host_result(host))
+
+
+def progress_line_filter(info, name=""):
+    """A durable.mover.move_info result -> one line of progress text."""
+    return _untrusted(progress_line(info, name))
+
+
+def migrate_jobs_filter(jobs, src=None, dest=None, role_vars=None):
+    """migrate_jobs, migrate_src/dest and the migrate_* variables -> the host's job list."""
+    if role_vars is not None:
+        _check_mapping(role_vars, "migrate_jobs", "a dict of variable name to value")
+    return _untrusted(job_list(jobs, src=src, dest=dest, role_vars=role_vars))
 
 
 def junit_xml_filter(fleet):
@@ -82,6 +108,9 @@ class FilterModule:
     def filters(self):
         return {
             "fleet_report": fleet_report_filter,
+            "host_result": host_result_filter,
             "junit_xml": junit_xml_filter,
+            "migrate_jobs": migrate_jobs_filter,
+            "progress_line": progress_line_filter,
             "summary_markdown": summary_markdown_filter,
         }

@@ -83,6 +83,21 @@ def feed(fd, start, end, hasher, buf, sink=None, sparse=False, progress=None,
     """
     view = memoryview(buf)
     size = len(buf)
+    if not sparse and 0 < end - start <= size and (should_stop is None or not should_stop()):
+        # the common case of a small file: one read, one write
+        want = end - start
+        got = os.preadv(fd, [view[:want]], start)
+        if got < want:
+            raise SourceChanged('source shrank while it was copied', source_path, errno.EIO)
+        chunk = view[:got]
+        if sink is not None:
+            written = 0
+            while written < got:
+                written += os.pwrite(sink, chunk[written:], start + written)
+        hasher.update(chunk)
+        if progress is not None:
+            progress(end)
+        return
     zeros = None
     for offset, length, is_data in data_segments(fd, start, end, sparse, source_path):
         pos, stop = offset, offset + length

@@ -110,23 +110,33 @@ def create_part(dir_fd, part_name, resume_at=0, path_for_errors=None):
     """Open the part file for writing; truncate it to `resume_at`.
 
     Bytes past the last durable checkpoint are never trusted: they are cut off.
+    A new part is created with O_EXCL, so nothing planted under its name (a
+    FIFO, a link) is ever opened: a leftover is removed and the part made anew.
     """
-    # O_NONBLOCK: a FIFO planted under the part name fails (ENXIO) instead of
-    # blocking the run forever; it is cleared again once we know it is a file.
-    flags = os.O_WRONLY | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC | os.O_NONBLOCK
+    base = os.O_WRONLY | O_NOFOLLOW | O_CLOEXEC
     if not resume_at:
-        flags |= os.O_TRUNC
+        for _attempt in range(2):
+            try:
+                return os.open(part_name, base | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
+            except FileExistsError:
+                remove_quietly(dir_fd, part_name)      # a part of an earlier, interrupted run
+            except OSError as exc:
+                raise os_error(exc, 'cannot create part file', path_for_errors or part_name)
+        raise MoverError('cannot create part file (it keeps reappearing)',
+                         path_for_errors or part_name, errno.EEXIST)
+    # Resuming: the part must be the regular file our checkpoint describes.
+    # O_NONBLOCK: a FIFO planted under its name fails (ENXIO) instead of
+    # blocking the run forever; it is cleared once we know it is a file.
     try:
-        fd = os.open(part_name, flags, 0o600, dir_fd=dir_fd)
+        fd = os.open(part_name, base | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError as exc:
-        raise os_error(exc, 'cannot create part file', path_for_errors or part_name)
+        raise os_error(exc, 'cannot open part file', path_for_errors or part_name)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise MoverError('part file is not a regular file', path_for_errors, errno.EINVAL)
         os.set_blocking(fd, True)
-        if resume_at:
-            os.ftruncate(fd, resume_at)
+        os.ftruncate(fd, resume_at)
     except OSError as exc:
         os.close(fd)
         raise os_error(exc, 'cannot prepare part file', path_for_errors or part_name)

@@ -158,19 +158,8 @@ def normalise_result(result) -> dict:
     return normalised
 
 
-def host_status(result, unreachable: bool = False) -> str:
-    """'ok', 'failed' or 'unreachable' for one host's (raw) result.
-
-    ``unreachable`` is what the caller knows from outside (the host had no
-    connection); a result registered with ``ignore_unreachable`` says so
-    itself. No result, a skipped task, ``failed``, or any failed file make a
-    host 'failed': a report must never call a host ok that did not move.
-    """
-    if unreachable:
-        return STATUS_UNREACHABLE
-    if not isinstance(result, Mapping) or not result:
-        return STATUS_FAILED
-    norm = normalise_result(result)
+def _job_status(norm) -> str:
+    """'ok', 'failed' or 'unreachable' for one normalised job result."""
     if norm["unreachable"]:
         return STATUS_UNREACHABLE
     if norm["failed"] or norm["skipped"] or norm["stats"]["files_failed"] > 0:
@@ -178,50 +167,256 @@ def host_status(result, unreachable: bool = False) -> str:
     return STATUS_OK
 
 
-# ---------------------------------------------------------------------------
-# Aggregation
-# ---------------------------------------------------------------------------
-
-def _host_entry(result, known_unreachable: bool) -> dict:
-    status = host_status(result, unreachable=known_unreachable)
-    norm = normalise_result(result)
+def _job_message(norm, status) -> str:
     msg = norm["msg"]
-    if status == STATUS_UNREACHABLE and not msg:
-        msg = MSG_UNREACHABLE
-    elif status == STATUS_FAILED and not msg:
-        if not isinstance(result, Mapping) or not result:
-            msg = MSG_NO_RESULT
-        elif norm["skipped"]:
-            msg = MSG_SKIPPED
-        elif norm["stats"]["files_failed"]:
-            msg = "%d file(s) failed to move" % norm["stats"]["files_failed"]
-        else:
-            msg = "the move failed without a message"
+    if msg:
+        return msg
+    if status == STATUS_UNREACHABLE:
+        return MSG_UNREACHABLE
+    if status == STATUS_FAILED:
+        if norm["skipped"]:
+            return MSG_SKIPPED
+        if norm["stats"]["files_failed"]:
+            return "%d file(s) failed to move" % norm["stats"]["files_failed"]
+        return "the move failed without a message"
+    return ""
+
+
+def job_name(src, dest, job_id="") -> str:
+    """How a job is named in reports: ``move <src> -> <dest>``, else ``move <job_id>``."""
+    if src or dest:
+        return "move %s -> %s" % (src, dest)
+    return "move %s" % job_id if job_id else "move"
+
+
+def job_entry(job) -> dict:
+    """One job of a host: a move result (foreground or from async_status) with its src and dest.
+
+    The role adds ``name``, ``src`` and ``dest`` to the module's result; a job
+    that never ran (its preflight failed, the host became unreachable) is just
+    ``failed``/``unreachable`` and ``msg``. Normalising an entry again gives
+    the same entry.
+    """
+    if not isinstance(job, Mapping):
+        job = {}
+    norm = normalise_result(job)
+    if not job:
+        norm["failed"] = True
+        norm["msg"] = MSG_NO_RESULT
+    status = _job_status(norm)
+    src = _as_text(job.get("src"))
+    dest = _as_text(job.get("dest"))
     entry = {
+        "name": _as_text(job.get("name")) or job_name(src, dest, norm["job_id"]),
+        "src": src,
+        "dest": dest,
         "status": status,
         "changed": norm["changed"],
-        "stats": norm["stats"],
-        "failures": norm["failures"],
-        "msg": msg,
+        "failed": status == STATUS_FAILED,
+        "unreachable": status == STATUS_UNREACHABLE,
+        "msg": _job_message(norm, status),
         "job_id": norm["job_id"],
+        "journal": norm["journal"],
         "complete": norm["complete"],
         "interrupted": norm["interrupted"],
+        "hash_algorithm": norm["hash_algorithm"],
+        "stats": norm["stats"],
+        "failures": norm["failures"],
         "elapsed_seconds": norm["elapsed_seconds"],
         "bytes_per_second": norm["bytes_per_second"],
-        "journal": norm["journal"],
-        "hash_algorithm": norm["hash_algorithm"],
     }
     if "plan" in norm:
         entry["plan"] = norm["plan"]
     return entry
 
 
-def fleet_report(host_results, unreachable=None) -> dict:
+def preflight_entry(found) -> dict:
+    """One job's preflight as the role records it: name, src, dest, ok, problems, findings."""
+    if not isinstance(found, Mapping):
+        found = {}
+    problems = found.get("problems")
+    problems = [_as_text(p) for p in problems] if isinstance(problems, (list, tuple)) else []
+    findings = found.get("findings")
+    entry = {
+        "name": _as_text(found.get("name")),
+        "src": _as_text(found.get("src")),
+        "dest": _as_text(found.get("dest")),
+        "ok": _as_bool(found.get("ok", not problems)) and not problems,
+        "problems": problems,
+        "findings": dict(findings) if isinstance(findings, Mapping) else {},
+    }
+    if found.get("msg"):
+        entry["msg"] = _as_text(found.get("msg"))
+    return entry
+
+
+def _sum_plans(plans) -> dict:
+    keys = []
+    for plan in plans:
+        keys.extend(key for key in plan if key not in keys)
+    return {key: sum(_as_int(plan.get(key)) for plan in plans) for key in keys}
+
+
+def host_result(host) -> dict:
+    """A host's jobs aggregated into one result: what the migrate role records.
+
+    ``host`` is ``{'jobs': [...], 'preflight': [...]}`` with optional
+    host-level ``failed``/``unreachable``/``msg`` (for what went wrong outside
+    any job). Stats are summed over the jobs, failures concatenated; the host
+    changed if any job did, failed if any job failed or the host-level flag
+    says so, unreachable if any job or the flag says so. A host without jobs
+    has failed (nothing ran). Aggregating a result again gives the same result.
+    """
+    if not isinstance(host, Mapping):
+        host = {}
+    raw_jobs = host.get("jobs")
+    jobs = [job_entry(job) for job in raw_jobs] if isinstance(raw_jobs, (list, tuple)) else []
+    raw_pre = host.get("preflight")
+    preflight = [preflight_entry(p) for p in raw_pre] if isinstance(raw_pre, (list, tuple)) else []
+    host_msg = _as_text(host.get("host_msg"))
+    unreachable = _as_bool(host.get("unreachable", False)) or any(j["unreachable"] for j in jobs)
+    failed = _as_bool(host.get("host_failed", False)) or not jobs or \
+        any(j["status"] == STATUS_FAILED for j in jobs)
+
+    stats = {key: sum(j["stats"][key] for j in jobs) for key in STAT_KEYS}
+    stats["resumed"] = any(j["stats"]["resumed"] for j in jobs)
+    # Jobs run one after the other: the host's time is their sum, its rate
+    # the bytes of all over that time (one job: the module's own figures).
+    elapsed = sum(j["elapsed_seconds"] for j in jobs)
+    if len(jobs) == 1:
+        rate = jobs[0]["bytes_per_second"]
+    elif elapsed > 0:
+        rate = stats["bytes_moved"] / elapsed
+    else:
+        rate = 0.0
+
+    messages = [host_msg] if host_msg else []
+    if len(jobs) == 1:
+        if jobs[0]["msg"]:
+            messages.append(jobs[0]["msg"])
+    elif jobs:
+        bad = [j for j in jobs if j["status"] != STATUS_OK]
+        shown = bad if bad else jobs
+        if not bad:
+            messages.append("%d jobs" % len(jobs))
+        messages.extend("%s: %s" % (j["name"], j["msg"] or j["status"]) for j in shown)
+    elif not host_msg:
+        messages.append(MSG_UNREACHABLE if unreachable else MSG_NO_RESULT)
+
+    def one(key):
+        values = [j[key] for j in jobs if j[key]]
+        return values[0] if len(jobs) == 1 and values else ""
+
+    result = {
+        "changed": any(j["changed"] for j in jobs),
+        "failed": failed and not unreachable,
+        "unreachable": unreachable,
+        "msg": "; ".join(messages),
+        "job_id": one("job_id"),
+        "journal": one("journal"),
+        "complete": bool(jobs) and all(j["complete"] for j in jobs),
+        "interrupted": any(j["interrupted"] for j in jobs),
+        "hash_algorithm": ", ".join(sorted({j["hash_algorithm"] for j in jobs if j["hash_algorithm"]})),
+        "stats": stats,
+        "failures": [f for j in jobs for f in j["failures"]],
+        "elapsed_seconds": elapsed,
+        "bytes_per_second": rate,
+        "jobs": jobs,
+        "preflight": preflight,
+    }
+    if host_msg:
+        result["host_msg"] = host_msg
+    if _as_bool(host.get("host_failed", False)):
+        result["host_failed"] = True
+    plans = [j["plan"] for j in jobs if "plan" in j]
+    if plans:
+        result["plan"] = _sum_plans(plans)
+    return result
+
+
+def _as_host(result, known_unreachable: bool = False) -> dict:
+    """Any host result (the role's, a bare module result, or none) as a host_result()."""
+    if isinstance(result, Mapping) and isinstance(result.get("jobs"), (list, tuple)):
+        host = host_result(result)
+    elif isinstance(result, Mapping) and result:
+        # One registered durable.mover.move result: a host with one job.
+        host = host_result({"jobs": [result]})
+        host["msg"] = host["jobs"][0]["msg"]
+    else:
+        host = host_result({})
+    if known_unreachable:
+        host["unreachable"] = True
+        host["failed"] = False
+        if not host["msg"] or host["msg"] == MSG_NO_RESULT:
+            host["msg"] = MSG_UNREACHABLE
+    return host
+
+
+def _status_of(host) -> str:
+    if host["unreachable"]:
+        return STATUS_UNREACHABLE
+    if host["failed"] or not host["jobs"] or host["stats"]["files_failed"] > 0 or \
+            any(j["status"] != STATUS_OK for j in host["jobs"]):
+        return STATUS_FAILED
+    return STATUS_OK
+
+
+def host_status(result, unreachable: bool = False) -> str:
+    """'ok', 'failed' or 'unreachable' for one host's (raw) result.
+
+    ``unreachable`` is what the caller knows from outside (the host had no
+    connection); a result registered with ``ignore_unreachable`` says so
+    itself. No result, a skipped task, ``failed``, or any failed file or job
+    make a host 'failed': a report must never call a host ok that did not move.
+    """
+    return _status_of(_as_host(result, unreachable))
+
+
+# ---------------------------------------------------------------------------
+# Aggregation
+# ---------------------------------------------------------------------------
+
+def _host_entry(result, known_unreachable: bool) -> dict:
+    host = _as_host(result, known_unreachable)
+    status = _status_of(host)
+    msg = host["msg"]
+    if not msg:
+        msg = MSG_UNREACHABLE if status == STATUS_UNREACHABLE else (
+            "the move failed without a message" if status == STATUS_FAILED else "")
+    entry = {
+        "status": status,
+        "changed": host["changed"],
+        "stats": host["stats"],
+        "failures": host["failures"],
+        "msg": msg,
+        "preflight": host["preflight"],
+        "jobs": host["jobs"],
+        "job_id": host["job_id"],
+        "complete": host["complete"],
+        "interrupted": host["interrupted"],
+        "elapsed_seconds": host["elapsed_seconds"],
+        "bytes_per_second": host["bytes_per_second"],
+        "journal": host["journal"],
+        "hash_algorithm": host["hash_algorithm"],
+    }
+    if "plan" in host:
+        entry["plan"] = host["plan"]
+    return entry
+
+
+def fleet_report(host_results, unreachable=None, pending=None) -> dict:
     """Aggregate ``{host: result or None}`` into one fleet report.
 
+    A result is what the migrate role records for a host (``jobs``,
+    ``preflight``: see :func:`host_result`) or one registered
+    ``durable.mover.move`` result (a host with one job).
+
     ``unreachable`` lists hosts known to be unreachable; such a host may be
-    missing from ``host_results``. Hosts are reported in sorted order so two
-    runs over the same data give the same report.
+    missing from ``host_results``. ``pending`` lists hosts of the play that
+    have not run yet (later ``serial`` batches): they are named in
+    ``pending`` and counted in ``totals.hosts_pending``, not reported as
+    hosts. Hosts are reported in sorted order so two runs over the same data
+    give the same report.
 
     ``totals`` sums every counter of ``STAT_KEYS`` over all hosts and counts
     hosts by status. ``totals.bytes_per_second`` is the sum of the per-host
@@ -234,6 +429,7 @@ def fleet_report(host_results, unreachable=None) -> dict:
     results = {_as_text(name): result for name, result in host_results.items()}
     for name in unreachable_names:
         results.setdefault(name, None)
+    pending_names = sorted({_as_text(name) for name in (pending or ())} - set(results))
 
     hosts = {}
     for name in sorted(results):
@@ -247,14 +443,20 @@ def fleet_report(host_results, unreachable=None) -> dict:
         hosts_failed=statuses.count(STATUS_FAILED),
         hosts_unreachable=statuses.count(STATUS_UNREACHABLE),
         hosts_changed=sum(1 for entry in hosts.values() if entry["changed"]),
+        hosts_pending=len(pending_names),
+        jobs=sum(len(entry["jobs"]) for entry in hosts.values()),
+        jobs_failed=sum(1 for entry in hosts.values() for job in entry["jobs"] if job["status"] != STATUS_OK),
         bytes_per_second=sum(entry["bytes_per_second"] for entry in hosts.values()),
         elapsed_seconds=max((entry["elapsed_seconds"] for entry in hosts.values()), default=0.0),
     )
-    return {"hosts": hosts, "totals": totals}
+    return {"hosts": hosts, "totals": totals, "pending": pending_names}
 
 
 def _fleet_hosts(fleet) -> dict:
-    """The ``hosts`` of a fleet report, re-normalised (input may be hand-made)."""
+    """The ``hosts`` of a fleet report, re-normalised (input may be hand-made).
+
+    An entry without ``jobs`` (a hand-made or older report) is one job: itself.
+    """
     if not isinstance(fleet, Mapping) or not isinstance(fleet.get("hosts"), Mapping):
         return {}
     hosts = {}
@@ -264,9 +466,15 @@ def _fleet_hosts(fleet) -> dict:
         status = entry.get("status")
         if status not in (STATUS_OK, STATUS_FAILED, STATUS_UNREACHABLE):
             status = STATUS_FAILED
-        norm = normalise_result(entry)
-        norm["status"] = status
-        hosts[_as_text(name)] = norm
+        if isinstance(entry.get("jobs"), (list, tuple)):
+            host = host_result(entry)
+        else:
+            job = dict(entry)
+            job.update(failed=status == STATUS_FAILED, unreachable=status == STATUS_UNREACHABLE)
+            host = host_result({"jobs": [job], "preflight": entry.get("preflight")})
+        host["status"] = status
+        host["msg"] = _as_text(entry.get("msg")) or host["msg"]
+        hosts[_as_text(name)] = host
     return hosts
 
 
@@ -319,6 +527,67 @@ def human_rate(bytes_per_second) -> str:
     return human_bytes(bytes_per_second) + "/s"
 
 
+def human_duration(seconds) -> str:
+    """A duration for people: ``45s``, ``3m12s``, ``2h05m``, ``1d03h``."""
+    total = int(round(_as_float(seconds)))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return "%dd%02dh" % (days, hours)
+    if hours:
+        return "%dh%02dm" % (hours, minutes)
+    if minutes:
+        return "%dm%02ds" % (minutes, secs)
+    return "%ds" % secs
+
+
+def _percent(done, total) -> str:
+    return "%.1f%%" % (100.0 * done / total) if total else "100.0%"
+
+
+def progress_line(info, name="") -> str:
+    """One line of progress from a ``durable.mover.move_info`` result.
+
+    ``files 120/1000 (12.0%), bytes 1.2 GiB/10.0 GiB (12.0%), 45.3 MiB/s,
+    ETA 3m12s``, prefixed with the job's ``name``; while the source is still
+    being listed the totals are what was found so far, and say so.
+    """
+    prefix = "%s: " % one_line(name) if name else ""
+    if not isinstance(info, Mapping):
+        info = {}
+    if info.get("unreachable"):
+        return prefix + "host unreachable: %s" % one_line(info.get("msg") or "")
+    if info.get("failed"):
+        return prefix + "progress unavailable: %s" % one_line(info.get("msg") or "move_info failed")
+    if not _as_bool(info.get("exists", False)):
+        return prefix + "starting (no journal yet)"
+    progress = info.get("progress") if isinstance(info.get("progress"), Mapping) else {}
+    files_total = _as_int(progress.get("files_total"))
+    files_done = _as_int(progress.get("files_done"))
+    bytes_total = _as_int(progress.get("bytes_total"))
+    bytes_done = _as_int(progress.get("bytes_done"))
+    parts = []
+    if not _as_bool(info.get("scan_complete", True)):
+        parts.append("listing the source (totals so far)")
+    parts.append("files %d/%d (%s)" % (files_done, files_total, _percent(files_done, files_total)))
+    parts.append("bytes %s/%s (%s)" % (human_bytes(bytes_done), human_bytes(bytes_total),
+                                       _percent(bytes_done, bytes_total)))
+    parts.append(human_rate(progress.get("bytes_per_second")))
+    failed = _as_int(progress.get("files_failed"))
+    if failed:
+        parts.append("%d failed" % failed)
+    running = _as_bool(info.get("running", False))
+    eta = progress.get("eta_seconds")
+    if running and eta is not None:
+        parts.append("ETA %s" % human_duration(eta))
+    elif running:
+        parts.append("ETA unknown")
+    else:
+        parts.append("complete" if _as_bool(info.get("complete", False)) else "not running")
+    return prefix + ", ".join(parts)
+
+
 # ---------------------------------------------------------------------------
 # JUnit XML
 # ---------------------------------------------------------------------------
@@ -336,14 +605,26 @@ def _file_failure_text(failure: dict) -> str:
     )
 
 
+def _job_details(job: dict) -> str:
+    stats = job["stats"]
+    return "files moved %d of %d, already done %d, failed %d, quarantined %d; bytes moved %d" % (
+        stats["files_moved"], stats["files_total"], stats["files_already_done"],
+        stats["files_failed"], stats["files_quarantined"], stats["bytes_moved"],
+    )
+
+
 def junit_xml(fleet) -> str:
     """The fleet report as JUnit XML, for CI systems that show test results.
 
-    One ``<testsuite>`` per host. Its first ``<testcase>`` is the host's move
-    job (``move <job_id>``): it carries a ``<failure>`` when the host failed
-    and an ``<error>`` when it was unreachable. Each reported failed or
-    quarantined file adds a ``<testcase>`` named after its path with a
-    ``<failure>``. Counts on every suite and on the root add up.
+    One ``<testsuite>`` per host and one ``<testcase>`` per job of the host
+    (``move <src> -> <dest>``, or ``move <job_id>`` for a bare module
+    result): it carries a ``<failure>`` when the job failed (its preflight
+    included) and an ``<error>`` when the host became unreachable during it.
+    Each reported failed or quarantined file adds a ``<testcase>`` named
+    after its path with a ``<failure>``. A host that failed or was
+    unreachable with no job to blame (no result at all, a host-level error)
+    gets a ``migrate`` testcase with that failure or error. Counts on every
+    suite and on the root add up.
     """
     hosts = _fleet_hosts(fleet)
     root = ET.Element("testsuites", name="durable.mover")
@@ -352,55 +633,57 @@ def junit_xml(fleet) -> str:
     for name, host in hosts.items():
         classname = one_line(name)
         suite = ET.SubElement(root, "testsuite", name=classname)
-        tests = failures = errors = 0
+        counts = {"tests": 0, "failures": 0, "errors": 0}
+        blamed = False
 
-        job_name = "move %s" % host["job_id"] if host["job_id"] else "move"
-        case = ET.SubElement(
-            suite, "testcase", classname=classname, name=one_line(job_name),
-            time=_seconds(host["elapsed_seconds"]),
-        )
-        tests += 1
-        stats = host["stats"]
-        details = "files moved %d of %d, already done %d, failed %d, quarantined %d; bytes moved %d" % (
-            stats["files_moved"], stats["files_total"], stats["files_already_done"],
-            stats["files_failed"], stats["files_quarantined"], stats["bytes_moved"],
-        )
-        if host["status"] == STATUS_UNREACHABLE:
-            element = ET.SubElement(
-                case, "error", type="unreachable", message=one_line(host["msg"] or MSG_UNREACHABLE),
-            )
-            element.text = xml_safe(host["msg"] or MSG_UNREACHABLE)
-            errors += 1
-        elif host["status"] == STATUS_FAILED:
-            message = host["msg"] or "move failed"
-            element = ET.SubElement(case, "failure", type="move", message=one_line(message))
-            element.text = xml_safe("%s\n%s" % (message, details))
-            failures += 1
-        else:
-            out = ET.SubElement(case, "system-out")
-            out.text = xml_safe("%s\n%s" % (host["msg"], details) if host["msg"] else details)
+        def case(case_name, seconds=0.0):
+            counts["tests"] += 1
+            return ET.SubElement(suite, "testcase", classname=classname, name=one_line(case_name),
+                                 time=_seconds(seconds))
 
-        for failure in host["failures"]:
-            file_case = ET.SubElement(
-                suite, "testcase", classname=classname,
-                name=one_line(failure["path"] or "(unknown path)"),
-            )
-            kind = "quarantined" if failure["quarantined"] else "file"
-            element = ET.SubElement(
-                file_case, "failure", type=kind, message=one_line(failure["error"] or "failed"),
-            )
-            element.text = xml_safe(_file_failure_text(failure))
-            tests += 1
-            failures += 1
+        def mark(element_case, kind, message, text, type_):
+            element = ET.SubElement(element_case, kind, type=type_, message=one_line(message))
+            element.text = xml_safe(text)
+            counts["failures" if kind == "failure" else "errors"] += 1
 
-        suite.set("tests", str(tests))
-        suite.set("failures", str(failures))
-        suite.set("errors", str(errors))
+        for job in host["jobs"]:
+            job_case = case(job["name"], job["elapsed_seconds"])
+            details = _job_details(job)
+            unreachable = job["status"] == STATUS_UNREACHABLE or (
+                host["status"] == STATUS_UNREACHABLE and job["status"] != STATUS_OK)
+            if unreachable:
+                message = job["msg"] or MSG_UNREACHABLE
+                mark(job_case, "error", message, "%s\n%s" % (message, details), "unreachable")
+                blamed = True
+            elif job["status"] == STATUS_FAILED:
+                message = job["msg"] or "move failed"
+                mark(job_case, "failure", message, "%s\n%s" % (message, details), "move")
+                blamed = True
+            else:
+                out = ET.SubElement(job_case, "system-out")
+                out.text = xml_safe("%s\n%s" % (job["msg"], details) if job["msg"] else details)
+            for failure in job["failures"]:
+                file_case = case(failure["path"] or "(unknown path)")
+                kind = "quarantined" if failure["quarantined"] else "file"
+                mark(file_case, "failure", failure["error"] or "failed", _file_failure_text(failure), kind)
+
+        if host["status"] != STATUS_OK and not blamed:
+            host_case = case("migrate")
+            if host["status"] == STATUS_UNREACHABLE:
+                message = host["msg"] or MSG_UNREACHABLE
+                mark(host_case, "error", message, message, "unreachable")
+            else:
+                message = host["msg"] or "move failed"
+                mark(host_case, "failure", message, message, "move")
+
+        suite.set("tests", str(counts["tests"]))
+        suite.set("failures", str(counts["failures"]))
+        suite.set("errors", str(counts["errors"]))
         suite.set("skipped", "0")
         suite.set("time", _seconds(host["elapsed_seconds"]))
-        all_tests += tests
-        all_failures += failures
-        all_errors += errors
+        all_tests += counts["tests"]
+        all_failures += counts["failures"]
+        all_errors += counts["errors"]
         all_time += host["elapsed_seconds"]
 
     root.set("tests", str(all_tests))
@@ -445,6 +728,64 @@ def md_code(text) -> str:
     if text.startswith("`") or text.endswith("`") or not text.strip():
         text = " %s " % text
     return "%s%s%s" % (fence, text, fence)
+
+
+def _jobs_table(hosts) -> list:
+    """One row per job, for hosts that have several."""
+    lines = [
+        "",
+        "## Jobs",
+        "",
+        "| Host | Job | Status | Files moved / total | Bytes moved / total | Failed files | Rate |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, host in hosts.items():
+        for job in host["jobs"]:
+            stats = job["stats"]
+            lines.append("| %s | %s | %s | %d / %d | %s / %s | %d | %s |" % (
+                md_text(name), md_text(job["name"]), job["status"],
+                stats["files_moved"], stats["files_total"],
+                human_bytes(stats["bytes_moved"]), human_bytes(stats["bytes_total"]),
+                stats["files_failed"], human_rate(job["bytes_per_second"]),
+            ))
+    return lines
+
+
+def _preflight_table(hosts) -> list:
+    """What each job's preflight found: space, filesystem, Python, hash."""
+    rows = []
+    for name, host in hosts.items():
+        for found in host["preflight"]:
+            findings = found["findings"]
+            space = findings.get("space") if isinstance(findings.get("space"), Mapping) else {}
+            python = findings.get("python") if isinstance(findings.get("python"), Mapping) else {}
+            hashing = findings.get("hash") if isinstance(findings.get("hash"), Mapping) else {}
+            if space:
+                same_fs = "same" if space.get("same_filesystem") else "other"
+                needed = human_bytes(space.get("bytes_needed"))
+                free = human_bytes(space.get("free_bytes")) if space.get("free_bytes") is not None else "?"
+            else:
+                same_fs = needed = free = "?"
+            algorithm = _as_text(hashing.get("algorithm")) or "?"
+            if hashing.get("fallback"):
+                algorithm += " (no blake3)"
+            rows.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                md_text(name),
+                md_text(found["name"] or job_name(found["src"], found["dest"])),
+                "ok" if found["ok"] else "**%d problem(s)**" % len(found["problems"]),
+                same_fs, needed, free,
+                md_text(python.get("version") or "?"),
+                md_text(algorithm),
+            ))
+    if not rows:
+        return []
+    return [
+        "",
+        "## Preflight",
+        "",
+        "| Host | Job | Result | Filesystem | Space needed | Free at dest | Python | Hash |",
+        "| --- | --- | --- | --- | ---: | ---: | --- | --- |",
+    ] + rows
 
 
 def summary_markdown(fleet, max_failures: int = SUMMARY_MAX_FAILURES) -> str:
@@ -496,6 +837,15 @@ def summary_markdown(fleet, max_failures: int = SUMMARY_MAX_FAILURES) -> str:
         )
     )
 
+    pending = fleet.get("pending") if isinstance(fleet, Mapping) else None
+    if isinstance(pending, (list, tuple)) and pending:
+        lines.append("")
+        lines.append("%d host(s) not run yet (later serial batches): %s." % (
+            len(pending), ", ".join(md_code(name) for name in pending)))
+
+    if any(len(host["jobs"]) > 1 for host in hosts.values()):
+        lines.extend(_jobs_table(hosts))
+
     planned = [host["plan"] for host in hosts.values() if isinstance(host.get("plan"), Mapping)]
     if planned:
         lines.append("")
@@ -509,10 +859,19 @@ def summary_markdown(fleet, max_failures: int = SUMMARY_MAX_FAILURES) -> str:
             )
         )
 
+    lines.extend(_preflight_table(hosts))
+
     problems = []
     for name, host in hosts.items():
         if host["status"] != STATUS_OK:
             problems.append("- %s: %s: %s" % (md_code(name), host["status"], md_text(host["msg"] or host["status"], SUMMARY_MAX_MESSAGE)))
+        for found in host["preflight"]:
+            for problem in found["problems"]:
+                if problem in host["msg"]:
+                    continue    # the job failed on it: the host's line says it already
+                problems.append("- %s: preflight of %s: %s" % (
+                    md_code(name), md_text(found["name"] or job_name(found["src"], found["dest"])),
+                    md_text(problem, SUMMARY_MAX_MESSAGE)))
         for failure in host["failures"]:
             problems.append(
                 "- %s: %s: %s (attempts: %d%s)" % (

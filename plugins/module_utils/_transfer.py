@@ -31,6 +31,7 @@ NAME_MAX = 255
 # Files larger than this many buffers are copied by a _copy.Pipeline, flushed
 # and read back every PIPELINE_FLUSH bytes while the rest is written.
 PIPELINE_MIN_BUFFERS = 4
+SMALL_BUFFER = 1024 * 1024
 PIPELINE_FLUSH = 256 * 1024 * 1024
 
 MOVED, IDENTICAL, FAILED, SKIPPED, INTERRUPTED, RETRY, STAGED = (
@@ -122,7 +123,14 @@ class Transfer:
         reldir = getattr(self._local, 'dreldir', '')
         return self.dst.full('%s/%s' % (reldir, name) if reldir else name)
 
-    def _buffer(self):
+    def _buffer(self, size=None):
+        """This thread's reusable buffer: a small one for small files, so that
+        many workers on many small files stay small in memory."""
+        if size is not None and size <= SMALL_BUFFER < self.buffer_size:
+            buf = getattr(self._local, 'small', None)
+            if buf is None:
+                buf = self._local.small = bytearray(SMALL_BUFFER)
+            return buf
         buf = getattr(self._local, 'buf', None)
         if buf is None:
             buf = self._local.buf = bytearray(self.buffer_size)
@@ -138,7 +146,7 @@ class Transfer:
         """The recorded-form digest of a file's logical content (thread-safe)."""
         algorithm = algorithm or self.algorithm
         hasher = _hashing.new(algorithm)
-        _copy.feed(fd, 0, size, hasher, self._buffer(), sparse=sparse, should_stop=self.should_stop)
+        _copy.feed(fd, 0, size, hasher, self._buffer(size), sparse=sparse, should_stop=self.should_stop)
         return _hashing.digest(algorithm, hasher)
 
     def _open_src(self, src_dir, name, path):
@@ -316,7 +324,7 @@ class Transfer:
                     resume_at = row.checkpoint
             part_fd = _durable.create_part(dst_dir, part, resume_at, self._dfull(part))
             sparse = _copy.is_sparse(st)
-            buf = self._buffer()
+            buf = self._buffer(st.st_size)
             hasher = _hashing.new(self.algorithm)
             if resume_at:
                 # The part's prefix is durable; hash the source's prefix (reading

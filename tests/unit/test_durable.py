@@ -202,11 +202,17 @@ def test_create_part_does_not_follow_a_symlink(tmp_path, dir_fd):
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
     (tmp_path / "p").symlink_to(victim)
-    for resume_at in (0, 4):
-        with pytest.raises(MoverError) as info:
-            _durable.create_part(dir_fd, "p", resume_at=resume_at)
-        assert info.value.errno == errno.ELOOP
+    # resuming: the part must be our regular file; a link is refused
+    with pytest.raises(MoverError) as info:
+        _durable.create_part(dir_fd, "p", resume_at=4)
+    assert info.value.errno == errno.ELOOP
+    # a new part: the link is removed (never followed) and a fresh file made
+    fd = _durable.create_part(dir_fd, "p", resume_at=0)
+    os.write(fd, b"part")
+    os.close(fd)
     assert victim.read_bytes() == b"precious"
+    assert stat.S_ISREG(os.lstat(tmp_path / "p").st_mode)
+    assert (tmp_path / "p").read_bytes() == b"part"
 
 
 def test_create_part_on_a_fifo_fails_instead_of_hanging(tmp_path):
@@ -227,6 +233,16 @@ def test_create_part_on_a_fifo_fails_instead_of_hanging(tmp_path):
         proc = run_python(code, str(tmp_path), timeout=10)
     except subprocess.TimeoutExpired:
         pytest.fail("create_part blocked opening a FIFO at the part name")
+    # never opened (so never blocked on): replaced by a fresh regular part file
+    assert proc.stdout.split()[0] == "opened", proc.stderr
+    assert stat.S_ISREG(os.lstat(tmp_path / "p").st_mode)
+    os.unlink(tmp_path / "p")
+    os.mkfifo(tmp_path / "p")
+    code_resume = code.replace('_durable.create_part(fd, "p")', '_durable.create_part(fd, "p", resume_at=4)')
+    try:
+        proc = run_python(code_resume, str(tmp_path), timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("create_part blocked opening a FIFO at the part name to resume")
     assert proc.stdout.split()[0] == "refused", proc.stderr
     assert stat.S_ISFIFO(os.lstat(tmp_path / "p").st_mode)
 
