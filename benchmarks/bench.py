@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: durable.mover contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -70,7 +69,7 @@ class Mounts:
 
     def close(self):
         for mount, image in self.images:
-            for _ in range(5):
+            for _attempt in range(5):
                 if sh(['umount', mount], check=False).returncode == 0:
                     break
                 time.sleep(0.5)
@@ -223,15 +222,14 @@ class Comparison:
                     cmd, env = peer(tool, src, dest), None
                 elapsed, rss, proc = timed(cmd, env)
                 if proc.returncode != 0:
-                    raise SystemExit('%s failed (rc %d):\n%s\n%s' % (tool, proc.returncode,
-                                                                    proc.stdout[-3000:], proc.stderr[-3000:]))
+                    raise SystemExit('%s failed (rc %d):\n%s\n%s'
+                                     % (tool, proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
                 got = manifest(dest)
-                left = [p for p in manifest(src)]
+                left = list(manifest(src))
                 if got != expected or left:
+                    right = sum(1 for k, v in got.items() if expected.get(k) == v)
                     raise SystemExit('%s produced a different destination tree (%d of %d files right, '
-                                     '%d left at the source)' % (tool, sum(1 for k, v in got.items()
-                                                                          if expected.get(k) == v),
-                                                                 len(expected), len(left)))
+                                     '%d left at the source)' % (tool, right, len(expected), len(left)))
                 self.samples[tool].append(elapsed)
                 self.rss[tool].append(rss)
                 print('  %-28s run %d: %8.2f s  %7.1f MiB RSS' % (tool, run + 1, elapsed, rss), flush=True)
@@ -285,7 +283,7 @@ def limits(args, mounts, out):
     block = os.urandom(min(16 * MIB, total))
     started = time.monotonic()
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    for _ in range(total // len(block)):
+    for _block_index in range(total // len(block)):
         os.write(fd, block)
     os.fdatasync(fd)
     os.close(fd)
@@ -368,7 +366,7 @@ def scale(args, mounts, out):
                 first_move = event['ts'] - resume_start
                 break
     result = json.loads(proc2.stdout.splitlines()[-1])
-    moved_left = sum(1 for _ in os.scandir(src))  # dirs left (removed when empty)
+    moved_left = sum(1 for _entry in os.scandir(src))  # dirs left (removed when empty)
     out.append('\n### Scale: %d small files on one filesystem\n' % count)
     out.append('| measure | value |')
     out.append('|---|---:|')
@@ -419,9 +417,9 @@ def environment(args):
         versions[tool] = first[0] if first else '?'
     core = sh([args.python, '-c', 'import ansible; print(ansible.__version__)'], check=False).stdout.strip()
     blake3 = sh([args.python, '-c', 'import blake3; print(blake3.__version__)'], check=False).stdout.strip()
+    memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
     return ['', '- date: %s' % time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
-            '- kernel: %s, %d CPUs, %.0f GiB RAM' % (platform.release(), os.cpu_count(),
-                                                   os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30),
+            '- kernel: %s, %d CPUs, %.0f GiB RAM' % (platform.release(), os.cpu_count(), memory),
             '- python: %s; ansible-core %s; blake3 %s' % (platform.python_version(), core or '-', blake3 or '-'),
             '- peers: %s; %s; %s' % (versions['rsync'], versions['cp'], versions['mv']),
             '- filesystems: source ext4, destination xfs, each on a loop device over a sparse image file',

@@ -244,7 +244,7 @@ class Pipeline:
         The part's bytes [0, start) are durable (a resumed copy): they are
         verified first. Raises Interrupted, SourceChanged or the I/O error.
         """
-        for _ in range(self.pool):
+        for _index in range(self.pool):
             self._free.put(bytearray(self.buffer_size))
         if self.verify:
             self._verifier = threading.Thread(target=self._verifier_loop, name='verify', daemon=True)

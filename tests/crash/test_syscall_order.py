@@ -48,7 +48,7 @@ def test_order_across_devices(tmp_path, tmpfs, workers, batch_files):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not check_final(original, src, dest, state)
     checked, problems = check(text, str(src), str(dest))
-    files = sum(1 for kind, _ in original.values() if kind != 'dir')
+    files = sum(1 for kind, _digest in original.values() if kind != 'dir')
     assert checked == files
     assert not problems, problems
 
@@ -62,7 +62,7 @@ def test_order_across_devices_with_batch_flush(tmp_path, loopfs, fstype):
     assert not check_final(original, src, dest, state)
     assert 'syncfs(' in text
     checked, problems = check(text, str(src), str(dest))
-    assert checked == sum(1 for kind, _ in original.values() if kind != 'dir')
+    assert checked == sum(1 for kind, _digest in original.values() if kind != 'dir')
     assert not problems, problems
 
 
@@ -86,7 +86,7 @@ def test_order_same_filesystem(tmp_path, workers, batch_files):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not check_final(original, src, dest, state)
     checked, problems = check(text, str(src), str(dest))
-    assert checked == sum(1 for kind, _ in original.values() if kind != 'dir')
+    assert checked == sum(1 for kind, _digest in original.values() if kind != 'dir')
     assert not problems, problems
 
 

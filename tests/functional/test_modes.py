@@ -479,8 +479,8 @@ def _hash_tree(root: bytes) -> dict[bytes, bytes]:
 
 
 @only_cross
-@pytest.mark.parametrize("algorithm,readback", [("sha256", True), ("none", True), ("blake3", True),
-                                                 ("auto", False), ("sha256", False)])
+@pytest.mark.parametrize("algorithm,readback", [
+    ("sha256", True), ("none", True), ("blake3", True), ("auto", False), ("sha256", False)])
 def test_hash_algorithms(site: Site, algorithm: str, readback: bool) -> None:
     content = _hash_tree(b(site.src))
     expected = snapshot(site.src)
