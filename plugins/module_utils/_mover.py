@@ -590,6 +590,12 @@ class Runner:
         """Steps 2-5: directories durable, journal, unlink, source dirs, done."""
         journal = self.journal
         ok = [o for o in outcomes if o.status in (MOVED, IDENTICAL)]
+        early = []
+        if _faults.broken('unlink_before_journal'):
+            # test-only: the sources go (durably) right after the renames, before
+            # the destination is durable and before the journal knows
+            early = self._unlink([o for o in ok if self.moves and o.method != 'rename'])
+            self._sync_src_dirs(early)
         # 2. destination directories durable (and source dirs of renames)
         dest_dirs = {}
         for o in ok:
@@ -603,15 +609,13 @@ class Runner:
         self._sync_src_dirs([o for o in ok if o.status == MOVED and o.method == 'rename'])
         _faults.point('after_dest_dir_sync')
         copied = [o for o in ok if o.status in (MOVED, IDENTICAL) and self.moves and o.method != 'rename']
-        if _faults.broken('unlink_before_journal'):
-            self._unlink(copied)
         # 3. the journal records where every file is, durably
         for o in outcomes:
             self._record(o)
         journal.commit()
         _faults.point('after_journal_copied')
         # 4. only now may sources be removed
-        removed = self._unlink(copied) if not _faults.broken('unlink_before_journal') else copied
+        removed = self._unlink(copied) if not early else copied
         self._sync_src_dirs(removed)
         _faults.point('after_src_dir_sync')
         for o in removed:
@@ -710,6 +714,7 @@ class Runner:
             if _metadata.differs(st, current, self.opts.preserve) or (xattrs and xattrs != have):
                 _metadata.apply(st, self.opts.preserve, fd=dst_fd, xattrs=xattrs,
                                 path_for_errors=self.dst_tree.full(rel))
+                _durable.sync_dir(dst_fd, self.dst_tree.full(rel))   # the directory's own metadata
                 self.changes += 1
             done = True
             if self.moves and self.opts.remove_empty_dirs and rel:
