@@ -270,9 +270,12 @@ def check_space(plan, src_found, dest_found, state_found, mode, problems):
              'free_inodes': dest_found.get('free_inodes'), 'journal_bytes_estimate': journal}
     free = dest_found.get('free_bytes')
     if needed and free is not None and free < needed:
-        problems.append('not enough free space at dest: %s still to move needs %s, %s has %s free'
-                        % (human_bytes(to_move), human_bytes(needed),
-                           display_path(dest_found['nearest_existing']), human_bytes(free)))
+        if needed == to_move:
+            wanted = '%s still to move' % human_bytes(to_move)
+        else:
+            wanted = '%s still to move (%s with the journal)' % (human_bytes(to_move), human_bytes(needed))
+        problems.append('not enough free space at dest: %s, %s has %s free'
+                        % (wanted, display_path(dest_found['nearest_existing']), human_bytes(free)))
     inodes = dest_found.get('free_inodes')
     if not same_fs and mode != 'verify' and inodes is not None and files > inodes:
         problems.append('not enough free inodes at dest: %d entries still to move, %s has %d free'

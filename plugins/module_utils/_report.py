@@ -183,9 +183,10 @@ def _job_message(norm, status) -> str:
 
 
 def job_name(src, dest, job_id="") -> str:
-    """How a job is named in reports: ``move <src> -> <dest>``, else ``move <job_id>``."""
+    """How a job is named in reports: ``<src> -> <dest>`` (as the migrate role names
+    it), else ``move <job_id>`` (a bare module result)."""
     if src or dest:
-        return "move %s -> %s" % (src, dest)
+        return "%s -> %s" % (src, dest)
     return "move %s" % job_id if job_id else "move"
 
 
@@ -227,6 +228,9 @@ def job_entry(job) -> dict:
     }
     if "plan" in norm:
         entry["plan"] = norm["plan"]
+    if isinstance(job.get("last_progress"), Mapping) and job["last_progress"]:
+        # The role's last look at a job whose host became unreachable.
+        entry["last_progress"] = dict(job["last_progress"])
     return entry
 
 
@@ -558,7 +562,8 @@ def progress_line(info, name="") -> str:
         info = {}
     if info.get("unreachable"):
         return prefix + "host unreachable: %s" % one_line(info.get("msg") or "")
-    if info.get("failed"):
+    if info.get("failed") or ("exists" not in info and info.get("msg")):
+        # move_info failed (registered with failed_when: false, it is not 'failed')
         return prefix + "progress unavailable: %s" % one_line(info.get("msg") or "move_info failed")
     if not _as_bool(info.get("exists", False)):
         return prefix + "starting (no journal yet)"
@@ -617,7 +622,7 @@ def junit_xml(fleet) -> str:
     """The fleet report as JUnit XML, for CI systems that show test results.
 
     One ``<testsuite>`` per host and one ``<testcase>`` per job of the host
-    (``move <src> -> <dest>``, or ``move <job_id>`` for a bare module
+    (``<src> -> <dest>`` or the job's name, ``move <job_id>`` for a bare module
     result): it carries a ``<failure>`` when the job failed (its preflight
     included) and an ``<error>`` when the host became unreachable during it.
     Each reported failed or quarantined file adds a ``<testcase>`` named
@@ -840,7 +845,7 @@ def summary_markdown(fleet, max_failures: int = SUMMARY_MAX_FAILURES) -> str:
     pending = fleet.get("pending") if isinstance(fleet, Mapping) else None
     if isinstance(pending, (list, tuple)) and pending:
         lines.append("")
-        lines.append("%d host(s) not run yet (later serial batches): %s." % (
+        lines.append("%d host(s) of the play not run (later serial batches, or the play stopped before them): %s." % (
             len(pending), ", ".join(md_code(name) for name in pending)))
 
     if any(len(host["jobs"]) > 1 for host in hosts.values()):

@@ -185,7 +185,9 @@ findings:
       description: Whether the job has run before.
       type: bool
     plan:
-      description: The check mode plan of the move (C(files), C(bytes), C(renames), C(copies), C(conflicts), C(already_done), C(skipped)); null when it could not be made.
+      description: >-
+        The check mode plan of the move (C(files), C(bytes), C(renames), C(copies), C(conflicts), C(already_done),
+        C(skipped)); null when it could not be made.
       type: dict
     space:
       description: >-

@@ -2,27 +2,25 @@
 # Copyright: durable.mover contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""End to end: playbooks/migrate.yml with the real durable.mover.move module.
+"""End to end: playbooks/migrate.yml (roles migrate and report) and its reports.
 
 Each test runs ansible-playbook on localhost (the repository's ansible.cfg and
 inventory) over a small tree under tmp_path, then checks that the reports the
-playbook wrote agree with what actually happened on disk.
+playbook wrote agree with what actually happened on disk. The roles' other
+behaviours (jobs, async progress, preflight, strategies) are tested in
+test_playbook_migrate.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import subprocess
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PLAYBOOK = REPO_ROOT / "playbooks" / "migrate.yml"
+from migrate_helpers import REPO_ROOT, load_reports, output, recap, regular_files, run_playbook
+from migrate_helpers import make_tree as _make_tree
 
 # name -> content of the regular files of the source tree
 TREE = {
@@ -35,63 +33,8 @@ TREE = {
 }
 
 
-def ansible_playbook() -> str:
-    venv = REPO_ROOT / ".venv" / "bin" / "ansible-playbook"
-    if venv.exists():
-        return str(venv)
-    found = shutil.which("ansible-playbook")
-    if found is None:
-        pytest.skip("ansible-playbook is not installed (make venv)")
-    return found
-
-
-def run_playbook(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["ANSIBLE_CONFIG"] = str(REPO_ROOT / "ansible.cfg")
-    env["ANSIBLE_NOCOLOR"] = "1"
-    env["ANSIBLE_FORCE_COLOR"] = "0"
-    # The playbook puts its default report directory under $PWD, which a
-    # shell would set to the working directory.
-    env["PWD"] = str(cwd)
-    return subprocess.run(
-        [ansible_playbook(), str(PLAYBOOK), *args],
-        cwd=str(cwd), env=env, capture_output=True, text=True, timeout=280, check=False,
-    )
-
-
-def recap(proc: subprocess.CompletedProcess, host: str = "localhost") -> dict:
-    """The PLAY RECAP counters of one host."""
-    match = re.search(r"^%s\s*:\s*(.*)$" % re.escape(host), proc.stdout, re.MULTILINE)
-    assert match, "no recap line for %s in:\n%s" % (host, proc.stdout)
-    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match.group(1))}
-
-
-def output(proc: subprocess.CompletedProcess) -> str:
-    return "exit %d\n--- stdout\n%s\n--- stderr\n%s" % (proc.returncode, proc.stdout, proc.stderr)
-
-
 def make_tree(root: Path) -> None:
-    for name, content in TREE.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-
-
-def regular_files(root: Path) -> dict:
-    if not root.exists():
-        return {}
-    return {
-        str(path.relative_to(root)): path.read_bytes()
-        for path in root.rglob("*")
-        if path.is_file() and not path.is_symlink()
-    }
-
-
-def load_reports(report_dir: Path) -> tuple:
-    fleet = json.loads((report_dir / "fleet.json").read_text(encoding="utf-8"))
-    junit = ET.fromstring((report_dir / "junit.xml").read_bytes())
-    summary = (report_dir / "summary.md").read_text(encoding="utf-8")
-    return fleet, junit, summary
+    _make_tree(root, TREE)
 
 
 @pytest.fixture
@@ -144,7 +87,15 @@ def test_move_then_rerun(paths: dict) -> None:
 
     assert (junit.get("tests"), junit.get("failures"), junit.get("errors")) == ("1", "0", "0")
     assert junit.find("testsuite").get("name") == "localhost"
-    assert junit.find("testsuite/testcase").get("name") == "move %s" % host["job_id"]
+    assert junit.find("testsuite/testcase").get("name") == "%s -> %s" % (paths["src"], paths["dest"])
+
+    # The preflight ran first, and its findings are in the reports.
+    assert [entry["ok"] for entry in host["preflight"]] == [True]
+    findings = host["preflight"][0]["findings"]
+    assert findings["space"]["same_filesystem"] is True
+    assert findings["plan"]["files"] == len(TREE)
+    assert per_host["result"]["preflight"][0]["findings"] == findings
+    assert "## Preflight" in summary
 
     assert "| localhost | ok | %d / %d |" % (len(TREE), len(TREE)) in summary
     # The summary is printed too, for a person reading the run.
@@ -173,15 +124,18 @@ def test_missing_source_fails_after_writing_reports(paths: dict) -> None:
     shutil.rmtree(paths["src"])
     proc = run_playbook(*migrate_args(paths))
     assert proc.returncode != 0, output(proc)
-    # The move failed (ignored, so reporting ran) and the last task failed the play.
+    # The preflight failed (ignored, so the role went on and reporting ran),
+    # the move did not run, and the report role failed the host.
     assert recap(proc)["ignored"] == 1
     assert recap(proc)["failed"] == 1
     assert not paths["dest"].exists() or regular_files(paths["dest"]) == {}
+    assert "preflight found 1 problem(s): src does not exist: %s" % paths["src"] in proc.stdout
 
     fleet, junit, summary = load_reports(paths["reports"])
     host = fleet["hosts"]["localhost"]
     assert host["status"] == "failed"
-    assert str(paths["src"]) in host["msg"]
+    assert host["msg"] == "preflight: src does not exist: %s" % paths["src"]
+    assert host["preflight"][0]["ok"] is False
     assert fleet["totals"]["hosts_failed"] == 1
     assert (paths["reports"] / "hosts" / "localhost.json").exists()
     assert (junit.get("tests"), junit.get("failures"), junit.get("errors")) == ("1", "1", "0")
@@ -213,6 +167,11 @@ def test_check_mode_moves_nothing_and_reports_the_plan(paths: dict) -> None:
     assert host["stats"]["files_moved"] == 0
     assert host["plan"]["files"] == len(TREE)
     assert "Check mode: nothing was moved" in summary
+    # The preflight ran in check mode too, and nothing was created.
+    assert host["preflight"][0]["ok"] is True
+    assert host["preflight"][0]["findings"]["plan"]["files"] == len(TREE)
+    assert not paths["state"].exists()
+    assert recap(proc)["changed"] == 1     # the plan says the move would change things
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the ssh client to make a host unreachable")
@@ -241,6 +200,9 @@ def test_unreachable_host_is_reported(paths: dict, tmp_path: Path) -> None:
     assert fleet["hosts"]["localhost"]["status"] == "ok"
     assert fleet["hosts"]["down"]["status"] == "unreachable"
     assert (fleet["totals"]["hosts_ok"], fleet["totals"]["hosts_unreachable"]) == (1, 1)
+    # It ends the play unreachable; localhost is fine.
+    assert recap(proc, "down")["unreachable"] == 1
+    assert recap(proc, "localhost")["failed"] == 0
     assert (paths["reports"] / "hosts" / "down.json").exists()
     suites = {suite.get("name"): suite for suite in junit.findall("testsuite")}
     assert suites["down"].find("testcase/error") is not None

@@ -511,3 +511,215 @@ class TestSummaryMarkdown:
 
     def test_module_private_marker(self):
         assert "PRIVATE" in (report.__doc__ or "")
+
+
+# ---------------------------------------------------------------------------
+# Hosts with several jobs (what the migrate role records)
+# ---------------------------------------------------------------------------
+
+def job(src, dest, **overrides):
+    """One job as the migrate role records it: a module result with name, src and dest."""
+    return dict(module_result(**overrides), src=src, dest=dest)
+
+
+def preflight(src, dest, problems=(), **findings):
+    return {"name": "%s -> %s" % (src, dest), "src": src, "dest": dest, "ok": not problems,
+            "problems": list(problems), "findings": findings}
+
+
+class TestHostResult:
+    def two_jobs(self, **second):
+        return {
+            "jobs": [
+                job("/a", "/b", job_id="j1", stats={"files_total": 10, "files_moved": 8, "bytes_moved": 800,
+                                                    "bytes_total": 1000}, elapsed_seconds=2.0,
+                    bytes_per_second=400.0),
+                job("/c", "/d", job_id="j2", stats={"files_total": 5, "files_moved": 5, "bytes_moved": 200,
+                                                    "bytes_total": 200, "resumed": True}, elapsed_seconds=3.0,
+                    bytes_per_second=66.7, **second),
+            ],
+            "preflight": [preflight("/a", "/b"), preflight("/c", "/d")],
+        }
+
+    def test_stats_are_summed_and_flags_combined(self):
+        host = report.host_result(self.two_jobs())
+        assert host["stats"]["files_total"] == 15
+        assert host["stats"]["files_moved"] == 13
+        assert host["stats"]["bytes_moved"] == 1000
+        assert host["stats"]["resumed"] is True
+        assert host["changed"] is True and host["failed"] is False and host["unreachable"] is False
+        assert host["complete"] is True
+        # Jobs run one after the other: times add up, the rate is over the sum.
+        assert host["elapsed_seconds"] == pytest.approx(5.0)
+        assert host["bytes_per_second"] == pytest.approx(200.0)
+        # With two jobs there is no one job_id or journal for the host.
+        assert host["job_id"] == "" and host["journal"] == ""
+        assert [j["name"] for j in host["jobs"]] == ["/a -> /b", "/c -> /d"]
+        assert [j["status"] for j in host["jobs"]] == ["ok", "ok"]
+        assert host["msg"].startswith("2 jobs")
+        assert [p["ok"] for p in host["preflight"]] == [True, True]
+
+    def test_a_failed_job_fails_the_host_and_names_itself(self):
+        data = self.two_jobs(failed=True, msg="1 file(s) failed",
+                             failures=[{"path": "/c/x", "error": "EIO", "attempts": 1}])
+        host = report.host_result(data)
+        assert host["failed"] is True
+        assert host["jobs"][1]["status"] == "failed"
+        assert host["msg"] == "/c -> /d: 1 file(s) failed"
+        assert host["failures"] == [{"path": "/c/x", "error": "EIO", "attempts": 1, "quarantined": False}]
+        assert host_status(data) == "failed"
+
+    def test_a_job_that_did_not_run(self):
+        data = {"jobs": [{"name": "data", "src": "/a", "dest": "/b", "failed": True,
+                          "msg": "preflight: not enough free space"}]}
+        host = report.host_result(data)
+        assert host["failed"] is True
+        assert host["msg"] == "preflight: not enough free space"
+        assert host["jobs"][0]["name"] == "data"
+        assert host["stats"]["files_total"] == 0
+
+    def test_unreachable_job_makes_the_host_unreachable(self):
+        data = self.two_jobs(unreachable=True, msg="ssh: no route to host",
+                             last_progress={"files_total": 5, "files_done": 2})
+        host = report.host_result(data)
+        assert host["unreachable"] is True and host["failed"] is False
+        assert host_status(data) == "unreachable"
+        # The last progress seen before the host went away is kept.
+        assert host["jobs"][1]["last_progress"] == {"files_total": 5, "files_done": 2}
+        assert "last_progress" not in host["jobs"][0]
+
+    def test_host_level_error_without_jobs(self):
+        host = report.host_result({"jobs": [], "host_failed": True, "host_msg": "no job to run"})
+        assert host["failed"] is True and host["msg"] == "no job to run"
+        assert host_status({"jobs": [], "host_failed": True, "host_msg": "x"}) == "failed"
+        # No jobs at all is a failure too, whatever else it says.
+        assert host_status({"jobs": []}) == "failed"
+        assert report.host_result({"jobs": [], "unreachable": True})["msg"] == report.MSG_UNREACHABLE
+
+    def test_check_mode_plans_are_summed(self):
+        plan = {"files": 3, "bytes": 30, "renames": 3, "copies": 0, "conflicts": 0, "already_done": 1}
+        host = report.host_result({"jobs": [job("/a", "/b", plan=plan), job("/c", "/d", plan=plan)]})
+        assert host["plan"]["files"] == 6 and host["plan"]["bytes"] == 60
+
+    def test_aggregating_again_gives_the_same_result(self):
+        for data in (self.two_jobs(), self.two_jobs(failed=True, msg="boom"),
+                     {"jobs": [], "host_failed": True, "host_msg": "bad config"},
+                     {"jobs": [{"unreachable": True, "msg": "gone"}]}):
+            once = report.host_result(data)
+            assert report.host_result(once) == once
+            assert json.loads(json.dumps(once)) == once
+
+    def test_async_keys_and_junk_are_tolerated(self):
+        raw = dict(job("/a", "/b"), ansible_job_id="j1.2", finished=1, results_file="/x", invocation={})
+        host = report.host_result({"jobs": [raw, "junk", None], "preflight": "junk"})
+        assert host["jobs"][0]["status"] == "ok"
+        assert host["jobs"][1]["status"] == "failed" and host["jobs"][1]["msg"] == MSG_NO_RESULT
+        assert host["preflight"] == []
+
+
+class TestFleetWithJobs:
+    def fleet(self):
+        two = TestHostResult().two_jobs()
+        bad = {"jobs": [{"name": "data", "src": "/s", "dest": "/full", "failed": True,
+                         "msg": "preflight: not enough free space at dest: 2.0 MiB still to move"}],
+               "preflight": [preflight("/s", "/full", ["not enough free space at dest: 2.0 MiB still to move"],
+                                       space={"same_filesystem": False, "bytes_needed": 2 * MiB,
+                                              "free_bytes": MiB})]}
+        return fleet_report({"web1": report.host_result(two), "web2": bad, "web3": None},
+                            ["down"], pending=["web4", "web1"])
+
+    def test_entries_have_jobs_and_preflight(self):
+        fleet = self.fleet()
+        web1 = fleet["hosts"]["web1"]
+        assert web1["status"] == "ok"
+        assert len(web1["jobs"]) == 2 and len(web1["preflight"]) == 2
+        assert web1["stats"]["files_moved"] == 13
+        web2 = fleet["hosts"]["web2"]
+        assert web2["status"] == "failed"
+        assert web2["preflight"][0]["ok"] is False
+        assert "not enough free space" in web2["msg"]
+        totals = fleet["totals"]
+        assert (totals["hosts"], totals["hosts_ok"], totals["hosts_failed"], totals["hosts_unreachable"]) == (4, 1, 2, 1)
+        assert (totals["jobs"], totals["jobs_failed"]) == (3, 1)
+        # A pending host that has a result is not pending.
+        assert fleet["pending"] == ["web4"] and totals["hosts_pending"] == 1
+
+    def test_junit_has_a_testcase_per_job(self):
+        root = parse(junit_xml(self.fleet()))
+        suites = suites_by_name(root)
+        assert [c.get("name") for c in suites["web1"].findall("testcase")] == ["/a -> /b", "/c -> /d"]
+        assert suites["web1"].get("failures") == "0"
+        # The failed job carries the failure: no extra host testcase.
+        web2 = suites["web2"].findall("testcase")
+        assert [c.get("name") for c in web2] == ["data"]
+        assert "not enough free space" in web2[0].find("failure").get("message")
+        # No result: a host testcase with the failure; unreachable: an error.
+        assert [c.get("name") for c in suites["web3"].findall("testcase")] == ["migrate"]
+        assert suites["web3"].find("testcase/failure").get("message") == MSG_NO_RESULT
+        assert suites["down"].find("testcase/error").get("type") == "unreachable"
+        assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("5", "2", "1")
+
+    def test_junit_marks_the_unfinished_job_of_an_unreachable_host(self):
+        data = {"jobs": [job("/a", "/b"), {"src": "/c", "dest": "/d", "unreachable": True, "msg": "gone"}]}
+        suite = parse(junit_xml(fleet_report({"h": data}))).find("testsuite")
+        cases = suite.findall("testcase")
+        assert cases[0].find("error") is None and cases[0].find("failure") is None
+        assert cases[1].find("error").get("message") == "gone"
+        assert (suite.get("tests"), suite.get("errors")) == ("2", "1")
+
+    def test_summary_has_jobs_preflight_and_pending(self):
+        markdown = summary_markdown(self.fleet())
+        assert "## Jobs" in markdown
+        assert "| web1 | /a -\\> /b | ok | 8 / 10 |" in markdown
+        assert "## Preflight" in markdown
+        assert "| web2 | /s -\\> /full | **1 problem(s)** | other | 2.0 MiB | 1.0 MiB |" in markdown
+        assert "1 host(s) of the play not run" in markdown and "`web4`" in markdown
+        # The preflight problem is said once: in the host's line, which the job's message carries.
+        assert markdown.count("not enough free space") == 1
+
+    def test_single_job_hosts_have_no_jobs_table(self):
+        assert "## Jobs" not in summary_markdown(fleet_report({"a": module_result()}))
+
+
+# ---------------------------------------------------------------------------
+# Progress lines
+# ---------------------------------------------------------------------------
+
+def info(**overrides):
+    """A durable.mover.move_info result of a running job."""
+    result = {
+        "changed": False, "exists": True, "running": True, "pid": 4242, "complete": False,
+        "scan_complete": True,
+        "progress": {"files_total": 1000, "files_done": 120, "files_pending": 880, "files_failed": 0,
+                     "bytes_total": 10 * 1024 ** 3, "bytes_done": int(1.2 * 1024 ** 3),
+                     "bytes_per_second": 45.3 * MiB, "eta_seconds": 192.4},
+    }
+    progress = overrides.pop("progress", {})
+    result.update(overrides)
+    result["progress"] = dict(result["progress"], **progress)
+    return result
+
+
+class TestProgressLine:
+    def test_running_job(self):
+        assert report.progress_line(info(), "data") == (
+            "data: files 120/1000 (12.0%), bytes 1.2 GiB/10.0 GiB (12.0%), 45.3 MiB/s, ETA 3m12s")
+
+    def test_listing_failed_and_finished(self):
+        line = report.progress_line(info(scan_complete=False, progress={"files_failed": 2, "eta_seconds": None}))
+        assert line.startswith("listing the source (totals so far), files 120/1000")
+        assert "2 failed" in line and line.endswith("ETA unknown")
+        done = report.progress_line(info(running=False, complete=True))
+        assert done.endswith("complete")
+
+    def test_no_journal_yet_and_errors(self):
+        assert report.progress_line({"exists": False, "running": False}) == "starting (no journal yet)"
+        assert report.progress_line({"failed": False, "msg": "journal is corrupt"}, "j") == (
+            "j: progress unavailable: journal is corrupt")
+        assert report.progress_line({"unreachable": True, "msg": "ssh\ntimeout"}) == "host unreachable: ssh\\x0atimeout"
+        assert report.progress_line(None) == "starting (no journal yet)"
+
+    @pytest.mark.parametrize("seconds, text", [(0, "0s"), (59.6, "1m00s"), (61, "1m01s"), (3600 + 5 * 60, "1h05m"),
+                                               (86400 * 2 + 3 * 3600, "2d03h"), (None, "0s")])
+    def test_human_duration(self, seconds, text):
+        assert report.human_duration(seconds) == text

@@ -1,0 +1,342 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Unit tests of plugins/module_utils/_preflight.py and the durable.mover.preflight module.
+
+Trees are real files under tmp_path; a full or read-only destination is a
+small tmpfs (root only: skipped with the reason otherwise). What the kernel
+cannot be made to do on demand (a filesystem without xattrs, an old Python,
+a missing blake3) is simulated by patching the one call that reports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import types
+
+import pytest
+
+from ansible_collections.durable.mover.plugins.module_utils import _hashing, _mover
+from ansible_collections.durable.mover.plugins.module_utils import _preflight
+from ansible_collections.durable.mover.plugins.module_utils._preflight import preflight, summary
+from ansible_collections.durable.mover.plugins.modules import preflight as preflight_module
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def make_tree(root, sizes):
+    for rel, size in sizes.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+
+
+@pytest.fixture
+def job(tmp_path):
+    """A small tree and the params of a move of it to another directory of the same filesystem."""
+    src = tmp_path / "src"
+    make_tree(src, {"a": 1000, "b": 3000, "sub/c": 20000, "sub/d": 0})
+    return {"src": str(src), "dest": str(tmp_path / "dest"), "state_dir": str(tmp_path / "state"),
+            "hash": "sha256"}
+
+
+def test_a_move_that_can_run(job):
+    found = preflight(job)
+    assert found["ok"] is True and found["problems"] == []
+    findings = found["findings"]
+    assert findings["src"]["exists"] and findings["src"]["readable"] and findings["src"]["type"] == "directory"
+    # dest does not exist yet: its nearest existing ancestor is what was checked.
+    assert findings["dest"]["exists"] is False
+    assert findings["dest"]["nearest_existing"] == os.path.dirname(job["dest"])
+    assert findings["dest"]["writable"] is True and findings["dest"]["read_only"] is False
+    assert findings["plan"]["files"] == 4 and findings["plan"]["bytes"] == 24000
+    space = findings["space"]
+    assert space["same_filesystem"] is True
+    assert (space["files_to_move"], space["bytes_to_move"]) == (4, 24000)
+    # Renames need no room; the journal (on the same filesystem here) does.
+    assert space["bytes_needed"] == 4 * _preflight.JOURNAL_BYTES_PER_ENTRY
+    assert findings["python"]["supported"] is True
+    assert findings["hash"]["algorithm"] == "sha256"
+    assert findings["state_dir"]["writable"] is True
+    assert findings["journal_exists"] is False
+    assert findings["job_id"] == _mover.Job(_mover.Options.from_params(job)).job_id
+    assert summary(found).startswith("preflight ok: 4 file(s), 23.4 KiB (24000 bytes) still to move; same filesystem")
+    json.dumps(found)      # the module returns it as is
+
+
+def test_preflight_changes_nothing(job, tmp_path):
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    preflight(job)
+    preflight(dict(job, mode="copy"))
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert not os.path.exists(job["state_dir"]) and not os.path.exists(job["dest"])
+
+
+def test_missing_source(job):
+    found = preflight(dict(job, src=job["src"] + "-nope"))
+    assert found["ok"] is False
+    assert found["problems"] == ["src does not exist: %s-nope" % job["src"]]
+    assert found["findings"]["plan"] is None and "space" not in found["findings"]
+
+
+def test_bad_options_are_a_problem_not_an_exception(job):
+    found = preflight(dict(job, mode="teleport"))
+    assert found["ok"] is False
+    assert "mode must be one of" in found["problems"][0]
+
+
+def test_dest_inside_src_is_refused_by_the_plan(job):
+    found = preflight(dict(job, dest=os.path.join(job["src"], "sub", "inner")))
+    assert found["ok"] is False
+    assert any("dest is inside src" in problem for problem in found["problems"])
+
+
+def test_dest_that_is_a_file(job, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    found = preflight(dict(job, dest=str(tmp_path / "afile" / "deeper")))
+    assert found["ok"] is False
+    assert any("not a directory" in problem for problem in found["problems"])
+
+
+def test_a_resumed_job_counts_only_what_is_left(job):
+    result = _mover.run(dict(job))
+    assert result["complete"], result
+    make_tree(_path(job["src"]), {"late": 777})
+    found = preflight(job)
+    assert found["ok"], found["problems"]
+    assert found["findings"]["journal_exists"] is True
+    assert found["findings"]["plan"]["files"] == 1
+    assert found["findings"]["plan"]["already_done"] == 4
+    assert found["findings"]["space"]["bytes_to_move"] == 777
+
+
+def test_a_finished_single_file_job_is_no_problem(tmp_path):
+    (tmp_path / "one.bin").write_bytes(b"x" * 100)
+    params = {"src": str(tmp_path / "one.bin"), "dest": str(tmp_path / "moved.bin"),
+              "state_dir": str(tmp_path / "state")}
+    assert _mover.run(dict(params))["complete"]
+    found = preflight(params)
+    assert found["ok"], found["problems"]
+    assert found["findings"]["src"].get("already_moved") is True
+    assert "missing_problem" not in found["findings"]["src"]
+    # A single file never moved and missing is a problem.
+    found = preflight(dict(params, src=str(tmp_path / "other.bin")))
+    assert found["problems"] == ["src does not exist: %s" % (tmp_path / "other.bin")]
+
+
+def test_copy_on_one_filesystem_needs_room_but_verify_does_not(job):
+    copy = preflight(dict(job, mode="copy"))["findings"]["space"]
+    assert copy["bytes_needed"] == 24000 + 4 * _preflight.JOURNAL_BYTES_PER_ENTRY
+    verify = preflight(dict(job, mode="verify"))
+    assert verify["findings"]["space"]["bytes_needed"] == 0
+    assert "removable" not in verify["findings"]["src"]
+
+
+def test_blake3_asked_for_but_missing(job, monkeypatch):
+    monkeypatch.setattr(_hashing, "_blake3", None)
+    found = preflight(dict(job, hash="blake3"))
+    assert found["ok"] is False
+    assert any("blake3 Python package is not installed" in problem for problem in found["problems"])
+    auto = preflight(dict(job, hash="auto"))
+    assert auto["ok"] is True
+    assert auto["findings"]["hash"] == {"requested": "auto", "blake3_available": False,
+                                        "algorithm": "sha256", "fallback": True}
+
+
+def test_old_python_is_a_problem(job, monkeypatch):
+    old = types.SimpleNamespace(version_info=(3, 8, 10, "final", 0), executable="/usr/bin/python3.8")
+    monkeypatch.setattr(_preflight, "sys", old)
+    found = preflight(job)
+    assert found["findings"]["python"] == {"version": "3.8.10", "executable": "/usr/bin/python3.8",
+                                           "supported": False}
+    assert found["problems"] == ["Python 3.8.10 on the host is too old: durable.mover needs 3.9 or newer"]
+
+
+# --------------------------------------------------------------------------
+# Extended attributes
+# --------------------------------------------------------------------------
+
+@pytest.fixture
+def xattr_job(job):
+    try:
+        os.setxattr(os.path.join(job["src"], "a"), "user.origin", b"old disk")
+    except OSError as exc:
+        pytest.skip("tmp_path's filesystem has no user xattrs (%s)" % os.strerror(exc.errno))
+    return job
+
+
+@contextlib.contextmanager
+def no_xattrs_at(monkeypatch, path, call="listxattr"):
+    """Make os.<call> on `path` fail with ENOTSUP, as on a filesystem without xattrs."""
+    real = getattr(os, call)
+
+    def fake(target, *args, **kwargs):
+        if os.fspath(target) == os.fspath(path):
+            raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP), target)
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, call, fake)
+    yield
+
+
+def test_xattrs_at_the_source_and_a_destination_that_has_them(xattr_job):
+    found = preflight(xattr_job)
+    assert found["ok"], found["problems"]
+    assert "user.origin" in found["findings"]["xattrs"]["source_names"]
+    assert found["findings"]["xattrs"]["supported"] is True
+
+
+def test_destination_without_xattrs(xattr_job, monkeypatch):
+    nearest = os.path.dirname(xattr_job["dest"])
+    with no_xattrs_at(monkeypatch, nearest):
+        found = preflight(xattr_job)
+    assert found["ok"] is False
+    assert found["findings"]["xattrs"]["supported"] is False
+    assert "user.origin" in found["findings"]["xattrs"]["unsupported_names"]
+    assert any("does not support the extended attributes" in p and "user.origin" in p
+               for p in found["problems"])
+    # Without xattrs in preserve the same destination is fine.
+    with no_xattrs_at(monkeypatch, nearest):
+        found = preflight(dict(xattr_job, preserve=["mode", "times"]))
+    assert found["ok"], found["problems"]
+    assert found["findings"]["xattrs"]["wanted"] is False
+
+
+def test_destination_without_the_namespace_the_source_uses(xattr_job, monkeypatch):
+    # listxattr works (e.g. security labels) but the user.* namespace is refused.
+    with no_xattrs_at(monkeypatch, os.path.dirname(xattr_job["dest"]), call="getxattr"):
+        found = preflight(xattr_job)
+    assert found["findings"]["xattrs"]["supported"] is True
+    assert "user.origin" in found["findings"]["xattrs"]["unsupported_names"]
+    assert found["ok"] is False
+
+
+def test_source_without_xattrs_needs_no_support(job, monkeypatch):
+    with no_xattrs_at(monkeypatch, os.path.dirname(job["dest"])):
+        found = preflight(job)
+    if found["findings"]["xattrs"]["source_names"]:
+        pytest.skip("this filesystem labels every file (SELinux?)")
+    assert found["ok"], found["problems"]
+
+
+# --------------------------------------------------------------------------
+# Real filesystems (root): full, read-only
+# --------------------------------------------------------------------------
+
+@pytest.mark.root
+def test_not_enough_space_names_both_numbers(job, tmpfs):
+    make_tree(_path(job["src"]), {"big": 100 * KiB})
+    small = tmpfs("64k")
+    found = preflight(dict(job, dest=str(small / "dest")))
+    assert found["ok"] is False
+    space = found["findings"]["space"]
+    assert space["same_filesystem"] is False
+    assert space["bytes_needed"] == space["bytes_to_move"] == 24000 + 100 * KiB
+    assert space["free_bytes"] == 64 * KiB
+    assert found["problems"] == [
+        "not enough free space at dest: 123.4 KiB (126400 bytes) still to move, "
+        "%s has 64.0 KiB (65536 bytes) free" % small]
+    assert summary(found).startswith("preflight found 1 problem(s): not enough free space")
+
+
+@pytest.mark.root
+def test_enough_space_on_another_filesystem(job, tmpfs):
+    roomy = tmpfs("8m")
+    found = preflight(dict(job, dest=str(roomy / "dest")))
+    assert found["ok"], found["problems"]
+    assert found["findings"]["space"]["same_filesystem"] is False
+    assert found["findings"]["space"]["bytes_needed"] == 24000
+
+
+@pytest.mark.root
+def test_read_only_destination(job, tmpfs, remount_ro):
+    mount = tmpfs("8m")
+    remount_ro(mount)
+    found = preflight(dict(job, dest=str(mount / "dest")))
+    assert found["ok"] is False
+    assert found["findings"]["dest"]["read_only"] is True
+    assert "dest is on a read-only filesystem: %s" % mount in found["problems"]
+    # Verifying needs no write access.
+    assert preflight(dict(job, dest=str(mount / "dest"), mode="verify"))["problems"] == []
+
+
+@pytest.mark.root
+def test_read_only_source_can_be_copied_not_moved(tmp_path, tmpfs, remount_ro):
+    mount = tmpfs("8m")
+    make_tree(mount, {"x": 10})
+    remount_ro(mount)
+    params = {"src": str(mount), "dest": str(tmp_path / "dest"), "state_dir": str(tmp_path / "state")}
+    found = preflight(params)
+    assert any("src is not writable" in problem for problem in found["problems"])
+    assert preflight(dict(params, mode="copy"))["ok"] is True
+
+
+@pytest.mark.root
+def test_read_only_state_dir(job, tmpfs, remount_ro):
+    mount = tmpfs("8m")
+    remount_ro(mount)
+    found = preflight(dict(job, state_dir=str(mount / "state")))
+    assert "state_dir is on a read-only filesystem: %s" % mount in found["problems"]
+
+
+# --------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------
+
+class ModuleExit(Exception):
+    def __init__(self, result):
+        super().__init__(result)
+        self.result = result
+
+
+def run_module(monkeypatch, **args):
+    """Run the module's main() in-process; return (failed, result)."""
+    from ansible.module_utils import basic
+    from ansible.module_utils.testing import patch_module_args
+
+    def exit_json(self, **result):
+        raise ModuleExit(dict(result, failed=False))
+
+    def fail_json(self, **result):
+        raise ModuleExit(dict(result, failed=True))
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+    with patch_module_args(args), pytest.raises(ModuleExit) as caught:
+        preflight_module.main()
+    return caught.value.result
+
+
+def test_module_succeeds_with_findings(job, monkeypatch):
+    result = run_module(monkeypatch, **job)
+    assert result["failed"] is False and result["changed"] is False
+    assert result["ok"] is True and result["problems"] == []
+    assert result["findings"]["plan"]["files"] == 4
+    assert result["msg"].startswith("preflight ok")
+
+
+def test_module_fails_on_problems_unless_told_not_to(job, monkeypatch):
+    bad = dict(job, src=job["src"] + "-nope")
+    result = run_module(monkeypatch, **bad)
+    assert result["failed"] is True and result["ok"] is False
+    assert result["msg"] == "preflight found 1 problem(s): src does not exist: %s-nope" % job["src"]
+    assert "findings" in result
+    result = run_module(monkeypatch, fail_on_problems=False, **bad)
+    assert result["failed"] is False and result["ok"] is False
+    assert result["problems"] == ["src does not exist: %s-nope" % job["src"]]
+
+
+def test_module_options_match_the_move_module():
+    from ansible_collections.durable.mover.plugins.modules import move as move_module
+    for name in _preflight.PLAN_OPTIONS:
+        assert preflight_module.ARGUMENT_SPEC[name] == move_module.ARGUMENT_SPEC[name], name
+
+
+def _path(text):
+    from pathlib import Path
+    return Path(text)
