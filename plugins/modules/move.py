@@ -89,6 +89,8 @@ options:
   buffer_size:
     description:
       - Read and write buffer per worker, in bytes or a human size such as V(16M) or V(1GiB) (binary units).
+      - Files larger than four buffers are copied by a pipeline (read, write and flush, read-back overlapped)
+        in chunks of at most 1 MiB, which keeps the three stages busy.
     type: str
     default: 16M
   checkpoint_size:
