@@ -396,6 +396,14 @@ class Journal:
             self._conn.execute('UPDATE files SET %s WHERE id = ?' % columns,
                                tuple(fields.values()) + (file_id,))
 
+    def record_in_place(self, file_id, state, digest, method, run, ident):
+        """A file whose destination is in place: 'copied' (its source still to remove) or 'done'."""
+        with self._lock:
+            self._tx()
+            self._conn.execute(
+                'UPDATE files SET state = ?, hash = ?, method = ?, error = NULL, run = ?, ident = ?, '
+                'checkpoint = 0 WHERE id = ?', (state, digest, method, run, ident, file_id))
+
     def fail(self, file_id, error, max_attempts, run, counts=True):
         """Record a failure: reason, one more attempt, quarantine at max_attempts."""
         with self._lock:

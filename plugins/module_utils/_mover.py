@@ -515,10 +515,15 @@ class Runner:
                 first.append(row)
             else:
                 outcomes.append(outcome)
-        if pool is not None and len(first) > 1:
-            outcomes.extend(pool.map(self._transfer_one, first))
+        # Entries on the destination's filesystem are renamed: a metadata
+        # operation each, cheaper here than handing it to a worker thread.
+        renames = [r for r in first if self.moves and r.dev == self.transfer.same_device]
+        copies = [r for r in first if not (self.moves and r.dev == self.transfer.same_device)]
+        outcomes.extend(self._transfer_one(r) for r in renames)
+        if pool is not None and len(copies) > 1:
+            outcomes.extend(pool.map(self._transfer_one, copies))
         else:
-            outcomes.extend(self._transfer_one(r) for r in first)
+            outcomes.extend(self._transfer_one(r) for r in copies)
         staged = [o for o in outcomes if o.status == STAGED]
         if staged:
             outcomes = [o for o in outcomes if o.status != STAGED]
@@ -627,14 +632,11 @@ class Runner:
     def _record(self, o):
         journal, row = self.journal, o.row
         if o.status in (MOVED, IDENTICAL):
-            if o.method == 'rename' or not self.moves:
-                journal.update(row.id, state='done', hash=o.digest, method=o.method, error=None,
-                               run=self.run_no, checkpoint=0)
-                if o.status == MOVED:
-                    self._count_moved(o)
-            else:
-                journal.update(row.id, state='copied', hash=o.digest, method=o.method, error=None,
-                               run=self.run_no, ident=o.src_ident, checkpoint=0)
+            done = o.method == 'rename' or not self.moves
+            journal.record_in_place(row.id, 'done' if done else 'copied', o.digest, o.method, self.run_no,
+                                    None if done else o.src_ident)
+            if done and o.status == MOVED:
+                self._count_moved(o)
         elif o.status in (FAILED, RETRY):
             error = o.error if o.error is not None else 'failed'
             journal.fail(row.id, str(error), self.opts.max_attempts, self.run_no)
