@@ -104,3 +104,11 @@ clean:
 BENCH_ARGS ?=
 bench: venv collection-link
 	$(VENV_BIN)/python benchmarks/bench.py --output benchmarks/last-run.md $(BENCH_ARGS)
+
+# Molecule scenario extensions/molecule/default: playbooks/migrate.yml on a
+# fleet of SSH hosts that tests/fleet/harness.py builds on this machine (root:
+# network namespaces, loop mounts; no Docker). Run from the collection root,
+# where molecule looks for extensions/molecule/.
+.PHONY: molecule
+molecule: venv collection-link
+	$(VENV_BIN)/molecule test -s default

@@ -16,7 +16,13 @@ Each host is an ``sshd`` living in namespaces of its own:
   image), so a move from src to dest crosses devices. Propagation is
   private: the root namespace never sees these mounts. Everything else
   (``/usr``, ``/root``, ``/tmp``...) is the machine's own filesystem, shared
-  by all hosts: put per-host state under ``/srv/data``.
+  by all hosts: put per-host state under ``/srv/data``. One exception:
+  root's ``~/.bashrc`` is masked (``/dev/null`` bound over it) inside
+  the host, because sshd runs it for every command (Debian's bash does,
+  even non-interactively): a machine's rc file that does real work (such
+  as ``pyenv init``, which rehashes under a lock file in ``/root``) makes
+  every Ansible task slower, and a host torn down mid-rehash would leave
+  that lock behind and stall every root shell on the machine.
 * **pid** and **uts**: the host has its own process tree (so ``pkill``
   inside one host never touches another) and its own hostname (its
   inventory name). Its pid 1 is a tiny reaper, the *init* process; killing
@@ -80,6 +86,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import pwd
 import random
 import re
 import select
@@ -1010,6 +1017,10 @@ class Fleet:
             f" && mount -t {self.src_fstype} -o loop {shlex.quote(str(host.src_image))} /srv/data/src"
             f" && mount -t {self.dest_fstype} -o loop {shlex.quote(str(host.dest_image))} /srv/data/dest"
         )
+        # Root's shell rc file, masked inside the host (see the module docstring).
+        bashrc = os.path.join(pwd.getpwnam("root").pw_dir, ".bashrc")
+        if os.path.isfile(bashrc):
+            mounts += f" && mount --bind /dev/null {shlex.quote(bashrc)}"
         _run([*host.nsenter_argv(pid_ns=False), "/bin/sh", "-c", mounts], env=HOST_ENV)
         host.start_sshd()
 
