@@ -67,6 +67,13 @@ def data_segments(fd, start, end, sparse, source_path=None):
         pos = hole
 
 
+def write_all(fd, data, offset):
+    """pwrite all of `data` at `offset` (a short write is continued, never ignored)."""
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
+
+
 def _zeros(buf):
     view = memoryview(buf)
     view[:] = bytes(len(buf))
@@ -91,9 +98,7 @@ def feed(fd, start, end, hasher, buf, sink=None, sparse=False, progress=None,
             raise SourceChanged('source shrank while it was copied', source_path, errno.EIO)
         chunk = view[:got]
         if sink is not None:
-            written = 0
-            while written < got:
-                written += os.pwrite(sink, chunk[written:], start + written)
+            write_all(sink, chunk, start)
         hasher.update(chunk)
         if progress is not None:
             progress(end)
@@ -111,9 +116,7 @@ def feed(fd, start, end, hasher, buf, sink=None, sparse=False, progress=None,
                     raise SourceChanged('source shrank while it was copied', source_path, errno.EIO)
                 chunk = view[:got]
                 if sink is not None:
-                    written = 0
-                    while written < got:
-                        written += os.pwrite(sink, chunk[written:], pos + written)
+                    write_all(sink, chunk, pos)
                 hasher.update(chunk)
             else:
                 if zeros is None:
@@ -194,10 +197,7 @@ class Pipeline:
                     return
                 buf, offset, length = item
                 if self._error is None:
-                    view = memoryview(buf)[:length]
-                    done = 0
-                    while done < length:
-                        done += os.pwrite(self.part_fd, view[done:], offset + done)
+                    write_all(self.part_fd, memoryview(buf)[:length], offset)
                     end = offset + length
                     if end - last_flush >= self.flush_every:
                         sync(self.part_fd)
