@@ -230,7 +230,12 @@ def job_entry(job) -> dict:
         entry["plan"] = norm["plan"]
     if isinstance(job.get("last_progress"), Mapping) and job["last_progress"]:
         # The role's last look at a job whose host became unreachable.
-        entry["last_progress"] = dict(job["last_progress"])
+        last = dict(job["last_progress"])
+        entry["last_progress"] = last
+        if status == STATUS_UNREACHABLE and last.get("files_total"):
+            entry["msg"] = "%s (last seen: %d of %d files done, %s of %s)" % (
+                entry["msg"], _as_int(last.get("files_done")), _as_int(last.get("files_total")),
+                human_bytes(last.get("bytes_done")), human_bytes(last.get("bytes_total")))
     return entry
 
 

@@ -723,3 +723,12 @@ class TestProgressLine:
                                                (86400 * 2 + 3 * 3600, "2d03h"), (None, "0s")])
     def test_human_duration(self, seconds, text):
         assert report.human_duration(seconds) == text
+
+
+def test_unreachable_job_message_carries_its_last_progress():
+    entry = report.job_entry({"src": "/a", "dest": "/b", "unreachable": True,
+                              "last_progress": {"files_done": 256, "files_total": 703,
+                                                "bytes_done": 1048576, "bytes_total": 4194304}})
+    assert entry["unreachable"] is True
+    assert "last seen: 256 of 703 files done" in entry["msg"]
+    assert entry["last_progress"]["files_done"] == 256
