@@ -60,8 +60,9 @@ class Outcome:
 def open_read(dir_fd, name):
     """Open `name` to read it, never following a link, and without updating its
     atime where allowed (reading the destination to compare it must not undo
-    the atime the move preserved)."""
-    flags = os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC
+    the atime the move preserved). O_NONBLOCK: a FIFO swapped in after the type
+    check opens at once (and fails to read) instead of blocking the run."""
+    flags = os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC | os.O_NONBLOCK
     if O_NOATIME:
         try:
             return os.open(name, flags | O_NOATIME, dir_fd=dir_fd)
@@ -153,7 +154,9 @@ class Transfer:
         return _hashing.digest(algorithm, hasher)
 
     def _open_src(self, src_dir, name, path):
-        flags = os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC
+        # O_NONBLOCK (no effect on regular files): a FIFO swapped in after the
+        # scan opens at once and is refused by the type check, never waited on.
+        flags = os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC | os.O_NONBLOCK
         try:
             try:
                 return os.open(name, flags | O_NOATIME, dir_fd=src_dir)

@@ -51,3 +51,28 @@ def test_move_mode_keeps_a_moved_file_when_a_new_one_takes_its_name(tmp_path):
     assert (tmp_path / 'dest' / 'f').read_bytes() == b'moved first\n'
     assert (tmp_path / 'src' / 'f').read_bytes() == b'a new file\n'
     assert os.listdir(tmp_path / 'dest') == ['f']
+
+
+def test_a_fifo_swapped_in_for_a_file_is_refused_not_waited_on(tmp_path):
+    """The scan saw a regular file; a FIFO took its name before its move: the run
+    neither blocks on it nor moves it as a file; it is reported and kept."""
+    import json
+    import subprocess
+    import sys
+    src = tmp_path / 'src'
+    src.mkdir()
+    (src / 'a').write_bytes(b'a\n')
+    (src / 'b').write_bytes(b'b\n')
+    values = dict(_params(tmp_path), workers=1)
+    cli = os.path.join(os.path.dirname(__file__), '..', 'tools', 'mover_cli.py')
+    env = dict(os.environ, DURABLE_MOVER_FAULTS='kill=after_rename@1')
+    first = subprocess.run([sys.executable, cli, json.dumps(values)], env=env, capture_output=True, timeout=60)
+    assert first.returncode == -9
+    os.unlink(src / 'b')
+    os.mkfifo(src / 'b')
+    proc = subprocess.run([sys.executable, cli, json.dumps(values)], capture_output=True, text=True, timeout=60)
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert (tmp_path / 'dest' / 'a').read_bytes() == b'a\n'
+    assert not os.path.lexists(tmp_path / 'dest' / 'b')
+    assert os.path.exists(src / 'b')
+    assert result['failed'] and 'changed type' in result['failures'][0]['error']
