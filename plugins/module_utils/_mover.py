@@ -64,6 +64,7 @@ from ansible_collections.durable.mover.plugins.module_utils._transfer import (
     Outcome,
     Transfer,
     open_read,
+    recorded_algorithm,
     split,
 )
 
@@ -975,7 +976,7 @@ def verify(job, started):
                             ':' not in row.hash or _source_exists(src_tree, row.path):
                         continue      # a source still there was compared by the walk above
                     stats['files_total'] += 1
-                    error = _verify_recorded(transfer, dst_tree, job.dest_rel(row.path), row, algorithm)
+                    error = _verify_recorded(transfer, dst_tree, job.dest_rel(row.path), row)
                     if error:
                         report(dst_tree.full(job.dest_rel(row.path)), error)
             finally:
@@ -1035,7 +1036,7 @@ def _verify_one(transfer, src_tree, dst_tree, dest_rel, rel, st, kind):
     return None if same else 'content differs at the destination'
 
 
-def _verify_recorded(transfer, dst_tree, dest_rel, row, algorithm):
+def _verify_recorded(transfer, dst_tree, dest_rel, row):
     dreldir, dname = split(dest_rel)
     try:
         dst_dir = dst_tree.get(dreldir)
@@ -1044,14 +1045,14 @@ def _verify_recorded(transfer, dst_tree, dest_rel, row, algorithm):
         return 'recorded as moved but missing at the destination'
     try:
         st = os.fstat(fd)
-        recorded_algorithm = row.hash.partition(':')[0]
-        if recorded_algorithm == 'blake3' and not _hashing.blake3_available():
-            return 'recorded with blake3, which is not installed here: cannot verify'
-        digest = transfer.hash_fd(fd, st.st_size, False, recorded_algorithm)
+        algorithm = recorded_algorithm(row.hash)
+        if algorithm is None:
+            return 'recorded with %s, which is not installed here: cannot verify' % row.hash.partition(':')[0]
+        if st.st_size != row.size:
+            return 'size differs from the journal (%d, recorded %d)' % (st.st_size, row.size)
+        digest = transfer.hash_fd(fd, st.st_size, False, algorithm)
     finally:
         os.close(fd)
-    if st.st_size != row.size:
-        return 'size differs from the journal (%d, recorded %d)' % (st.st_size, row.size)
     if digest != row.hash:
         return 'content differs from the hash recorded in the journal (%s)' % display_path(row.path)
     return None

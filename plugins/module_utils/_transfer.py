@@ -71,6 +71,14 @@ def open_read(dir_fd, name):
     return os.open(name, flags, dir_fd=dir_fd)
 
 
+def recorded_algorithm(recorded):
+    """The algorithm of a recorded hash ('blake3:..', 'sha256:..') if it can be computed here."""
+    algorithm = (recorded or '').partition(':')[0]
+    if algorithm == 'sha256' or (algorithm == 'blake3' and _hashing.blake3_available()):
+        return algorithm
+    return None
+
+
 def _close_reader(pipeline):
     if pipeline is not None and pipeline.read_fd is not None:
         os.close(pipeline.read_fd)
@@ -197,10 +205,8 @@ class Transfer:
         source (recorded as copied, then the source changed before its removal)?
         Then it is ours to replace, not a conflict."""
         recorded = row.hash or ''
-        algorithm = recorded.partition(':')[0]
-        if algorithm not in ('blake3', 'sha256') or not stat.S_ISREG(dst_st.st_mode):
-            return False
-        if algorithm == 'blake3' and not _hashing.blake3_available():
+        algorithm = recorded_algorithm(recorded)
+        if algorithm is None or not stat.S_ISREG(dst_st.st_mode):
             return False
         try:
             dfd = open_read(dst_dir, dname)
@@ -338,12 +344,8 @@ class Transfer:
                 _copy.feed(fd, 0, resume_at, hasher, buf, sparse=sparse, should_stop=self.should_stop)
             state = {'last': resume_at}
 
-            def checkpoint(pos):
-                if self.checkpoint_size and pos - state['last'] >= self.checkpoint_size:
-                    _durable.sync_data(part_fd, self._dfull(part), checkpoint=True)
-                    self.journal.checkpoint(row.id, pos, src_ident)
-                    state['last'] = pos
-                    _faults.point('after_checkpoint')
+            checkpoint = self._checkpointer(
+                row, src_ident, state, lambda: _durable.sync_data(part_fd, self._dfull(part), checkpoint=True))
 
             pipeline = None
             try:
@@ -444,18 +446,25 @@ class Transfer:
             pass
         return Outcome(outcome.row, FAILED, error=error)
 
+    def _checkpointer(self, row, src_ident, state, flush=None):
+        """progress(pos) of a large copy: every checkpoint_size bytes, make the part
+        durable (`flush`, unless the caller just did) and record the offset."""
+        def checkpoint(pos):
+            if self.checkpoint_size and pos - state['last'] >= self.checkpoint_size:
+                if flush is not None:
+                    flush()
+                self.journal.checkpoint(row.id, pos, src_ident)
+                state['last'] = pos
+                _faults.point('after_checkpoint')
+        return checkpoint
+
     def _pipeline(self, fd, part_fd, dst_dir, part, path, row, src_ident, state):
         """An overlapped copy: flushes every PIPELINE_FLUSH bytes (read back meanwhile),
         journal checkpoints every checkpoint_size bytes."""
         verify = self.verify_readback and self.algorithm != 'none'
         read_fd = open_read(dst_dir, part) if verify else None
 
-        def flushed(pos):
-            if self.checkpoint_size and pos - state['last'] >= self.checkpoint_size:
-                self.journal.checkpoint(row.id, pos, src_ident)
-                state['last'] = pos
-                _faults.point('after_checkpoint')
-
+        flushed = self._checkpointer(row, src_ident, state)   # the pipeline flushed before calling it
         flush_every = min(PIPELINE_FLUSH, self.checkpoint_size) if self.checkpoint_size else PIPELINE_FLUSH
         # Chunks small enough to keep the reader, the writer and the verifier all
         # busy: large ones make them take turns (benchmarks/: 2 GiB ext4 -> xfs,
