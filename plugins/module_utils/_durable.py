@@ -228,6 +228,27 @@ except (ImportError, OSError, AttributeError):  # no ctypes, or no syncfs in thi
     _libc = None
 
 
+# sync_file_range(2) with SYNC_FILE_RANGE_WRITE starts the writeback of a range
+# and returns at once. Large copies use it to keep the disk writing while the
+# rest of the file is read; it is a hint, never a durability step.
+SYNC_FILE_RANGE_WRITE = 2
+try:
+    _sync_file_range = _libc.sync_file_range if _libc is not None else None
+    if _sync_file_range is not None:
+        _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+except AttributeError:
+    _sync_file_range = None
+
+
+def start_writeback(fd, offset, length):
+    """Start writing [offset, offset + length) of `fd` to the disk; do not wait.
+
+    The range is made durable only by a later sync_data(); a failure here is
+    left for that flush to report."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
 def fs_type(fd):
     """The filesystem magic number of an open fd (statfs f_type), or None."""
     if _libc is None:
@@ -271,15 +292,20 @@ class DirTree:
         self.root_path = root_path
         self.create = create
         self.mode = mode
+        self._prefix = root_path if root_path.endswith('/') else root_path + '/'
         self._fds = {'': root_fd}
         self._lock = threading.Lock()
         self.created = 0
 
     def full(self, rel):
-        return os.path.join(self.root_path, rel) if rel else self.root_path
+        """The full path of `rel` (for messages; called for every file, so kept cheap)."""
+        return self._prefix + rel if rel else self.root_path
 
     def get(self, reldir):
         """The fd of directory `reldir` ('' is the root)."""
+        fd = self._fds.get(reldir)      # no lock to read: the dict is only replaced between batches
+        if fd is not None:
+            return fd
         with self._lock:
             fd = self._fds.get(reldir)
             if fd is not None:

@@ -326,9 +326,13 @@ class Journal:
         with self._lock:
             self._tx()
             conn = self._conn
+            plain = []           # a run of rows without a hard-link leader to look up: one executemany
             for rel, kind, st, state, error in entries:
                 leader = None
                 if kind == 'file' and st.st_nlink > 1:
+                    if plain:
+                        conn.executemany(sql, plain)     # rows keep their scan order
+                        plain = []
                     # The group's first name: one with no leader itself (else two
                     # rescanned names lead each other and neither moves), still to
                     # move or unchanged (a name moved by an earlier run may have
@@ -340,9 +344,11 @@ class Journal:
                         (st.st_dev, st.st_ino, _blob(rel), st.st_size, st.st_mtime_ns)).fetchone()
                     if found:
                         leader = found[0]
-                conn.execute(sql, (_blob(rel), kind, st.st_size if kind == 'file' else 0,
-                                   st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid,
-                                   st.st_dev, st.st_ino, st.st_nlink, leader, state, error))
+                plain.append((_blob(rel), kind, st.st_size if kind == 'file' else 0,
+                              st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid,
+                              st.st_dev, st.st_ino, st.st_nlink, leader, state, error))
+            if plain:
+                conn.executemany(sql, plain)
 
     def add_failed_entry(self, rel, kind, error):
         """Record an entry that could not even be listed (e.g. an unreadable directory)."""
@@ -396,13 +402,20 @@ class Journal:
             self._conn.execute('UPDATE files SET %s WHERE id = ?' % columns,
                                tuple(fields.values()) + (file_id,))
 
-    def record_in_place(self, file_id, state, digest, method, run, ident):
-        """A file whose destination is in place: 'copied' (its source still to remove) or 'done'."""
+    def record_in_place(self, records):
+        """Files whose destination is in place: 'copied' (the source still to remove)
+        or 'done'. `records`: (state, digest, method, run, ident, file_id) each."""
         with self._lock:
             self._tx()
-            self._conn.execute(
+            self._conn.executemany(
                 'UPDATE files SET state = ?, hash = ?, method = ?, error = NULL, run = ?, ident = ?, '
-                'checkpoint = 0 WHERE id = ?', (state, digest, method, run, ident, file_id))
+                'checkpoint = 0 WHERE id = ?', records)
+
+    def mark_done(self, file_ids):
+        """Files whose source is removed (or was never to be removed)."""
+        with self._lock:
+            self._tx()
+            self._conn.executemany("UPDATE files SET state = 'done' WHERE id = ?", ((i,) for i in file_ids))
 
     def fail(self, file_id, error, max_attempts, run, counts=True):
         """Record a failure: reason, one more attempt, quarantine at max_attempts."""

@@ -480,7 +480,12 @@ class Runner:
                             os.fstat(self.dst_tree.root_fd).st_dev if self.moves else None, self.stop)
         transfer.batch_sync = _durable.syncfs_supported(self.dst_tree.root_fd)
         self.transfer = transfer
-        pool = ThreadPoolExecutor(max_workers=opts.workers) if opts.workers > 1 else None
+        # Workers overlap the per-file flushes of filesystems without a batch
+        # flush (FUSE, NFS, tmpfs). Where the batch is flushed at once, one
+        # thread copies faster (benchmarks/: 20,000 x 4 KiB ext4 -> xfs, 2.6 s
+        # in one thread, 4.1 s in four, which mostly wait for each other's GIL).
+        parallel = opts.workers > 1 and not transfer.batch_sync
+        pool = ThreadPoolExecutor(max_workers=opts.workers) if parallel else None
         try:
             after = 0
             while not self.stop() and not self.fatal:
@@ -495,11 +500,13 @@ class Runner:
                         break
                 after = rows[-1].id
                 self._batch(rows, pool)
-                self.src_tree.clear()
-                self.dst_tree.clear()
+                self.src_tree.trim(256)
+                self.dst_tree.trim(256)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
+            self.src_tree.clear()
+            self.dst_tree.clear()
 
     # -- one batch ---------------------------------------------------------------
 
@@ -521,20 +528,24 @@ class Runner:
         renames = [r for r in first if self.moves and r.dev == self.transfer.same_device]
         copies = [r for r in first if not (self.moves and r.dev == self.transfer.same_device)]
         outcomes.extend(self._transfer_one(r) for r in renames)
+        self.transfer.prefetch(copies)
         if pool is not None and len(copies) > 1:
             outcomes.extend(pool.map(self._transfer_one, copies))
         else:
             outcomes.extend(self._transfer_one(r) for r in copies)
         staged = [o for o in outcomes if o.status == STAGED]
-        if staged:
-            outcomes = [o for o in outcomes if o.status != STAGED]
-            outcomes.extend(self._finish_staged(staged, pool))
+        try:
+            if staged:
+                outcomes = [o for o in outcomes if o.status != STAGED]
+                outcomes.extend(self._finish_staged(staged))
+        finally:
+            self.transfer.release()
         in_place = {o.row.id for o in outcomes if o.status in (MOVED, IDENTICAL)}
         for row in followers:
             outcomes.append(self._follow(row, in_place) if not self.halted else Outcome(row, INTERRUPTED))
         self._commit_batch(outcomes)
 
-    def _finish_staged(self, staged, pool):
+    def _finish_staged(self, staged):
         """One flush of the destination filesystem for the batch's small copies
         (requires: their last writes returned), then verify and rename each."""
         try:
@@ -542,8 +553,7 @@ class Runner:
         except MoverError as exc:
             return [self.transfer.discard(o, exc) for o in staged]
         _faults.point('after_part_sync')
-        if pool is not None and len(staged) > 1:
-            return list(pool.map(self.transfer.finish, staged))
+        self.transfer.prefetch_read_back(staged)
         return [self.transfer.finish(o) for o in staged]
 
     def _transfer_one(self, row):
@@ -616,29 +626,33 @@ class Runner:
         _faults.point('after_dest_dir_sync')
         copied = [o for o in ok if o.status in (MOVED, IDENTICAL) and self.moves and o.method != 'rename']
         # 3. the journal records where every file is, durably
+        in_place = []
         for o in outcomes:
-            self._record(o)
+            if o.status in (MOVED, IDENTICAL):
+                done = o.method == 'rename' or not self.moves
+                in_place.append(('done' if done else 'copied', o.digest, o.method, self.run_no,
+                                 None if done else o.src_ident, o.row.id))
+                if done and o.status == MOVED:
+                    self._count_moved(o)
+            else:
+                self._record_other(o)
+        journal.record_in_place(in_place)
         journal.commit()
         _faults.point('after_journal_copied')
         # 4. only now may sources be removed
         removed = self._unlink(copied) if not early else copied
         self._sync_src_dirs(removed)
         _faults.point('after_src_dir_sync')
+        journal.mark_done(o.row.id for o in removed)
         for o in removed:
-            journal.update(o.row.id, state='done')
             self._count_moved(o)
         journal.commit()
         _faults.point('after_journal_done')
 
-    def _record(self, o):
+    def _record_other(self, o):
+        """Record an outcome that did not bring its entry into place."""
         journal, row = self.journal, o.row
-        if o.status in (MOVED, IDENTICAL):
-            done = o.method == 'rename' or not self.moves
-            journal.record_in_place(row.id, 'done' if done else 'copied', o.digest, o.method, self.run_no,
-                                    None if done else o.src_ident)
-            if done and o.status == MOVED:
-                self._count_moved(o)
-        elif o.status in (FAILED, RETRY):
+        if o.status in (FAILED, RETRY):
             error = o.error if o.error is not None else 'failed'
             journal.fail(row.id, str(error), self.opts.max_attempts, self.run_no)
             self.audit.event('file_failed', row.path, error=str(error))

@@ -127,6 +127,8 @@ class Transfer:
         # the destination filesystem once (syncfs) and then calls finish().
         self.batch_sync = False
         self._local = threading.local()
+        self._sources = {}       # row id -> prefetched source fd
+        self._read_backs = {}    # row id -> part fd, its pages dropped and being read back
 
     # -- helpers ---------------------------------------------------------------
 
@@ -310,7 +312,9 @@ class Transfer:
     # -- across filesystems ------------------------------------------------------
 
     def _copy(self, row, st0, src_dir, name, dst_dir, dname, path):
-        fd = self._open_src(src_dir, name, path)
+        fd = self._sources.pop(row.id, None)
+        if fd is None:
+            fd = self._open_src(src_dir, name, path)
         part = None
         part_fd = None
         keep_part = False
@@ -363,7 +367,7 @@ class Transfer:
             except BaseException:
                 _close_reader(pipeline)
                 raise
-            if os.fstat(part_fd).st_size != st.st_size:
+            if sparse and os.fstat(part_fd).st_size != st.st_size:
                 os.ftruncate(part_fd, st.st_size)     # a trailing hole
             _faults.point('after_part_write')
             xattrs = _metadata.read_xattrs(fd=fd) if 'xattrs' in self.preserve else None
@@ -405,6 +409,43 @@ class Transfer:
             if part is not None and not keep_part:
                 _durable.remove_quietly(dst_dir, part)
 
+    def prefetch(self, rows):
+        """Open a batch's small source files and start reading them all at once
+        (_copy.prefetch). Their copies take the fds from here; release() closes
+        what is left."""
+        for row in rows:
+            if row.kind == 'file' and 0 < row.size <= SMALL_BUFFER:
+                fd = self._prefetch(self.src, row.path, False)
+                if fd is not None:
+                    self._sources[row.id] = fd
+
+    def prefetch_read_back(self, staged):
+        """After the batch's flush: drop every STAGED part's cached pages and start
+        reading them back from the disk, all at once, for finish() to verify."""
+        if self.algorithm == 'none' or not self.verify_readback:
+            return
+        for outcome in staged:
+            _reldir, _name, dreldir, _dname, part, _st, _sparse = outcome.staged
+            fd = self._prefetch(self.dst, '%s/%s' % (dreldir, part) if dreldir else part, True)
+            if fd is not None:
+                self._read_backs[outcome.row.id] = fd
+
+    def release(self):
+        """Close the prefetched fds no transfer took (end of a batch)."""
+        for fds in (self._sources, self._read_backs):
+            while fds:
+                os.close(fds.popitem()[1])
+
+    @staticmethod
+    def _prefetch(tree, rel, from_disk):
+        reldir, name = split(rel)
+        try:
+            fd = open_read(tree.get(reldir), name)
+        except (OSError, MoverError):
+            return None       # the transfer itself meets the problem, and reports it
+        _copy.prefetch(fd, from_disk)
+        return fd
+
     def finish(self, outcome):
         """A STAGED copy, after the batch's flush: verify, check the source, rename."""
         row = outcome.row
@@ -415,7 +456,8 @@ class Transfer:
         try:
             dst_dir = self.dst.get(dreldir)
             src_dir = self.src.get(reldir)
-            self._verify(None, dst_dir, part, st, sparse, outcome.digest, row.path, path)
+            self._verify(None, dst_dir, part, st, sparse, outcome.digest, row.path, path,
+                         read_fd=self._read_backs.pop(row.id, None))
             _faults.point('after_verify')
             try:
                 named = os.lstat(name, dir_fd=src_dir)
@@ -474,11 +516,16 @@ class Transfer:
                               flush_every, on_flush=flushed, verify=verify, should_stop=self.should_stop,
                               source_path=path, pool=PIPELINE_POOL)
 
-    def _verify(self, part_fd, dst_dir, part, st, sparse, digest, rel, path, read_back=None):
+    def _verify(self, part_fd, dst_dir, part, st, sparse, digest, rel, path, read_back=None,
+                read_fd=None):
         """Compare what is on disk under the part's name with the source's hash.
 
-        `read_back`: the digest of the read-back already done by a Pipeline."""
+        `read_back`: the digest of the read-back already done by a Pipeline.
+        `read_fd`: the part opened by prefetch_read_back(), its pages dropped
+        after the flush: what is cached now was read from the disk. Closed here."""
         if self.algorithm == 'none' or not self.verify_readback:
+            if read_fd is not None:
+                os.close(read_fd)
             size = os.fstat(part_fd).st_size if part_fd is not None else os.lstat(part, dir_fd=dst_dir).st_size
             if size != st.st_size:
                 raise MoverError('verification failed: the copy has %d bytes, the source %d'
@@ -489,9 +536,11 @@ class Transfer:
         if read_back is not None:
             actual = read_back
         else:
-            rfd = open_read(dst_dir, part)
-            try:
+            rfd = read_fd
+            if rfd is None:
+                rfd = open_read(dst_dir, part)
                 _copy.drop_cache(rfd)          # read from the disk, not from the page cache
+            try:
                 actual = self.hash_fd(rfd, st.st_size, sparse)
             finally:
                 os.close(rfd)

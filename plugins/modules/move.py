@@ -101,7 +101,10 @@ options:
     default: 256M
   workers:
     description:
-      - Files copied in parallel.
+      - Files copied in parallel where each file is flushed on its own (destinations without a trusted
+        C(syncfs), such as NFS, FUSE or tmpfs), so that their flushes overlap.
+      - On ext4, xfs and btrfs a batch of small files is flushed at once and copies run one at a time,
+        which measured faster; a large file is always copied by an overlapped pipeline of its own.
     type: int
     default: 4
   state_dir:
