@@ -237,6 +237,9 @@ class Comparison:
         return self
 
     def rows(self):
+        """One row per tool. Our ratio to a peer is the median of the ratios of the
+        runs made in the same round: on a shared machine whose disk speed drifts
+        from minute to minute, runs of one round compare under the same conditions."""
         ours = [t for t in self.tools if t.startswith('ours')]
         rows = []
         for tool in self.tools:
@@ -244,18 +247,21 @@ class Comparison:
             rate = (self.total_bytes / median / 1e6) if self.unit == 'MB/s' else self.count / median
             ratios = []
             if tool.startswith('ours'):
-                ratios = ['%.2fx %s' % (median / statistics.median(self.samples[p]), p)
+                ratios = ['%.2fx %s' % (statistics.median(a / b for a, b in zip(self.samples[tool],
+                                                                                 self.samples[p])), p)
                           for p in self.tools if p not in ours]
-            rows.append((tool, median, rate, max(self.rss[tool]), ', '.join(ratios)))
+            runs = ' '.join('%.2f' % v for v in self.samples[tool])
+            rows.append((tool, median, runs, rate, max(self.rss[tool]), ', '.join(ratios)))
         return rows
 
 
 def print_table(comparison, out):
     out.append('\n### %s\n' % comparison.title)
-    out.append('| tool | median s | %s | peak RSS MiB | ours / peer |' % comparison.unit)
-    out.append('|---|---:|---:|---:|---|')
-    for tool, median, rate, rss, ratios in comparison.rows():
-        out.append('| %s | %.2f | %.0f | %.0f | %s |' % (tool, median, rate, rss, ratios))
+    out.append('| tool | median s | runs, s | %s | peak RSS MiB | ours / peer (median of rounds) |'
+               % comparison.unit)
+    out.append('|---|---:|---|---:|---:|---|')
+    for tool, median, runs, rate, rss, ratios in comparison.rows():
+        out.append('| %s | %.2f | %s | %.0f | %.0f | %s |' % (tool, median, runs, rate, rss, ratios))
     print('\n'.join(out[-(len(comparison.tools) + 3):]), flush=True)
 
 
