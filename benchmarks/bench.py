@@ -210,7 +210,10 @@ class Comparison:
     def run(self):
         expected = None
         for run in range(self.args.runs):
-            for tool in self.tools:
+            # Each round starts with the next tool: none always runs right after
+            # the same one (whose leftovers, e.g. a filesystem's background work,
+            # would otherwise always fall on it).
+            for tool in self.tools[run % len(self.tools):] + self.tools[:run % len(self.tools)]:
                 src, dest, state = self.reset()
                 if expected is None:
                     expected = manifest(src)
@@ -429,7 +432,8 @@ def environment(args):
             '- python: %s; ansible-core %s; blake3 %s' % (platform.python_version(), core or '-', blake3 or '-'),
             '- peers: %s; %s; %s' % (versions['rsync'], versions['cp'], versions['mv']),
             '- filesystems: source ext4, destination xfs, each on a loop device over a sparse image file',
-            '- runs per tool: %d, alternated, page cache dropped (+%g s settle) before each' % (args.runs, args.settle)]
+            '- runs per tool: %d, alternated (each round starts with the next tool), page cache dropped '
+            '(+%g s settle) before each' % (args.runs, args.settle)]
 
 
 def main(argv=None):
