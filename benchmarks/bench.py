@@ -239,6 +239,10 @@ class Comparison:
         self.reset()
         return self
 
+    def paired_ratio(self, tool, peer):
+        """The median over rounds of tool's time / peer's time in the same round."""
+        return statistics.median([a / b for a, b in zip(self.samples[tool], self.samples[peer])])
+
     def rows(self):
         """One row per tool. Our ratio to a peer is the median of the ratios of the
         runs made in the same round: on a shared machine whose disk speed drifts
@@ -250,9 +254,7 @@ class Comparison:
             rate = (self.total_bytes / median / 1e6) if self.unit == 'MB/s' else self.count / median
             ratios = []
             if tool.startswith('ours'):
-                ratios = ['%.2fx %s' % (statistics.median(a / b for a, b in zip(self.samples[tool],
-                                                                                 self.samples[p])), p)
-                          for p in self.tools if p not in ours]
+                ratios = ['%.2fx %s' % (self.paired_ratio(tool, p), p) for p in self.tools if p not in ours]
             runs = ' '.join('%.2f' % v for v in self.samples[tool])
             rows.append((tool, median, runs, rate, max(self.rss[tool]), ', '.join(ratios)))
         return rows
