@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import resource
 import stat
 import threading
 
@@ -36,6 +37,10 @@ SMALL_BUFFER = 1024 * 1024
 PIPELINE_CHUNK = 1024 * 1024
 PIPELINE_POOL = 4
 PIPELINE_FLUSH = 256 * 1024 * 1024
+# At most this many prefetched fds are held at once, and never more than a
+# quarter of RLIMIT_NOFILE (a batch of batch_files files could otherwise leave
+# no fd for the copies themselves); the rest are opened as they are copied.
+PREFETCH_FDS = 256
 
 MOVED, IDENTICAL, FAILED, SKIPPED, INTERRUPTED, RETRY, STAGED = (
     'moved', 'identical', 'failed', 'skipped', 'interrupted', 'retry', 'staged')
@@ -127,6 +132,8 @@ class Transfer:
         # the destination filesystem once (syncfs) and then calls finish().
         self.batch_sync = False
         self._local = threading.local()
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._prefetch_fds = PREFETCH_FDS if soft == resource.RLIM_INFINITY else min(PREFETCH_FDS, soft // 4)
         self._sources = {}       # row id -> prefetched source fd
         self._read_backs = {}    # row id -> part fd, its pages dropped and being read back
 
@@ -414,6 +421,8 @@ class Transfer:
         (_copy.prefetch). Their copies take the fds from here; release() closes
         what is left."""
         for row in rows:
+            if len(self._sources) >= self._prefetch_fds:
+                break
             if row.kind == 'file' and 0 < row.size <= SMALL_BUFFER:
                 fd = self._prefetch(self.src, row.path, False)
                 if fd is not None:
@@ -424,7 +433,7 @@ class Transfer:
         reading them back from the disk, all at once, for finish() to verify."""
         if self.algorithm == 'none' or not self.verify_readback:
             return
-        for outcome in staged:
+        for outcome in staged[:self._prefetch_fds]:
             _reldir, _name, dreldir, _dname, part, _st, _sparse = outcome.staged
             fd = self._prefetch(self.dst, '%s/%s' % (dreldir, part) if dreldir else part, True)
             if fd is not None:

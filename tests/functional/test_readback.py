@@ -22,6 +22,7 @@ import pytest
 from ansible_collections.durable.mover.plugins.module_utils import _mover
 
 from fstree import MIB, assert_same_tree, snapshot
+from helpers_recovery import run_cli
 
 pytestmark = pytest.mark.loop
 
@@ -84,3 +85,21 @@ def test_without_read_back_the_device_is_barely_read(loopfs: t.Callable[..., Pat
     dest_fs = loopfs("xfs")
     total, read = _move(tmp_path, dest_fs, "unverified", verify_readback=False)
     assert read < total // 10, "read %d bytes from the device without read-back" % read
+
+
+def test_a_batch_larger_than_the_fd_limit_allows(loopfs: t.Callable[..., Path], tmp_path: Path) -> None:
+    """batch_files far above RLIMIT_NOFILE: prefetching stops short of the limit,
+    so every copy still gets its fds, and every file moves."""
+    dest_fs = loopfs("xfs")
+    src = tmp_path / "src"
+    src.mkdir()
+    for index in range(600):
+        (src / ("f%03d" % index)).write_bytes(os.urandom(4096))
+    expected = snapshot(src)
+    params = dict(src=str(src), dest=str(dest_fs / "many"), state_dir=str(tmp_path / "state"),
+                  batch_files=1000)
+    run = run_cli(params, prefix=["prlimit", "--nofile=200:"])
+    result = run.result
+    assert result["stats"]["files_moved"] == 600, result.get("failures")
+    assert result["complete"] is True
+    assert_same_tree(expected, snapshot(dest_fs / "many"))
