@@ -482,8 +482,8 @@ class Runner:
         self.transfer = transfer
         # Workers overlap the per-file flushes of filesystems without a batch
         # flush (FUSE, NFS, tmpfs). Where the batch is flushed at once, one
-        # thread copies faster (benchmarks/: 20,000 x 4 KiB ext4 -> xfs, 2.6 s
-        # in one thread, 4.1 s in four, which mostly wait for each other's GIL).
+        # thread copies faster (benchmarks/: 20,000 x 4 KiB ext4 -> xfs, 2.8 s
+        # in one thread, 4.4 s in four, which mostly wait for each other's GIL).
         parallel = opts.workers > 1 and not transfer.batch_sync
         pool = ThreadPoolExecutor(max_workers=opts.workers) if parallel else None
         try:

@@ -119,7 +119,8 @@ class Transfer:
         self.dest_rel = dest_rel          # source rel path -> destination rel path
         self.journal = journal
         self.algorithm = algorithm
-        self.verify_readback = verify_readback
+        # Is each copy read back from the disk and hashed? (Else only its size is checked.)
+        self.read_back = verify_readback and algorithm != 'none'
         self.buffer_size = buffer_size
         self.checkpoint_size = checkpoint_size
         self.preserve = preserve
@@ -171,16 +172,9 @@ class Transfer:
         return _hashing.digest(algorithm, hasher)
 
     def _open_src(self, src_dir, name, path):
-        # O_NONBLOCK (no effect on regular files): a FIFO swapped in after the
-        # scan opens at once and is refused by the type check, never waited on.
-        flags = os.O_RDONLY | _durable.O_NOFOLLOW | _durable.O_CLOEXEC | os.O_NONBLOCK
+        """open_read() of a source, its errors as MoverErrors naming `path`."""
         try:
-            try:
-                return os.open(name, flags | O_NOATIME, dir_fd=src_dir)
-            except PermissionError:
-                if not O_NOATIME:
-                    raise
-                return os.open(name, flags, dir_fd=src_dir)   # O_NOATIME needs ownership
+            return open_read(src_dir, name)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise MoverError('source was replaced by a symbolic link', path, exc.errno)
@@ -424,18 +418,18 @@ class Transfer:
             if len(self._sources) >= self._prefetch_fds:
                 break
             if row.kind == 'file' and 0 < row.size <= SMALL_BUFFER:
-                fd = self._prefetch(self.src, row.path, False)
+                fd = self._prefetch(self.src, *split(row.path), from_disk=False)
                 if fd is not None:
                     self._sources[row.id] = fd
 
     def prefetch_read_back(self, staged):
         """After the batch's flush: drop every STAGED part's cached pages and start
         reading them back from the disk, all at once, for finish() to verify."""
-        if self.algorithm == 'none' or not self.verify_readback:
+        if not self.read_back:
             return
         for outcome in staged[:self._prefetch_fds]:
             _reldir, _name, dreldir, _dname, part, _st, _sparse = outcome.staged
-            fd = self._prefetch(self.dst, '%s/%s' % (dreldir, part) if dreldir else part, True)
+            fd = self._prefetch(self.dst, dreldir, part, from_disk=True)
             if fd is not None:
                 self._read_backs[outcome.row.id] = fd
 
@@ -446,8 +440,7 @@ class Transfer:
                 os.close(fds.popitem()[1])
 
     @staticmethod
-    def _prefetch(tree, rel, from_disk):
-        reldir, name = split(rel)
+    def _prefetch(tree, reldir, name, from_disk):
         try:
             fd = open_read(tree.get(reldir), name)
         except (OSError, MoverError):
@@ -512,7 +505,7 @@ class Transfer:
     def _pipeline(self, fd, part_fd, dst_dir, part, path, row, src_ident, state):
         """An overlapped copy: flushes every PIPELINE_FLUSH bytes (read back meanwhile),
         journal checkpoints every checkpoint_size bytes."""
-        verify = self.verify_readback and self.algorithm != 'none'
+        verify = self.read_back
         read_fd = open_read(dst_dir, part) if verify else None
 
         flushed = self._checkpointer(row, src_ident, state)   # the pipeline flushed before calling it
@@ -530,11 +523,10 @@ class Transfer:
         """Compare what is on disk under the part's name with the source's hash.
 
         `read_back`: the digest of the read-back already done by a Pipeline.
-        `read_fd`: the part opened by prefetch_read_back(), its pages dropped
-        after the flush: what is cached now was read from the disk. Closed here."""
-        if self.algorithm == 'none' or not self.verify_readback:
-            if read_fd is not None:
-                os.close(read_fd)
+        `read_fd`: the part opened by prefetch_read_back() (only when reading
+        back), its pages dropped after the flush: what is cached now was read
+        from the disk. Closed here."""
+        if not self.read_back:
             size = os.fstat(part_fd).st_size if part_fd is not None else os.lstat(part, dir_fd=dst_dir).st_size
             if size != st.st_size:
                 raise MoverError('verification failed: the copy has %d bytes, the source %d'
