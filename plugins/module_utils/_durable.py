@@ -85,14 +85,17 @@ def make_dir(parent_fd, name, mode, path_for_errors=None):
     Requires: the parent itself is durable (it was created the same way, or
     existed before the run). Returns False if it already existed.
     """
+    created = True
     try:
         os.mkdir(name, mode, dir_fd=parent_fd)
     except FileExistsError:
-        return False
+        # another process of the run may have made it a moment ago, and
+        # not yet made it durable: this caller must not rely on it before
+        created = False
     except OSError as exc:
         raise os_error(exc, 'cannot create directory', path_for_errors or name)
     sync_dir(parent_fd, path_for_errors)
-    return True
+    return created
 
 
 def sync_dir(dir_fd, path_for_errors=None):
@@ -238,6 +241,11 @@ try:
         _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 except AttributeError:
     _sync_file_range = None
+
+
+def libc():
+    """The C library through ctypes, or None where it cannot be loaded."""
+    return _libc
 
 
 def start_writeback(fd, offset, length):

@@ -69,9 +69,21 @@ def digest(name, hasher):
     return '%s:%s' % (name, hasher.hexdigest())
 
 
+_threads = {'blake3': True}
+
+
+def single_threaded():
+    """Hash in the calling thread only from now on: called in a forked worker
+    process, where a thread pool the parent's BLAKE3 may have started does
+    not exist (its threads are not copied by fork) and would never answer."""
+    _threads['blake3'] = False
+
+
 def new(name):
     """A fresh hasher for a resolved algorithm name."""
     if name == 'blake3':
+        if not _threads['blake3']:
+            return _blake3.blake3()
         # max_threads lets BLAKE3 hash large updates on several cores
         try:
             return _blake3.blake3(max_threads=_blake3.blake3.AUTO)

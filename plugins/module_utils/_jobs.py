@@ -20,8 +20,8 @@ from collections.abc import Mapping
 # Every option of durable.mover.move but src and dest (tests/unit/test_jobs.py
 # checks this against the module's argument spec).
 MODULE_OPTIONS = (
-    'mode', 'hash', 'verify_readback', 'buffer_size', 'checkpoint_size', 'workers', 'state_dir',
-    'job_id', 'max_attempts', 'retry_failed', 'lock_timeout', 'on_conflict', 'preserve',
+    'mode', 'hash', 'verify_readback', 'buffer_size', 'checkpoint_size', 'workers', 'processes',
+    'state_dir', 'job_id', 'max_attempts', 'retry_failed', 'lock_timeout', 'on_conflict', 'preserve',
     'special_files', 'remove_empty_dirs', 'exclude', 'part_max_age', 'audit_log',
     'max_failures_reported',
 )

@@ -150,6 +150,18 @@ class Journal:
                 'recognised by content' % (exc, os.path.basename(path)), path)
         return journal
 
+    def reconnect(self):
+        """The same journal through a new connection, for a forked worker
+        process (an SQLite connection must not be used on both sides of a fork;
+        this one is left alone, open, for the parent). Already checked by open()."""
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute('PRAGMA synchronous=FULL')
+            conn.execute('PRAGMA foreign_keys=OFF')
+        except sqlite3.DatabaseError as exc:
+            raise JournalError('cannot open the journal again in a worker process (%s)' % exc, self.path)
+        return type(self)(self.path, conn)
+
     def _pragmas(self):
         """WAL and synchronous=FULL, before any write. Set only once the file is
         known to be a journal (or empty): switching to WAL rewrites the header,
@@ -377,11 +389,18 @@ class Journal:
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'run'", (str(run),))
             return run
 
-    def fetch_work(self, after_id, limit):
+    def fetch_work(self, after_id, limit, share=None):
+        """The next rows to work on after `after_id`. `share` (index, count): only
+        the rows of one of `count` worker processes; a hard-link group (keyed
+        by its first name) always falls in one share."""
+        if share is None:
+            where, args = '', (after_id, limit)
+        else:
+            where, args = ' AND coalesce(leader, id) % ? = ?', (after_id, share[1], share[0], limit)
         with self._lock:
             return [_row(r) for r in self._conn.execute(
-                _SELECT + " WHERE state IN ('pending', 'copying', 'copied') AND id > ? "
-                "ORDER BY id LIMIT ?", (after_id, limit))]
+                _SELECT + " WHERE state IN ('pending', 'copying', 'copied') AND id > ?" + where +
+                " ORDER BY id LIMIT ?", args)]
 
     def get_by_path(self, rel):
         with self._lock:

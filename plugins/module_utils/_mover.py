@@ -38,7 +38,7 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.durable.mover.plugins.module_utils import _durable, _faults, _hashing
-from ansible_collections.durable.mover.plugins.module_utils import _metadata, _result, _scan
+from ansible_collections.durable.mover.plugins.module_utils import _metadata, _procs, _result, _scan
 from ansible_collections.durable.mover.plugins.module_utils._audit import AuditLog
 from ansible_collections.durable.mover.plugins.module_utils._errors import (
     InputError,
@@ -77,6 +77,7 @@ DEFAULTS = {
     'buffer_size': 16 * MIB,
     'checkpoint_size': 256 * MIB,
     'workers': 4,
+    'processes': None,
     'state_dir': None,
     'job_id': None,
     'max_attempts': 3,
@@ -147,6 +148,10 @@ class Options(types.SimpleNamespace):
         values['batch_bytes'] = parse_size(values['batch_bytes'], 'batch_bytes')
         if values['buffer_size'] < 4096 or values['buffer_size'] > 1024 * MIB:
             raise InputError('buffer_size must be between 4 KiB and 1 GiB, got %d' % values['buffer_size'])
+        if values['processes'] is not None:
+            values['processes'] = _number(int, 'processes', values['processes'])
+            if values['processes'] < 1:
+                raise InputError('processes must be at least 1, got %d' % values['processes'])
         for key, low in (('workers', 1), ('max_attempts', 1), ('batch_files', 1),
                          ('max_failures_reported', 0)):
             values[key] = _number(int, key, values[key])
@@ -300,6 +305,7 @@ class StopFlag:
     def __init__(self, predicate=None):
         self.predicate = predicate
         self.set = False
+        self.forward = None     # passes the signal on (to worker processes)
         self._saved = {}
 
     def __call__(self):
@@ -309,6 +315,8 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         self.set = True
+        if self.forward is not None:
+            self.forward(signum)
 
     def install(self):
         if threading.current_thread() is threading.main_thread():
@@ -472,6 +480,78 @@ class Runner:
         return result
 
     def _work(self):
+        counts = self.journal.counts()
+        pending = sum(counts[s][0] for s in WORK_STATES)
+        if not pending:
+            return
+        if self.job.single is None:
+            self._prepare_dest_dirs()
+        count = min(self.opts.processes or _procs.default_count(), pending // self.opts.batch_files)
+        if count > 1 and self.job.single is None:
+            self._fan_out(count)
+        else:
+            self._work_share(None)
+
+    def _prepare_dest_dirs(self):
+        """Before any file moves: every destination directory of the job exists
+        and its name is durable. Made here, once, parents first, they never
+        race between worker processes; one found existing gets its parent
+        fsynced (once per parent), as a killed run may have made it and died
+        before that fsync."""
+        synced = set()
+        for _id, rel, *_rest in self.journal.dirs_for_finalize():
+            if not rel:
+                continue
+            created = self.dst_tree.created
+            self.dst_tree.get(rel)
+            parent = split(rel)[0]
+            if self.dst_tree.created == created and parent not in synced:
+                _durable.sync_dir(self.dst_tree.get(parent), self.dst_tree.full(parent))
+            synced.add(parent)
+            self.dst_tree.trim(256)
+
+    def _fan_out(self, count):
+        """Fork `count` worker processes, each moving its share of the rows
+        (_procs.py), and add up what they did. Requires: no open transaction
+        and no thread but this one."""
+        self.journal.commit()
+        workers = _procs.Workers(count)
+        self.stop.forward = workers.signal
+        try:
+            workers.start(lambda index: self._worker((index, count)))
+            results = workers.wait()
+        finally:
+            self.stop.forward = None
+        for _index, value in results:
+            if isinstance(value, MoverError):
+                self.errors.append(value)
+                continue
+            self.moved += value['moved']
+            self.bytes_moved += value['bytes']
+            self.changes += value['changes']
+            self.errors.extend(value['errors'])
+            self.fatal = self.fatal or value['fatal']
+
+    def _worker(self, share):
+        """In a worker process: move one share of the rows; return what was done."""
+        self.stop.forward = None
+        _hashing.single_threaded()
+        self.journal = self.journal.reconnect()    # the parent's connection is left alone
+        self.moved = self.bytes_moved = self.changes = 0
+        self.errors = []
+        created = self.dst_tree.created
+        try:
+            self._work_share(share)
+        except MoverError as exc:
+            self.errors.append(exc)
+        finally:
+            self.journal.close()
+        return {'moved': self.moved, 'bytes': self.bytes_moved,
+                'changes': self.changes + self.dst_tree.created - created,
+                'errors': self.errors, 'fatal': self.fatal}
+
+    def _work_share(self, share):
+        """The batch loop over the rows of `share` (all rows if None)."""
         opts = self.opts
         transfer = Transfer(self.src_tree, self.dst_tree, self.job.dest_rel, self.journal, self.algorithm,
                             opts.verify_readback, opts.buffer_size, opts.checkpoint_size,
@@ -489,7 +569,7 @@ class Runner:
         try:
             after = 0
             while not self.stop() and not self.fatal:
-                rows = self.journal.fetch_work(after, opts.batch_files)
+                rows = self.journal.fetch_work(after, opts.batch_files, share)
                 if not rows:
                     break
                 size = 0

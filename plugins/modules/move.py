@@ -107,6 +107,15 @@ options:
         which measured faster; a large file is always copied by an overlapped pipeline of its own.
     type: int
     default: 4
+  processes:
+    description:
+      - Worker processes that share the job's files after the scan, each with its own batches, flushes and
+        journal commits. Small files cost CPU for every file, and one process uses one core.
+      - By default one per CPU this host lets the module use, at most 4; fewer when the job holds fewer
+        than that many batches (256 files each) of work, and one for a single-file job.
+      - A worker never outlives the module (it is killed with it); a worker that dies is reported as an
+        error and its files are completed by the next run.
+    type: int
   state_dir:
     description:
       - Directory that holds each job's journal and lock, in a subdirectory named after the job.
@@ -368,6 +377,7 @@ ARGUMENT_SPEC = dict(
     buffer_size=dict(type='str', default='16M'),
     checkpoint_size=dict(type='str', default='256M'),
     workers=dict(type='int', default=4),
+    processes=dict(type='int'),
     state_dir=dict(type='path', default='/var/lib/durable-mover'),
     job_id=dict(type='str'),
     max_attempts=dict(type='int', default=3),

@@ -10,7 +10,10 @@ across devices:  last write to the part < flush of the part < rename into place
 one filesystem:  rename < fsync of both directories < durable journal commit
 
 "A < B" means A returned before B was entered (threads are accounted for by
-pairing strace's ``<unfinished ...>`` and ``<... resumed>`` lines).
+pairing strace's ``<unfinished ...>`` and ``<... resumed>`` lines). A flush
+counts whoever made it (fsync and syncfs cover every earlier write to what
+they flush), but a journal commit only for the process that renamed the file:
+with worker processes, each commits its own files.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 
 class Call:
-    __slots__ = ('name', 'args', 'start', 'end', 'ret')
+    __slots__ = ('pid', 'name', 'args', 'start', 'end', 'ret')
 
-    def __init__(self, name, args, start):
-        self.name, self.args, self.start, self.end, self.ret = name, args, start, None, None
+    def __init__(self, pid, name, args, start):
+        self.pid, self.name, self.args, self.start, self.end, self.ret = pid, name, args, start, None, None
 
 
 def parse(text: str) -> list:
@@ -38,7 +41,7 @@ def parse(text: str) -> list:
         match = CALL.match(line)
         if match:
             pid, name, args, ret = match.groups()
-            call = Call(name, args, index)
+            call = Call(pid, name, args, index)
             if ret is None:
                 pending[(pid, name)] = call
             else:
@@ -51,7 +54,21 @@ def parse(text: str) -> list:
             call = pending.pop((pid, name), None)
             if call is not None:
                 call.end, call.ret = index, int(ret)
-    return [c for c in calls if c.end is not None and c.ret is not None and c.ret >= 0]
+    calls = [c for c in calls if c.end is not None and c.ret is not None and c.ret >= 0]
+    _to_processes(calls)
+    return calls
+
+
+def _to_processes(calls):
+    """strace names threads by their own id: give each call the id of its
+    process instead (the clone calls in the trace tell which is which)."""
+    process = {}
+    for call in calls:
+        if call.name in ('clone', 'clone3', 'fork', 'vfork') and call.ret > 0:
+            child = str(call.ret)
+            process[child] = process.get(call.pid, call.pid) if 'CLONE_THREAD' in call.args else child
+    for call in calls:
+        call.pid = process.get(call.pid, call.pid)
 
 
 def _fd_path(arg: str):
@@ -146,9 +163,10 @@ class Trace:
         return any(c.start > after and c.end < before and
                    (p == fs_root or p.startswith(fs_root.rstrip('/') + '/')) for c, p in self.fs_syncs)
 
-    def first_wal_sync_after(self, call):
+    def first_wal_sync_after(self, call, pid):
+        """The first commit of the journal by process `pid` after `call`."""
         for sync in self.wal_syncs:
-            if sync.start > call.end:
+            if sync.start > call.end and sync.pid == pid:
                 return sync
         return None
 
@@ -174,7 +192,7 @@ def check(text: str, src_root: str, dest_root: str) -> tuple:
                     rel, 'the destination dir' if dsync is None else 'the source dir'))
                 continue
             last = dsync if dsync.end > ssync.end else ssync
-            journal = trace.first_wal_sync_after(last)
+            journal = trace.first_wal_sync_after(last, rename.pid)
             if journal is None:
                 problems.append('%s: renamed but never committed to the journal afterwards' % rel)
             checked += 1
@@ -189,7 +207,7 @@ def check(text: str, src_root: str, dest_root: str) -> tuple:
         if dsync is None:
             problems.append('%s: no fsync of the destination directory after the rename' % rel)
             continue
-        journal = trace.first_wal_sync_after(dsync)
+        journal = trace.first_wal_sync_after(dsync, rename.pid)
         unlinks = [(c, p) for c, p in trace.unlinks if p == source and c.start > rename.start]
         early = [(c, p) for c, p in trace.unlinks if p == source and c.start < rename.start]
         if early:

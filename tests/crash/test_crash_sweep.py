@@ -51,10 +51,15 @@ def _strace():
     return path
 
 
-def crash_points(trace: Path) -> list:
-    """(syscall, n, args) for every mutating call of the traced process, n counted per syscall."""
+def crash_points(trace: Path, every_process=False) -> list:
+    """(syscall, n, args) for every mutating call of the traced process, n counted per syscall.
+
+    `every_process`: of every traced process and thread, each counted on its
+    own, as strace counts for --inject; a point (syscall, n) then kills every
+    one that makes its n-th such call (the run's worker processes each die at
+    the same step of their own work)."""
     counts = defaultdict(int)
-    points = []
+    points, seen = [], set()
     main_pid = None
     for line in trace.read_text(errors='replace').splitlines():
         match = LINE.match(line)
@@ -63,26 +68,28 @@ def crash_points(trace: Path) -> list:
         pid, name, args, _ret = match.groups()
         if main_pid is None:
             main_pid = pid
-        if pid != main_pid:
+        if pid != main_pid and not every_process:
             continue
-        counts[name] += 1
+        counts[pid, name] += 1
         if name == 'openat' and not re.search(r'O_CREAT|O_TRUNC', args):
             continue
         if name in ('write', 'pwrite64') and re.match(r'\d+<(pipe|socket|/dev/)', args):
             continue
-        points.append((name, counts[name], args))
+        if (name, counts[pid, name]) not in seen:
+            seen.add((name, counts[pid, name]))
+            points.append((name, counts[pid, name], args))
     return points
 
 
 class Sweep:
-    def __init__(self, work: Path, dest_parent: Path):
+    def __init__(self, work: Path, dest_parent: Path, **extra):
         self.template = work / 'template'
         self.src = work / 'src'
         self.dest = dest_parent / 'dest'
         self.state = work / 'state'
         build_tree(self.template)
         self.original = snapshot(self.template)
-        self.values = params(self.src, self.dest, self.state)
+        self.values = params(self.src, self.dest, self.state, **extra)
 
     def setup(self):
         reset(self.src, self.dest, self.state)
@@ -106,13 +113,16 @@ class Sweep:
         return run_core(self.values)
 
 
-def _sweep(tmp_path: Path, dest_parent: Path, label: str):
-    sweep = Sweep(tmp_path, dest_parent)
+def _sweep(tmp_path: Path, dest_parent: Path, label: str, processes=1, **extra):
+    sweep = Sweep(tmp_path, dest_parent, processes=processes, **extra)
     sweep.setup()
     clean = sweep.trace(tmp_path / 'clean.trace')
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert not check_final(sweep.original, sweep.src, sweep.dest, sweep.state)
-    points = crash_points(tmp_path / 'clean.trace')
+    renamers = {pid for pid, name in re.findall(r'^(\d+)\s+(rename\w*)\(', (tmp_path / 'clean.trace').read_text(),
+                                                re.MULTILINE)}
+    assert len(renamers) == processes, renamers
+    points = crash_points(tmp_path / 'clean.trace', every_process=processes > 1)
     assert len(points) > 50, points
     violations = []
     killed = 0
@@ -149,6 +159,15 @@ def test_crash_at_every_syscall_across_devices(tmp_path, tmpfs):
 def test_crash_at_every_syscall_batch_flush(tmp_path, loopfs):
     """An ext4 destination: small copies are flushed per batch with syncfs."""
     _sweep(tmp_path, loopfs('ext4'), 'cross-device, batch flush (ext4)')
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.loop
+def test_crash_at_every_syscall_worker_processes(tmp_path, loopfs):
+    """Two worker processes, each with its own journal connection and batches:
+    a crash of either, or of both at the same step, or of the parent (which
+    takes its workers with it), loses nothing."""
+    _sweep(tmp_path, loopfs('ext4'), 'cross-device, 2 worker processes (ext4)', processes=2, batch_files=2)
 
 
 @pytest.mark.timeout(900)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from crashlib import build_tree, check_final, params, run_core, snapshot
-from ordercheck import check
+from ordercheck import check, parse
 
 pytestmark = [pytest.mark.root]
 TRACE = ('trace=write,pwrite64,ftruncate,fchmod,fchown,fsetxattr,fsync,fdatasync,syncfs,'
-         'rename,renameat,renameat2,unlink,unlinkat')
+         'rename,renameat,renameat2,unlink,unlinkat,clone,clone3,fork,vfork')
 
 
 def _many(root: Path, dirs=4, files=5):
@@ -26,6 +26,12 @@ def _many(root: Path, dirs=4, files=5):
         sub.mkdir()
         for f in range(files):
             (sub / ('f%02d' % f)).write_bytes(b'%d/%d\n' % (d, f) * (f + 1))
+
+
+def _processes(text):
+    """How many processes of the run renamed files into place (the parent scans and
+    finalizes; with worker processes it moves nothing itself)."""
+    return len({c.pid for c in parse(text) if c.name in ('rename', 'renameat', 'renameat2')})
 
 
 def _traced_run(tmp_path, dest_parent, faults='', **extra):
@@ -41,10 +47,10 @@ def _traced_run(tmp_path, dest_parent, faults='', **extra):
     return original, src, dest, state, out.read_text(errors='replace'), proc
 
 
-@pytest.mark.parametrize('workers,batch_files', [(1, 256), (4, 3)])
-def test_order_across_devices(tmp_path, tmpfs, workers, batch_files):
+@pytest.mark.parametrize('workers,batch_files,processes', [(1, 256, 1), (4, 3, 1), (1, 3, 2), (4, 3, 3)])
+def test_order_across_devices(tmp_path, tmpfs, workers, batch_files, processes):
     original, src, dest, state, text, proc = _traced_run(tmp_path, tmpfs('64m'), workers=workers,
-                                                         batch_files=batch_files)
+                                                         batch_files=batch_files, processes=processes)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not check_final(original, src, dest, state)
     checked, problems = check(text, str(src), str(dest))
@@ -54,11 +60,13 @@ def test_order_across_devices(tmp_path, tmpfs, workers, batch_files):
 
 
 @pytest.mark.loop
-@pytest.mark.parametrize('fstype', ['ext4', 'xfs'])
-def test_order_across_devices_with_batch_flush(tmp_path, loopfs, fstype):
+@pytest.mark.parametrize('fstype,processes', [('ext4', 1), ('xfs', 1), ('ext4', 2), ('xfs', 3)])
+def test_order_across_devices_with_batch_flush(tmp_path, loopfs, fstype, processes):
     """ext4/xfs destinations flush a batch of small copies with one syncfs."""
-    original, src, dest, state, text, proc = _traced_run(tmp_path, loopfs(fstype), workers=4, batch_files=7)
+    original, src, dest, state, text, proc = _traced_run(tmp_path, loopfs(fstype), workers=4, batch_files=7,
+                                                         processes=processes)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _processes(text) == processes
     assert not check_final(original, src, dest, state)
     assert 'syncfs(' in text
     checked, problems = check(text, str(src), str(dest))
@@ -71,18 +79,21 @@ def test_order_across_devices_with_batch_flush(tmp_path, loopfs, fstype):
     ('no_part_fdatasync', 'before the part was flushed'),
     ('unlink_before_journal', 'before the journal commit'),
 ])
-def test_order_check_catches_broken_batch_flush(tmp_path, loopfs, variant, expected):
-    _original, src, dest, _state, text, proc = _traced_run(tmp_path, loopfs('ext4'), faults='broken=' + variant)
+@pytest.mark.parametrize('processes', [1, 2])
+def test_order_check_catches_broken_batch_flush(tmp_path, loopfs, variant, expected, processes):
+    _original, src, dest, _state, text, proc = _traced_run(tmp_path, loopfs('ext4'), faults='broken=' + variant,
+                                                           batch_files=7, processes=processes)
+    assert _processes(text) == processes
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _checked, problems = check(text, str(src), str(dest))
     assert any(expected in p for p in problems), problems
 
 
-@pytest.mark.parametrize('workers,batch_files', [(1, 256), (4, 3)])
-def test_order_same_filesystem(tmp_path, workers, batch_files):
+@pytest.mark.parametrize('workers,batch_files,processes', [(1, 256, 1), (4, 3, 1), (1, 3, 2)])
+def test_order_same_filesystem(tmp_path, workers, batch_files, processes):
     (tmp_path / 'same').mkdir()
     original, src, dest, state, text, proc = _traced_run(tmp_path, tmp_path / 'same', workers=workers,
-                                                         batch_files=batch_files)
+                                                         batch_files=batch_files, processes=processes)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not check_final(original, src, dest, state)
     checked, problems = check(text, str(src), str(dest))

@@ -54,7 +54,7 @@ from helpers_recovery import (
 
 # Small checkpoints and buffers so that a ~200 KiB file crosses several
 # checkpoints; small batches so that every batch step is reached several times.
-TUNING = {"checkpoint_size": "64K", "buffer_size": "16K", "batch_files": 4, "workers": 1}
+TUNING = {"checkpoint_size": "64K", "buffer_size": "16K", "batch_files": 4, "workers": 1, "processes": 1}
 
 # Points every run must reach at least once (so @1 must kill): a cross-device
 # move copies (part, sync, checkpoint of the large file, verify, rename) and

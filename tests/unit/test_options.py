@@ -62,6 +62,8 @@ def test_defaults():
     assert (opts.mode, opts.hash, opts.on_conflict, opts.special_files) == ("move", "auto", "fail", "skip")
     assert opts.buffer_size == 16 * MiB and opts.max_attempts == 3 and opts.workers == 4
     assert opts.remove_empty_dirs is True
+    assert opts.processes is None       # one per CPU, at most 4 (_procs.default_count)
+    assert Options.from_params(dict(BASE, processes="3")).processes == 3
     assert set(opts.preserve) == {"owner", "mode", "times", "xattrs", "hardlinks"}
     assert Options.from_params(dict(BASE, mode="copy")).remove_empty_dirs is False
 
@@ -94,6 +96,8 @@ def test_human_sizes_in_options():
     ("batch_bytes", -1),
     ("workers", 0),
     ("workers", "many"),
+    ("processes", 0),
+    ("processes", "all"),
     ("max_attempts", 0),
     ("max_attempts", "three"),
     ("batch_files", 0),

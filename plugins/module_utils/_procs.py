@@ -1,0 +1,137 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Worker processes: one job's work split over forked children.
+
+PRIVATE to the durable.mover collection; not a public API.
+
+Small files cost CPU in Python for every file, and one process uses one core.
+A run can fork workers after its scan; each works on its own share of the
+journal's rows with its own journal connection and returns what it counted
+(any picklable value) over a pipe.
+
+A worker never outlives its parent: it asks the kernel for SIGKILL when the
+parent dies (PR_SET_PDEATHSIG), so a killed run stops as a whole, as it does
+with one process, and the job's lock (held by the parent's open file
+description, shared by the children) is released only when every process of
+the run is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import traceback
+
+from ansible_collections.durable.mover.plugins.module_utils import _durable
+from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError
+
+PR_SET_PDEATHSIG = 1
+
+
+class WorkerDied(MoverError):
+    """A worker process ended without returning its result."""
+
+
+def default_count():
+    """Processes for a job when the user does not say: one per CPU this
+    process may run on, at most 4 (the journal's writes serialise beyond)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def _die_with(parent):
+    """Ask for SIGKILL when the parent exits; exit now if it already has."""
+    libc = _durable.libc()
+    if libc is not None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _child(work, index, write_fd, parent):
+    """Runs in the child: never returns, never runs the parent's cleanup code."""
+    code = 1
+    try:
+        _die_with(parent)
+        try:
+            payload = (True, work(index))
+            code = 0
+        except BaseException as exc:  # pylint: disable=broad-except
+            payload = (False, exc)
+        try:
+            data = pickle.dumps(payload)
+        except Exception:  # pylint: disable=broad-except
+            data = pickle.dumps((False, RuntimeError(''.join(traceback.format_exception(
+                type(payload[1]), payload[1], payload[1].__traceback__)))))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_fd, view):]
+    finally:
+        os._exit(code)
+
+
+class Workers:
+    """`count` forked workers each running `work(index)`; `wait` collects them.
+
+    Call `start` with no thread running but the caller's (fork copies only
+    the calling thread; a lock another thread held would stay locked)."""
+
+    def __init__(self, count):
+        self.count = count
+        self.pids = []
+        self._pipes = []
+
+    def start(self, work):
+        parent = os.getpid()
+        for index in range(self.count):
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(read_fd)
+                for fd in self._pipes:
+                    os.close(fd)
+                _child(work, index, write_fd, parent)
+            os.close(write_fd)
+            self.pids.append(pid)
+            self._pipes.append(read_fd)
+
+    def signal(self, signum):
+        """Pass a signal on to the workers still running."""
+        for pid in self.pids:
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
+
+    def wait(self):
+        """[(index, value)] of the workers that returned; raises the first
+        exception a worker raised; a worker that died is a WorkerDied value."""
+        results, raised = [], None
+        for index, (pid, read_fd) in enumerate(zip(self.pids, self._pipes)):
+            chunks = []
+            with os.fdopen(read_fd, 'rb') as pipe:
+                for chunk in iter(lambda: pipe.read(65536), b''):
+                    chunks.append(chunk)
+            _pid, status = os.waitpid(pid, 0)
+            if os.WIFEXITED(status) and chunks:
+                ok, value = pickle.loads(b''.join(chunks))
+                if not ok:
+                    raised = raised or value
+                    continue
+                results.append((index, value))
+                continue
+            how = ('was killed by signal %d' % os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                   else 'exited with status %d' % os.WEXITSTATUS(status))
+            results.append((index, WorkerDied(
+                'worker process %d of %d (pid %d) %s; the files it was moving stay in the journal '
+                'and the next run completes them' % (index + 1, self.count, pid, how))))
+        self.pids, self._pipes = [], []
+        if raised is not None:
+            raise raised
+        return results

@@ -1,0 +1,127 @@
+# Copyright: durable.mover maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Worker processes: one job's files moved by several forked processes.
+
+Each test runs the real core as a process (tests/tools/mover_cli.py) on a
+loop-mounted destination and checks the files and the journal, as the
+recovery tests do: everything moved once, hard-link groups kept whole, a
+killed worker reported and its files completed by the next run, a signal
+passed on to every worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from ansible_collections.durable.mover.plugins.module_utils import _faults
+from helpers_recovery import (
+    BASE_NS,
+    KIB,
+    MIB,
+    FileSpec,
+    assert_invariant,
+    check_complete,
+    crash_tree_spec,
+    finish,
+    journal_rows,
+    make_layout,
+    materialize,
+    part_files,
+    pseudo_random,
+    run_cli,
+    start_cli,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.loop]
+TUNING = {"checkpoint_size": "64K", "buffer_size": "16K", "batch_files": 4, "processes": 2}
+
+
+def _spec():
+    """The crash tree and 40 more files in 4 directories, with hard-link
+    groups whose names fall in different batches and directories."""
+    spec = crash_tree_spec()
+    for d in range(4):
+        spec.dirs["many%d" % d] = (0o755, BASE_NS + 1000 + d)
+        for f in range(10):
+            spec.files["many%d/f%02d" % (d, f)] = FileSpec(pseudo_random(KIB * (f + 1), 100 * d + f), 0o644,
+                                                            BASE_NS + 10 * d + f)
+    for group in (("many0/f00", "many2/g00", "many3/g00"), ("many1/f05", "many1/g05")):
+        for name in group[1:]:
+            spec.files[name] = spec.files[group[0]]
+        spec.hardlinks.append(group)
+    return spec
+
+
+@pytest.mark.parametrize("kind,processes", [("ext4", 2), ("xfs", 3)])
+def test_every_file_moved_once_by_worker_processes(kind, processes, tmp_path, request):
+    layout = make_layout(kind, tmp_path, request)
+    spec = materialize(_spec(), layout.src)
+    run = run_cli(layout.params(**dict(TUNING, processes=processes)))
+    check_complete(spec, layout, run)
+    stats = run.result["stats"]
+    assert stats["files_moved"] == spec.entries
+    assert stats["hardlinks"] == sum(len(group) - 1 for group in spec.hardlinks)
+    again = run_cli(layout.params(**dict(TUNING, processes=processes)))
+    assert again.returncode == 0, again.describe()
+    assert again.result["changed"] is False
+    assert again.result["stats"]["files_moved"] == 0
+
+
+@pytest.mark.parametrize("point", [p for p in _faults.POINTS if p not in ("after_scan_batch", "after_checkpoint")])
+@pytest.mark.parametrize("occurrence", [1, 2])
+def test_killed_worker_is_reported_and_its_files_completed_next_run(point, occurrence, tmp_path, request):
+    """kill=<point>@<n> fires in every worker that reaches its n-th <point>: the
+    parent lives on, reports each dead worker by number and pid, finishes
+    nothing it must not, and the next run completes the job."""
+    layout = make_layout("ext4", tmp_path, request)
+    spec = materialize(_spec(), layout.src)
+    run = run_cli(layout.params(**TUNING), faults="kill=%s@%d" % (point, occurrence))
+    assert not run.killed, run.describe()
+    assert run.returncode == 1, run.describe()
+    result = run.result
+    assert result["failed"] is True and result["complete"] is False
+    assert "was killed by signal 9" in result["msg"], result["msg"]
+    assert_invariant(spec, layout, "after kill=%s@%d in the workers" % (point, occurrence))
+    rows = journal_rows(layout.journal())
+    assert any(row["state"] != "done" for row in rows.values())
+    rerun = run_cli(layout.params(**TUNING))
+    check_complete(spec, layout, rerun)
+    assert rerun.result["stats"]["resumed"] is True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_the_parent_stops_every_worker(signum, tmp_path, request):
+    """Only the parent gets the signal (as from `kill`, not a terminal's Ctrl-C,
+    which reaches the whole group): it passes it on, each worker stops after
+    the file in hand, and the run reports itself interrupted."""
+    layout = make_layout("xfs", tmp_path, request)
+    spec = crash_tree_spec()
+    for name in ("big1.bin", "big2.bin"):     # consecutive ids: one in each worker's share
+        spec.files[name] = FileSpec(pseudo_random(24 * MIB, len(name) + ord(name[3])), 0o644)
+    materialize(spec, layout.src)
+    params = layout.params(checkpoint_size="256K", buffer_size="64K", batch_files=1, processes=2)
+    proc = start_cli(params)
+    try:
+        def both_growing():
+            parts = [p for p in part_files(layout.dest) if p.startswith(".big")]
+            return len(parts) == 2 and all(os.stat(layout.dest / p).st_size > 0 for p in parts)
+        wait_for(both_growing, "both large copies to be under way", proc=proc)
+        os.kill(proc.pid, signum)
+        run = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert run.returncode == 1, run.describe()
+    result = run.result
+    assert result["interrupted"] is True and result["complete"] is False, result
+    assert_invariant(spec, layout, "after %s" % signal.Signals(signum).name)
+    rows = journal_rows(layout.journal())
+    assert {rows["big1.bin"]["state"], rows["big2.bin"]["state"]} <= {"pending", "copying"}, rows
+    rerun = run_cli(params)
+    check_complete(spec, layout, rerun)
