@@ -360,7 +360,10 @@ def scale(args, mounts, out):
     kill_at = max(1, int(batches * 0.99))
     env = dict(os.environ, DURABLE_MOVER_FAULTS='kill=after_journal_done@%d' % kill_at)
     audit = os.path.join(mounts.work, 'scale-audit.jsonl')
-    params = {'src': src, 'dest': dest, 'state_dir': state, 'audit_log': audit}
+    # One process: the target is the module process's memory (each worker
+    # process would be another of about the same size), and a kill at 99 % of
+    # the batches is counted in one process.
+    params = {'src': src, 'dest': dest, 'state_dir': state, 'audit_log': audit, 'processes': 1}
     drop_caches(args.settle)
     elapsed, rss_first, proc = timed([args.python, CLI, json.dumps(params)], env)
     killed = proc.returncode in (-9, 137) or 'Killed' in proc.stderr or proc.returncode != 0

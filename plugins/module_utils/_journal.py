@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import fcntl
 import os
 import sqlite3
 import threading
@@ -110,6 +111,7 @@ class Journal:
         self._conn = conn
         self._lock = threading.RLock()
         self._in_tx = False
+        self._writers = None        # see _tx
         self.last_commit = time.monotonic()
 
     # -- opening -----------------------------------------------------------
@@ -222,8 +224,28 @@ class Journal:
 
     def _tx(self):
         if not self._in_tx:
-            self._conn.execute('BEGIN IMMEDIATE')
+            # Writers (worker processes, the scan) take turns through an flock
+            # before SQLite's own lock: a waiting writer wakes the moment the
+            # other commits, where SQLite's busy handler would sleep 1, 2, 5,
+            # 10 ms... Opened here, per connection (an fd inherited over fork
+            # would share the lock), and never needed for durability.
+            if self._writers is None:
+                try:
+                    self._writers = os.open(self.path + '-writers', os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                except OSError:
+                    self._writers = -1          # SQLite's own locking still holds
+            if self._writers >= 0:
+                fcntl.flock(self._writers, fcntl.LOCK_EX)
+            try:
+                self._conn.execute('BEGIN IMMEDIATE')
+            except BaseException:
+                self._release_writers()
+                raise
             self._in_tx = True
+
+    def _release_writers(self):
+        if self._writers is not None and self._writers >= 0:
+            fcntl.flock(self._writers, fcntl.LOCK_UN)
 
     def commit(self):
         """Make every recorded change durable (WAL fsync, synchronous=FULL).
@@ -236,6 +258,7 @@ class Journal:
             if self._in_tx:
                 self._conn.execute('COMMIT')
                 self._in_tx = False
+                self._release_writers()
             self.last_commit = time.monotonic()
 
     def rollback(self):
@@ -243,6 +266,7 @@ class Journal:
             if self._in_tx:
                 self._conn.execute('ROLLBACK')
                 self._in_tx = False
+                self._release_writers()
 
     def checkpoint_wal(self):
         """Copy the WAL into the database file (the end of a run).
@@ -265,6 +289,9 @@ class Journal:
                 self.commit()
             finally:
                 self._conn.close()
+                if self._writers is not None and self._writers >= 0:
+                    os.close(self._writers)
+                self._writers = None
 
     # -- meta ------------------------------------------------------------------
 
@@ -389,18 +416,28 @@ class Journal:
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'run'", (str(run),))
             return run
 
-    def fetch_work(self, after_id, limit, share=None):
+    def fetch_work(self, after_id, limit, share=None, upto=None):
         """The next rows to work on after `after_id`. `share` (index, count): only
         the rows of one of `count` worker processes; a hard-link group (keyed
-        by its first name) always falls in one share."""
-        if share is None:
-            where, args = '', (after_id, limit)
-        else:
-            where, args = ' AND coalesce(leader, id) % ? = ?', (after_id, share[1], share[0], limit)
+        by its first name) always falls in one share. `upto`: only rows up to
+        this id and no name of a hard-linked file (the scan is still going on:
+        another name of the same file may be found later, and must then be
+        found while this one is still at the source)."""
+        where, args = '', [after_id]
+        if share is not None:
+            where += ' AND coalesce(leader, id) % ? = ?'
+            args += [share[1], share[0]]
+        if upto is not None:
+            where += ' AND id <= ? AND coalesce(nlink, 1) <= 1'
+            args.append(upto)
         with self._lock:
             return [_row(r) for r in self._conn.execute(
                 _SELECT + " WHERE state IN ('pending', 'copying', 'copied') AND id > ?" + where +
-                " ORDER BY id LIMIT ?", args)]
+                " ORDER BY id LIMIT ?", args + [limit])]
+
+    def last_file_id(self):
+        with self._lock:
+            return self._conn.execute('SELECT coalesce(max(id), 0) FROM files').fetchone()[0]
 
     def get_by_path(self, rel):
         with self._lock:
@@ -455,6 +492,13 @@ class Journal:
             self.commit()
 
     # -- directories -------------------------------------------------------------
+
+    def dirs_after(self, dir_id):
+        """(id, path) of the directories after `dir_id` still to finalize, in the
+        order the scan found them (a parent before its children)."""
+        with self._lock:
+            return [(i, _text(p)) for i, p in self._conn.execute(
+                "SELECT id, path FROM dirs WHERE id > ? AND state != 'done' ORDER BY id", (dir_id,))]
 
     def dirs_for_finalize(self):
         """Directories whose metadata is still to apply, deepest last (caller reverses)."""

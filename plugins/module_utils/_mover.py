@@ -7,8 +7,11 @@
 PRIVATE to the durable.mover collection; not a public API.
 
 A run takes the job lock, opens the journal, scans what is new at the source
-into the journal, then works through the journal's pending rows in batches.
-For each batch, in this order (the fsync chain, see _durable.py):
+into the journal, then works through the journal's pending rows in batches:
+in this process, or in forked worker processes (_procs.py) that start once
+the scan has found a batch for each and share the rows (the scan goes on
+meanwhile, and tells them how far it got). For each batch, in this order
+(the fsync chain, see _durable.py):
 
 1. every entry is brought to its final destination name (_transfer.py:
    copy, flush, verify, metadata, rename; or one rename on one filesystem);
@@ -16,7 +19,9 @@ For each batch, in this order (the fsync chain, see _durable.py):
    touched source directory);
 3. the journal records the batch as copied and commits (WAL fsync);
 4. the sources are unlinked and each touched source directory is fsynced;
-5. the journal records the batch as done.
+5. the journal records the batch as done (with the next batch's commit: one
+   commit a batch; a crash before it leaves 'copied' rows whose sources are
+   gone, which the next run completes).
 
 A crash anywhere leaves every file at its source, or whole and durable at its
 destination with a journal that says so (or a journal that says nothing, in
@@ -426,6 +431,12 @@ class Runner:
         self.halted = False   # a transfer hit a fatal error: start no further file
         self.run_no = 0
         self.audit = None
+        self.processes = 1 if job.single is not None else (self.opts.processes or _procs.default_count())
+        self.fan = None                # worker processes, while they run
+        self.prepared_dir = 0          # destination directories are made up to this dir id
+        self.parents_synced = set()
+        self.already_done = None       # files done before this run moved any
+        self.done_ids = []             # sources removed, 'done' not yet recorded
 
     # -- the run -----------------------------------------------------------------
 
@@ -452,15 +463,16 @@ class Runner:
         dst_root_fd = _durable.open_root(self.job.dest_root, create=True)
         self.dst_tree = _durable.DirTree(dst_root_fd, self.job.dest_root, create=True)
         self.src_tree = src_tree
-        already_done = 0
         try:
             excluded = _scan.Excluder(opts.exclude, part_suffix='.%s.part' % self.job.job_tag)
             scanned = _scan.scan(journal, src_tree, excluded, opts.special_files, self.moves,
                                  should_stop=self.stop, single=self.job.single,
-                                 on_error=lambda rel, exc: self.audit.event('scan_error', rel, error=str(exc)))
-            counts = journal.counts()
-            already_done = counts['done'][0]
-            if scanned:
+                                 on_error=lambda rel, exc: self.audit.event('scan_error', rel, error=str(exc)),
+                                 on_commit=self._scanned_some if self.processes > 1 else None,
+                                 commit_entries=self._scan_commit_entries())
+            if self.already_done is None:
+                self.already_done = journal.counts()['done'][0]
+            if scanned or self.fan is not None:
                 self._work()
             if scanned and not self.stop() and not self.fatal and self.job.single is None:
                 self._finalize()
@@ -471,55 +483,74 @@ class Runner:
             journal.commit()
             self.errors.append(exc)
         finally:
+            if self.fan is not None:
+                self._collect_workers()
             src_tree.close()
             self.dst_tree.close()
-        result = self._result(started, already_done, resumed)
+        result = self._result(started, self.already_done or 0, resumed)
         self.audit.event('run_end', changed=result['changed'], complete=result['complete'],
                          files_moved=self.moved, msg=result.get('msg'))
         self.audit.close()
         return result
 
     def _work(self):
-        counts = self.journal.counts()
-        pending = sum(counts[s][0] for s in WORK_STATES)
-        if not pending:
-            return
-        if self.job.single is None:
-            self._prepare_dest_dirs()
-        count = min(self.opts.processes or _procs.default_count(), pending // self.opts.batch_files)
-        if count > 1 and self.job.single is None:
-            self._fan_out(count)
-        else:
-            self._work_share(None)
+        """After the scan: move what it found (worker processes already
+        started during the scan are told that it is over, then collected)."""
+        if self.fan is None:
+            counts = self.journal.counts()
+            pending = sum(counts[s][0] for s in WORK_STATES)
+            if not pending:
+                return
+            count = min(self.processes, pending // self.opts.batch_files)
+            if count < 2:
+                if self.job.single is None:
+                    self._prepare_dest_dirs()
+                self._work_share(None, None)
+                return
+            self._start_workers(count)
+        self._tell_workers()
+        self._collect_workers()
 
-    def _prepare_dest_dirs(self):
-        """Before any file moves: every destination directory of the job exists
-        and its name is durable. Made here, once, parents first, they never
-        race between worker processes; one found existing gets its parent
-        fsynced (once per parent), as a killed run may have made it and died
-        before that fsync."""
-        synced = set()
-        for _id, rel, *_rest in self.journal.dirs_for_finalize():
-            if not rel:
-                continue
-            created = self.dst_tree.created
-            self.dst_tree.get(rel)
-            parent = split(rel)[0]
-            if self.dst_tree.created == created and parent not in synced:
-                _durable.sync_dir(self.dst_tree.get(parent), self.dst_tree.full(parent))
-            synced.add(parent)
-            self.dst_tree.trim(256)
+    def _scan_commit_entries(self):
+        """With worker processes, the scan's commits feed them: a batch for each is enough."""
+        if self.processes < 2:
+            return _scan.COMMIT_ENTRIES
+        return min(_scan.COMMIT_ENTRIES, self.processes * self.opts.batch_files)
 
-    def _fan_out(self, count):
+    def _scanned_some(self):
+        """The scan committed a part: workers may start on it (once there is
+        work for all of them), or go on to what it added."""
+        if self.fan is None:
+            if self.processes < 2 or self.stop():
+                return
+            counts = self.journal.counts()
+            pending = sum(counts[s][0] for s in WORK_STATES)
+            if pending < self.processes * self.opts.batch_files:
+                return
+            self._start_workers(self.processes)
+        self._tell_workers()
+
+    def _start_workers(self, count):
         """Fork `count` worker processes, each moving its share of the rows
-        (_procs.py), and add up what they did. Requires: no open transaction
-        and no thread but this one."""
+        (_procs.py). Requires: no open transaction, no thread but this one."""
         self.journal.commit()
-        workers = _procs.Workers(count)
-        self.stop.forward = workers.signal
+        if self.already_done is None:
+            self.already_done = self.journal.counts()['done'][0]
+        self._prepare_dest_dirs()
+        self.fan = _procs.Workers(count)
+        self.stop.forward = self.fan.signal
+        self.fan.start(lambda index, feed: self._worker((index, count), feed))
+
+    def _tell_workers(self):
+        """Workers may go up to the last row scanned: its directories are made."""
+        self._prepare_dest_dirs()
+        self.fan.tell(self.journal.last_file_id())
+
+    def _collect_workers(self):
+        """Wait for the workers and add up what they did."""
+        fan, self.fan = self.fan, None
         try:
-            workers.start(lambda index: self._worker((index, count)))
-            results = workers.wait()
+            results = fan.wait()
         finally:
             self.stop.forward = None
         for _index, value in results:
@@ -532,7 +563,25 @@ class Runner:
             self.errors.extend(value['errors'])
             self.fatal = self.fatal or value['fatal']
 
-    def _worker(self, share):
+    def _prepare_dest_dirs(self):
+        """Before a file moves into it, a destination directory exists and its
+        name is durable. Made here, parents first, by the process that scans,
+        they never race between worker processes; one found existing gets its
+        parent fsynced (once per parent and run), as a killed run may have made
+        it and died before that fsync."""
+        for dir_id, rel in self.journal.dirs_after(self.prepared_dir):
+            self.prepared_dir = dir_id
+            if not rel:
+                continue
+            created = self.dst_tree.created
+            self.dst_tree.get(rel)
+            parent = split(rel)[0]
+            if self.dst_tree.created == created and parent not in self.parents_synced:
+                _durable.sync_dir(self.dst_tree.get(parent), self.dst_tree.full(parent))
+                self.parents_synced.add(parent)
+            self.dst_tree.trim(256)
+
+    def _worker(self, share, feed):
         """In a worker process: move one share of the rows; return what was done."""
         self.stop.forward = None
         _hashing.single_threaded()
@@ -541,7 +590,7 @@ class Runner:
         self.errors = []
         created = self.dst_tree.created
         try:
-            self._work_share(share)
+            self._work_share(share, feed)
         except MoverError as exc:
             self.errors.append(exc)
         finally:
@@ -550,8 +599,9 @@ class Runner:
                 'changes': self.changes + self.dst_tree.created - created,
                 'errors': self.errors, 'fatal': self.fatal}
 
-    def _work_share(self, share):
-        """The batch loop over the rows of `share` (all rows if None)."""
+    def _work_share(self, share, feed):
+        """The batch loop over the rows of `share` (all rows if None). `feed`:
+        in a worker process, the parent's word on how far the scan is."""
         opts = self.opts
         transfer = Transfer(self.src_tree, self.dst_tree, self.job.dest_rel, self.journal, self.algorithm,
                             opts.verify_readback, opts.buffer_size, opts.checkpoint_size,
@@ -566,18 +616,33 @@ class Runner:
         # in one thread, 4.4 s in four, which mostly wait for each other's GIL).
         parallel = opts.workers > 1 and not transfer.batch_sync
         pool = ThreadPoolExecutor(max_workers=opts.workers) if parallel else None
+        upto, scanning = None, False
+        if feed is not None:
+            upto, ended = feed.wait()
+            scanning = not ended
         try:
             after = 0
             while not self.stop() and not self.fatal:
-                rows = self.journal.fetch_work(after, opts.batch_files, share)
-                if not rows:
-                    break
+                rows = self.journal.fetch_work(after, opts.batch_files, share, upto if scanning else None)
                 size = 0
                 for index, row in enumerate(rows):
                     size += row.size
                     if size >= opts.batch_bytes:
                         rows = rows[:index + 1]
                         break
+                if scanning and len(rows) < opts.batch_files and size < opts.batch_bytes:
+                    # less than a batch while the scan goes on: wait for more
+                    upto, ended = feed.wait()
+                    if ended:
+                        # again from the start: the names of hard-linked files waited
+                        # (and what this run did is no longer work: 'done' recorded)
+                        scanning = False
+                        after = 0
+                        if self._record_done():
+                            self.journal.commit()
+                    continue
+                if not rows:
+                    break
                 after = rows[-1].id
                 self._batch(rows, pool)
                 self.src_tree.trim(256)
@@ -587,6 +652,9 @@ class Runner:
                 pool.shutdown(wait=True)
             self.src_tree.clear()
             self.dst_tree.clear()
+            if self._record_done():
+                self.journal.commit()
+                _faults.point('after_journal_done')
 
     # -- one batch ---------------------------------------------------------------
 
@@ -716,18 +784,31 @@ class Runner:
                     self._count_moved(o)
             else:
                 self._record_other(o)
+        done = self._record_done() + sum(1 for record in in_place if record[0] == 'done')
         journal.record_in_place(in_place)
         journal.commit()
+        if done:
+            _faults.point('after_journal_done')
         _faults.point('after_journal_copied')
         # 4. only now may sources be removed
         removed = self._unlink(copied) if not early else copied
         self._sync_src_dirs(removed)
+        journal.commit()        # failures _unlink recorded, if any
         _faults.point('after_src_dir_sync')
-        journal.mark_done(o.row.id for o in removed)
+        # 5. 'done' is recorded with the next batch's commit (one commit a batch,
+        # not two): until then the journal says 'copied', which a run after a
+        # crash completes (the destination is there, the source already gone)
+        self.done_ids.extend(o.row.id for o in removed)
         for o in removed:
             self._count_moved(o)
-        journal.commit()
-        _faults.point('after_journal_done')
+
+    def _record_done(self):
+        """Record the last batch's removed sources as done (in the transaction
+        of the next commit). Returns how many."""
+        ids, self.done_ids = self.done_ids, []
+        if ids:
+            self.journal.mark_done(ids)
+        return len(ids)
 
     def _record_other(self, o):
         """Record an outcome that did not bring its entry into place."""

@@ -9,7 +9,10 @@ PRIVATE to the durable.mover collection; not a public API.
 Small files cost CPU in Python for every file, and one process uses one core.
 A run can fork workers after its scan; each works on its own share of the
 journal's rows with its own journal connection and returns what it counted
-(any picklable value) over a pipe.
+(any picklable value) over a pipe. The parent may keep scanning meanwhile:
+it tells its workers, through another pipe each, up to which row of the
+journal they may go (`Workers.tell`; a worker reads it with `Feed.wait`) and
+closes those pipes when there will be no more (`Workers.end`).
 
 A worker never outlives its parent: it asks the kernel for SIGKILL when the
 parent dies (PR_SET_PDEATHSIG), so a killed run stops as a whole, as it does
@@ -23,6 +26,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import struct
 import traceback
 
 from ansible_collections.durable.mover.plugins.module_utils import _durable
@@ -54,13 +58,33 @@ def _die_with(parent):
         os._exit(1)
 
 
-def _child(work, index, write_fd, parent):
+class Feed:
+    """A worker's end of the parent's messages: the last value told, and
+    whether the parent has ended them."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.value = None
+        self.ended = False
+
+    def wait(self):
+        """Block until the parent tells more (or ends); (last value, ended)."""
+        if not self.ended:
+            data = os.read(self.fd, 8192)       # whole messages: each is one write of 8 bytes
+            if data:
+                self.value = struct.unpack('<%dq' % (len(data) // 8), data)[-1]
+            else:
+                self.ended = True
+        return self.value, self.ended
+
+
+def _child(work, index, feed, write_fd, parent):
     """Runs in the child: never returns, never runs the parent's cleanup code."""
     code = 1
     try:
         _die_with(parent)
         try:
-            payload = (True, work(index))
+            payload = (True, work(index, feed))
             code = 0
         except BaseException as exc:  # pylint: disable=broad-except
             payload = (False, exc)
@@ -77,7 +101,7 @@ def _child(work, index, write_fd, parent):
 
 
 class Workers:
-    """`count` forked workers each running `work(index)`; `wait` collects them.
+    """`count` forked workers each running `work(index, feed)`; `wait` collects them.
 
     Call `start` with no thread running but the caller's (fork copies only
     the calling thread; a lock another thread held would stay locked)."""
@@ -85,21 +109,39 @@ class Workers:
     def __init__(self, count):
         self.count = count
         self.pids = []
-        self._pipes = []
+        self._pipes = []        # results, from each worker
+        self._feeds = []        # messages, to each worker
 
     def start(self, work):
         parent = os.getpid()
         for index in range(self.count):
             read_fd, write_fd = os.pipe()
+            feed_read, feed_write = os.pipe()
             pid = os.fork()
             if pid == 0:
-                os.close(read_fd)
-                for fd in self._pipes:
+                for fd in [read_fd, feed_write] + self._pipes + self._feeds:
                     os.close(fd)
-                _child(work, index, write_fd, parent)
+                _child(work, index, Feed(feed_read), write_fd, parent)
             os.close(write_fd)
+            os.close(feed_read)
             self.pids.append(pid)
             self._pipes.append(read_fd)
+            self._feeds.append(feed_write)
+
+    def tell(self, value):
+        """Tell every worker `value` (an integer); the last one told counts."""
+        message = struct.pack('<q', value)
+        for fd in self._feeds:
+            try:
+                os.write(fd, message)
+            except BrokenPipeError:
+                pass            # that worker is gone; wait() reports it
+
+    def end(self):
+        """No more messages: a worker's next Feed.wait returns ended."""
+        for fd in self._feeds:
+            os.close(fd)
+        self._feeds = []
 
     def signal(self, signum):
         """Pass a signal on to the workers still running."""
@@ -112,6 +154,7 @@ class Workers:
     def wait(self):
         """[(index, value)] of the workers that returned; raises the first
         exception a worker raised; a worker that died is a WorkerDied value."""
+        self.end()
         results, raised = [], None
         for index, (pid, read_fd) in enumerate(zip(self.pids, self._pipes)):
             chunks = []

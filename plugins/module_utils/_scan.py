@@ -136,11 +136,58 @@ def entry_state(kind, st, special_files):
     return 'pending', None
 
 
+class _Found:
+    """What the scan found and has not written to the journal yet.
+
+    It is written in one go, so that a transaction is open only while it is
+    written (worker processes commit to the same journal meanwhile). With
+    `on_commit` (workers are fed by the scan), every write is committed and
+    reported at once, even in the middle of a large directory (a directory is
+    marked scanned only with its last entries, so a killed scan lists it
+    again, and finds what is still there)."""
+
+    def __init__(self, journal, moves_source, on_commit):
+        self.journal = journal
+        self.moves_source = moves_source
+        self.on_commit = on_commit
+        self.dirs, self.files, self.failed, self.scanned = [], [], [], []
+        self.dir_start = 0          # files[dir_start:] are of the directory being listed
+        self.uncommitted = 0
+
+    def drop_current_dir(self):
+        del self.files[self.dir_start:]
+
+    def write(self, commit=False):
+        if not (commit or self.dirs or self.files or self.failed or self.scanned):
+            return
+        journal = self.journal
+        for rel, st in self.dirs:
+            journal.add_dir(rel, st)
+        if self.files:
+            journal.add_files(self.files, self.moves_source)
+        for rel, error in self.failed:
+            journal.add_failed_entry(rel, 'dir', error)
+        for dir_id, error in self.scanned:
+            journal.mark_dir_scanned(dir_id, error=error)
+        self.uncommitted += len(self.files)
+        self.dirs, self.files, self.failed, self.scanned = [], [], [], []
+        self.dir_start = 0
+        if commit or self.on_commit is not None:
+            journal.commit()
+            _faults.point('after_scan_batch')
+            self.uncommitted = 0
+            if self.on_commit is not None:
+                self.on_commit()
+
+
 def scan(journal, tree, excluded, special_files, moves_source, should_stop=None,
-         single=None, on_error=None):
+         single=None, on_error=None, on_commit=None, commit_entries=COMMIT_ENTRIES):
     """Scan the source into the journal. Returns False if stopped early.
 
     `single`: scan only this one name in the root (src is a file).
+    `on_commit`: called after each commit before the last (the rows so far
+    may be worked on while the scan goes on); commits come at the end of a
+    directory, once `commit_entries` entries or COMMIT_SECONDS have passed.
     """
     if single is not None:
         try:
@@ -155,48 +202,45 @@ def scan(journal, tree, excluded, special_files, moves_source, should_stop=None,
         return True
     if not journal.next_unscanned_dirs(1) and journal.meta().get('scan_complete') != '1':
         journal.add_dir('', os.fstat(tree.root_fd))
-    pending_entries = 0
+    found = _Found(journal, moves_source, on_commit)
     last_commit = time.monotonic()
     while True:
+        found.write()                   # the directories listed so far are not listed again
         dirs = journal.next_unscanned_dirs(64)
         if not dirs:
             break
         for dir_id, reldir in dirs:
             if should_stop is not None and should_stop():
-                journal.commit()
+                found.write(commit=True)
                 return False
-            batch = []
+            found.dir_start = len(found.files)
             try:
                 for rel, name, st in list_dir(tree, reldir, excluded):
                     kind = kind_of(st)
                     if kind == 'dir':
-                        journal.add_dir(rel, st)
+                        found.dirs.append((rel, st))
                     else:
                         state, error = entry_state(kind, st, special_files)
-                        batch.append((rel, kind, st, state, error))
-                    if len(batch) >= 1000:
-                        journal.add_files(batch, moves_source)
-                        pending_entries += len(batch)
-                        batch = []
+                        found.files.append((rel, kind, st, state, error))
+                    if len(found.files) + len(found.dirs) >= 1000:
+                        found.write()
             except MoverError as exc:
                 if exc.errno == errno.ENOENT and reldir:
-                    journal.mark_dir_scanned(dir_id)   # vanished (or moved away): nothing to do
+                    found.drop_current_dir()               # vanished (or moved away): nothing to do
+                    found.scanned.append((dir_id, None))
                     continue
-                journal.add_files(batch, moves_source)
-                journal.add_failed_entry(reldir or '.', 'dir', str(exc))
-                journal.mark_dir_scanned(dir_id, error=str(exc))
+                found.failed.append((reldir or '.', str(exc)))
+                found.scanned.append((dir_id, str(exc)))
                 if on_error is not None:
                     on_error(reldir, exc)
                 continue
-            journal.add_files(batch, moves_source)
-            pending_entries += len(batch)
-            journal.mark_dir_scanned(dir_id)
-            if pending_entries >= COMMIT_ENTRIES or time.monotonic() - last_commit > COMMIT_SECONDS:
-                journal.commit()
-                _faults.point('after_scan_batch')
-                pending_entries = 0
+            found.scanned.append((dir_id, None))
+            if found.uncommitted + len(found.files) >= commit_entries or \
+                    time.monotonic() - last_commit > COMMIT_SECONDS:
+                found.write(commit=True)
                 last_commit = time.monotonic()
         tree.clear()
+    found.write()
     journal.set_meta(scan_complete=1)
     journal.commit()
     return True

@@ -109,8 +109,10 @@ options:
     default: 4
   processes:
     description:
-      - Worker processes that share the job's files after the scan, each with its own batches, flushes and
-        journal commits. Small files cost CPU for every file, and one process uses one core.
+      - Worker processes that share the job's files, each with its own batches, flushes and journal
+        commits. Small files cost CPU for every file, and one process uses one core.
+      - The workers start as soon as the scan has found a batch (256 files) for each, while the scan goes on;
+        the names of a hard-linked file wait for the end of the scan (another name may still be found).
       - By default one per CPU this host lets the module use, at most 4; fewer when the job holds fewer
         than that many batches (256 files each) of work, and one for a single-file job.
       - A worker never outlives the module (it is killed with it); a worker that dies is reported as an

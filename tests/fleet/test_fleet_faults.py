@@ -351,11 +351,11 @@ def _stopped(pid: int) -> bool:
 def find_move(host: harness.Host, play: Play, timeout: float = 90) -> int:
     """Root-namespace pid of the host's durable.mover.move module process, once it runs."""
     def look() -> int | None:
-        for pid in host.pids():
-            argv = _cmdline(pid)
-            if len(argv) >= 2 and os.path.basename(argv[1]) == MODULE_SCRIPT:
-                return pid
-        return None
+        moves = [pid for pid in host.pids() if len(_cmdline(pid)) >= 2
+                 and os.path.basename(_cmdline(pid)[1]) == MODULE_SCRIPT]
+        # not one of its worker processes (forked: the same command line)
+        firsts = [pid for pid in moves if _parent(pid) not in moves]
+        return firsts[0] if firsts else None
 
     deadline = time.monotonic() + timeout
     while True:
@@ -387,17 +387,59 @@ def journal_progress(host: harness.Host) -> dict[str, t.Any]:
     return json.loads(proc.stdout)
 
 
-def freeze_mid_run(host: harness.Host, pid: int, tree: Tree, step: float = 0.003) -> dict[str, t.Any]:
-    """Step the move with SIGSTOP/SIGCONT until its journal says some files are done and some are not.
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
+            return int(handle.read().rpartition(")")[2].split()[1])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
 
-    Returns that progress (as move_info reports it); the process is left stopped.
+
+def _children(pid: int) -> list[int]:
+    """The module's worker processes (forked by its main thread)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="utf-8") as handle:
+            return [int(child) for child in handle.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _stop(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)
+    while not _stopped(pid):
+        time.sleep(0.001)
+
+
+def stop_family(pid: int) -> list[int]:
+    """SIGSTOP the move, then its worker processes (listed once it is stopped:
+    it cannot start more); returns every pid stopped, the move first."""
+    _stop(pid)
+    children = _children(pid)
+    for child in children:
+        _stop(child)
+    return [pid] + children
+
+
+def continue_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def freeze_mid_run(host: harness.Host, pid: int, tree: Tree, frozen: list[int],
+                   step: float = 0.003) -> dict[str, t.Any]:
+    """Step the move (and its worker processes) with SIGSTOP/SIGCONT until its
+    journal says some files are done and some are not.
+
+    Returns that progress (as move_info reports it); the processes are left
+    stopped, and listed in `frozen`.
     """
     deadline = time.monotonic() + 60
     src = host.path(SRC)
     while True:
-        os.kill(pid, signal.SIGSTOP)
-        while not _stopped(pid):
-            time.sleep(0.001)
+        family = stop_family(pid)
+        frozen[:] = family
         # Cheap first: a source is unlinked only after the journal recorded its copy.
         unlinked = len(tree) - sum(1 for rel in regular_files(src) if rel in tree)
         assert unlinked < len(tree), f"{host.name}: the move finished before it could be caught mid-run"
@@ -407,7 +449,7 @@ def freeze_mid_run(host: harness.Host, pid: int, tree: Tree, step: float = 0.003
                 return progress
         assert harness.pid_alive(pid), f"{host.name}: the move ended before it could be caught mid-run"
         assert time.monotonic() < deadline, f"{host.name}: the move made no progress in 60 s"
-        os.kill(pid, signal.SIGCONT)
+        continue_all(family)
         time.sleep(step)
 
 
@@ -417,9 +459,7 @@ def released(pid_box: list[int]) -> t.Iterator[None]:
     try:
         yield
     finally:
-        for pid in pid_box:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        continue_all(pid_box)
 
 
 def wait_gone(pid: int, timeout: float = 60) -> None:
@@ -484,8 +524,7 @@ def test_network_cut_mid_run_then_rerun_resumes(hosts, tmp_path):
         play = Play(play_argv(hosts, tmp_path, play_vars(reports)), log_file(tmp_path))
         try:
             pid = find_move(victim, play)
-            frozen.append(pid)
-            frozen_at = freeze_mid_run(victim, pid, trees[victim.name])
+            frozen_at = freeze_mid_run(victim, pid, trees[victim.name], frozen)
             # The play sees the move running and prints its progress from the journal.
             play.wait_for(f"a progress line of {victim.name} at {frozen_at['files_done']} files",
                           lambda: (frozen_at["files_done"], len(trees[victim.name]))
@@ -522,7 +561,7 @@ def test_network_cut_mid_run_then_rerun_resumes(hosts, tmp_path):
             again.wait_for("the wait for the earlier run", lambda: waiting in again.text)
             again.wait_for(f"a progress line of {victim.name} in the rerun",
                            lambda: progress_of(again.lines, victim.name))
-            os.kill(pid, signal.SIGCONT)
+            continue_all(frozen)
             proc = again.finish()
         finally:
             again.kill()
@@ -549,9 +588,8 @@ def test_module_killed_mid_run_then_rerun_completes(hosts, tmp_path):
         play = Play(play_argv(hosts, tmp_path, play_vars(reports)), log_file(tmp_path))
         try:
             pid = find_move(victim, play)
-            frozen.append(pid)
-            frozen_at = freeze_mid_run(victim, pid, trees[victim.name])
-            os.kill(pid, signal.SIGKILL)
+            frozen_at = freeze_mid_run(victim, pid, trees[victim.name], frozen)
+            os.kill(pid, signal.SIGKILL)       # its workers die with it
             wait_gone(pid)
             proc = play.finish()
         finally:

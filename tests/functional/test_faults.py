@@ -327,7 +327,7 @@ def test_enospc_rolls_back_the_file_in_hand_and_stops(batch_files, tmp_path, tmp
         "e.txt": FileSpec(b"last\n"),
     })
     materialize(spec, src)
-    params = layout.params(workers=1, batch_files=batch_files)
+    params = layout.params(workers=1, batch_files=batch_files, processes=1)
     run = run_cli(params)
     assert run.returncode == 1, run.describe()
     result = run.result
@@ -378,7 +378,7 @@ def test_readonly_destination_is_refused_before_anything_is_touched(tmp_path, re
 def test_destination_turned_readonly_after_a_partial_run(tmp_path, request, remount_ro, remount_rw):
     layout = make_layout("ext4", tmp_path, request)
     spec = build_crash_tree(layout.src)
-    params = layout.params(batch_files=4, workers=1)
+    params = layout.params(batch_files=4, workers=1, processes=1)
     run = run_cli(params, faults="kill=after_journal_done@1")
     assert run.killed, run.describe()
     mnt = layout.dest.parent
@@ -503,7 +503,7 @@ def test_damaged_journal_of_a_killed_run_is_refused_and_kept(where, tmp_path):
     close), damaged on disk: refused, kept byte-identical, no data touched."""
     layout = make_layout("samefs", tmp_path, None)
     build_crash_tree(layout.src)
-    run = run_cli(layout.params(batch_files=4, workers=1), faults="kill=after_journal_done@1")
+    run = run_cli(layout.params(batch_files=4, workers=1, processes=1), faults="kill=after_journal_done@1")
     assert run.killed, run.describe()
     journal = layout.journal()
     conn = sqlite3.connect(str(journal))        # fold the WAL into the database file

@@ -108,10 +108,22 @@ def test_signal_to_the_parent_stops_every_worker(signum, tmp_path, request):
     proc = start_cli(params)
     try:
         def both_growing():
-            parts = [p for p in part_files(layout.dest) if p.startswith(".big")]
-            return len(parts) == 2 and all(os.stat(layout.dest / p).st_size > 0 for p in parts)
+            parts = [p for p in part_files(layout.dest) if p.startswith((".big1.bin.", ".big2.bin."))]
+            try:
+                return len(parts) == 2 and all(os.stat(layout.dest / p).st_size > 0 for p in parts)
+            except FileNotFoundError:
+                return False
         wait_for(both_growing, "both large copies to be under way", proc=proc)
+        # The workers are held still while the parent gets the signal, so that
+        # neither copy can finish in between, however loaded the machine is.
+        with open("/proc/%d/task/%d/children" % (proc.pid, proc.pid), encoding="utf-8") as handle:
+            workers = [int(pid) for pid in handle.read().split()]
+        assert len(workers) == 2, workers
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
         os.kill(proc.pid, signum)
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
         run = finish(proc)
     finally:
         if proc.poll() is None:
@@ -125,3 +137,26 @@ def test_signal_to_the_parent_stops_every_worker(signum, tmp_path, request):
     assert {rows["big1.bin"]["state"], rows["big2.bin"]["state"]} <= {"pending", "copying"}, rows
     rerun = run_cli(params)
     check_complete(spec, layout, rerun)
+
+
+def test_hard_link_found_after_its_first_name_was_queued_stays_one_inode(tmp_path, request):
+    """Workers start while the scan goes on. The first name of a hard-linked
+    file is scanned early and a second name late (after a large directory):
+    the first must wait at the source until the scan is over, or the second
+    would be found with a link count of 1 and copied as a file of its own.
+    (Workers start after the first 1,000 names of zz, long before zz/last.)"""
+    layout = make_layout("xfs", tmp_path, request)
+    spec = crash_tree_spec()
+    spec.dirs["a"] = (0o755, BASE_NS)
+    for f in range(16):
+        spec.files["a/f%02d" % f] = FileSpec(b"%d\n" % f, 0o644)
+    spec.files["a/h"] = FileSpec(b"linked\n" * 100, 0o644)
+    spec.dirs["zz"] = (0o755, BASE_NS)
+    for f in range(20000):
+        spec.files["zz/e%05d" % f] = FileSpec(b"", 0o644)
+    spec.dirs["zz/last"] = (0o755, BASE_NS)       # listed after all of zz
+    spec.files["zz/last/h"] = spec.files["a/h"]
+    spec.hardlinks.append(("a/h", "zz/last/h"))
+    materialize(spec, layout.src)
+    run = run_cli(layout.params(batch_files=64, processes=2))
+    check_complete(spec, layout, run)

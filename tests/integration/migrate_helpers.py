@@ -187,7 +187,7 @@ def job_id(src: Path, dest: Path) -> str:
 def interrupted_move(src: Path, dest: Path, state_dir: Path, point: str = "after_journal_done") -> None:
     """Run the core on src/dest and SIGKILL it at `point` (its first time): a journal with work left."""
     env = dict(os.environ, DURABLE_MOVER_FAULTS="kill=%s@1" % point)
-    params = {"src": str(src), "dest": str(dest), "state_dir": str(state_dir), "batch_files": 64}
+    params = {"src": str(src), "dest": str(dest), "state_dir": str(state_dir), "batch_files": 64, "processes": 1}
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "tools" / "mover_cli.py"), json.dumps(params)],
                           env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == -9, "the move was not killed at %s: %s %s" % (point, proc.stdout, proc.stderr)

@@ -100,7 +100,7 @@ def test_running_job_reports_the_holder_pid(job):
         stopped["n"] += 1
         return stopped["n"] > 3          # stops during the work, after the scan
 
-    partial = _mover.run(dict(job, batch_files=1, workers=1), should_stop=stop_after_scan)
+    partial = _mover.run(dict(job, batch_files=1, workers=1, processes=1), should_stop=stop_after_scan)
     assert partial["interrupted"] and not partial["complete"]
     done_rows = [r for r in rows_by_path(os.path.join(job_dir(job), "journal.sqlite")).values()
                  if r["state"] == "done"]

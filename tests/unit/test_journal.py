@@ -367,6 +367,36 @@ def test_fetch_work_pages_by_id(journal):
     assert pages == 4
 
 
+def test_fetch_work_shares_keep_hard_link_groups_together(journal):
+    names = [entry("f%02d" % i, i + 1) for i in range(12)]
+    names += [entry("link%d" % i, 100, nlink=3) for i in range(3)]      # one inode, three names
+    journal.add_files(names, moves_source=True)
+    shares = [journal.fetch_work(0, 100, share=(k, 3)) for k in range(3)]
+    paths = [{r.path for r in share} for share in shares]
+    assert set().union(*paths) == {r[0] for r in names}
+    assert sum(len(p) for p in paths) == len(names)                     # each row in one share
+    assert sum({"link0", "link1", "link2"} <= p for p in paths) == 1     # the group in one
+
+
+def test_fetch_work_while_scanning_stops_at_upto_and_defers_hard_linked_names(journal):
+    journal.add_files([entry("a", 1), entry("b", 2, nlink=2), entry("c", 3)], moves_source=True)
+    journal.commit()
+    upto = journal.last_file_id()
+    journal.add_files([entry("d", 4), entry("sub/b2", 2, nlink=2)], moves_source=True)
+    assert [r.path for r in journal.fetch_work(0, 10, upto=upto)] == ["a", "c"]
+    assert [r.path for r in journal.fetch_work(0, 10)] == ["a", "b", "c", "d", "sub/b2"]
+    assert journal.get_by_path("sub/b2").leader == journal.get_by_path("b").id
+
+
+def test_dirs_after_in_scan_order(journal):
+    for rel in ("", "a", "a/b", "c"):
+        journal.add_dir(rel, fake_stat(1, mode=0o40755))
+    ids = {rel: i for i, rel in journal.dirs_after(0)}
+    assert list(ids) == ["", "a", "a/b", "c"]
+    journal.dir_done(ids["a/b"])
+    assert [rel for _i, rel in journal.dirs_after(ids["a"])] == ["c"]
+
+
 def test_checkpoint_is_committed(journal, jpath):
     journal.add_files([entry("big", 1, size=1 << 30)], moves_source=True)
     journal.commit()

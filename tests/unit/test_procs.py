@@ -23,7 +23,7 @@ from ansible_collections.durable.mover.plugins.module_utils import _procs
 
 def test_each_worker_returns_its_value_from_its_own_process():
     workers = _procs.Workers(3)
-    workers.start(lambda index: {'index': index, 'pid': os.getpid(), 'big': 'x' * 200000})
+    workers.start(lambda index, _feed: {'index': index, 'pid': os.getpid(), 'big': 'x' * 200000})
     results = workers.wait()
     assert [index for index, _value in results] == [0, 1, 2]
     assert [value['index'] for _index, value in results] == [0, 1, 2]
@@ -33,7 +33,7 @@ def test_each_worker_returns_its_value_from_its_own_process():
 
 
 def test_an_exception_in_a_worker_is_raised_in_the_parent_after_all_are_collected():
-    def work(index):
+    def work(index, _feed):
         if index == 1:
             raise ValueError('share %d failed' % index)
         return index
@@ -51,7 +51,7 @@ def test_an_exception_that_cannot_be_pickled_comes_back_as_its_traceback():
     class Local(Exception):
         pass
 
-    def work(_index):
+    def work(_index, _feed):
         raise Local('not importable on the other side')
     workers = _procs.Workers(1)
     workers.start(work)
@@ -60,7 +60,7 @@ def test_an_exception_that_cannot_be_pickled_comes_back_as_its_traceback():
 
 
 def test_a_worker_that_dies_is_reported_by_number_pid_and_cause():
-    def work(index):
+    def work(index, _feed):
         if index == 0:
             os.kill(os.getpid(), signal.SIGKILL)
         if index == 1:
@@ -80,7 +80,7 @@ def test_signal_is_passed_on_to_the_workers():
     go_read, go_write = os.pipe()          # EOF when the parent closes its end
     ready_read, ready_write = os.pipe()    # each worker: one byte once its handler is set
 
-    def work(_index):
+    def work(_index, _feed):
         os.close(go_write)
         caught = []
         signal.signal(signal.SIGTERM, lambda signum, _frame: caught.append(signum))
@@ -96,6 +96,29 @@ def test_signal_is_passed_on_to_the_workers():
     workers.signal(signal.SIGTERM)
     os.close(go_write)
     assert [value for _index, value in workers.wait()] == [[signal.SIGTERM], [signal.SIGTERM]]
+
+
+def test_workers_hear_the_last_value_told_then_the_end():
+    ready_read, ready_write = os.pipe()
+
+    def work(_index, feed):
+        heard = [feed.wait()]
+        os.write(ready_write, b'r')
+        while not heard[-1][1]:
+            heard.append(feed.wait())
+        return heard
+    workers = _procs.Workers(2)
+    workers.start(work)
+    os.close(ready_write)
+    workers.tell(5)
+    assert os.read(ready_read, 1) + os.read(ready_read, 1) == b'rr'   # both heard 5 first
+    workers.tell(6)
+    workers.tell(7)
+    workers.end()
+    for _index, heard in workers.wait():
+        assert heard[0] == (5, False)
+        assert heard[-1] == (7, True)
+        assert [value for value, _ended in heard] in ([5, 7, 7], [5, 6, 7, 7])
 
 
 def _state(pid):
@@ -115,7 +138,7 @@ def test_a_worker_does_not_outlive_its_parent(tmp_path):
         from ansible_collections.durable.mover.plugins.module_utils import _procs
         read_fd, write_fd = os.pipe()
         workers = _procs.Workers(1)
-        workers.start(lambda index: os.read(read_fd, 1))
+        workers.start(lambda index, feed: os.read(read_fd, 1))
         print(workers.pids[0], flush=True)
         workers.wait()
     ''' % str(collections_root()))
