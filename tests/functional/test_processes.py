@@ -48,8 +48,8 @@ def _spec():
     for d in range(4):
         spec.dirs["many%d" % d] = (0o755, BASE_NS + 1000 + d)
         for f in range(10):
-            spec.files["many%d/f%02d" % (d, f)] = FileSpec(pseudo_random(KIB * (f + 1), 100 * d + f), 0o644,
-                                                            BASE_NS + 10 * d + f)
+            data = pseudo_random(KIB * (f + 1), 100 * d + f)
+            spec.files["many%d/f%02d" % (d, f)] = FileSpec(data, 0o644, BASE_NS + 10 * d + f)
     for group in (("many0/f00", "many2/g00", "many3/g00"), ("many1/f05", "many1/g05")):
         for name in group[1:]:
             spec.files[name] = spec.files[group[0]]
@@ -61,12 +61,13 @@ def _spec():
 def test_every_file_moved_once_by_worker_processes(kind, processes, tmp_path, request):
     layout = make_layout(kind, tmp_path, request)
     spec = materialize(_spec(), layout.src)
-    run = run_cli(layout.params(**dict(TUNING, processes=processes)))
+    params = layout.params(**{**TUNING, "processes": processes})
+    run = run_cli(params)
     check_complete(spec, layout, run)
     stats = run.result["stats"]
     assert stats["files_moved"] == spec.entries
     assert stats["hardlinks"] == sum(len(group) - 1 for group in spec.hardlinks)
-    again = run_cli(layout.params(**dict(TUNING, processes=processes)))
+    again = run_cli(params)
     assert again.returncode == 0, again.describe()
     assert again.result["changed"] is False
     assert again.result["stats"]["files_moved"] == 0
