@@ -58,7 +58,10 @@ def test_a_move_runs_on_python_3_9(tmp_path: Path, dest_kind: str) -> None:
     dest_base = Path("/dev/shm") if dest_kind == "tmpfs" and os.path.isdir("/dev/shm") else tmp_path
     dest = dest_base / ("py39-dest-%d-%s" % (os.getpid(), dest_kind))
     try:
-        params = {"src": str(src), "dest": str(dest), "state_dir": str(tmp_path / "state")}
+        # two worker processes, one file a batch: fork, the scan's feed and the journal's
+        # writers lock run under 3.9 too
+        params = {"src": str(src), "dest": str(dest), "state_dir": str(tmp_path / "state"),
+                  "processes": 2, "batch_files": 1}
         proc = subprocess.run([PYTHON39, str(MOVER_CLI), json.dumps(params)], capture_output=True,
                               text=True, env=subprocess_env(), timeout=120, check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
