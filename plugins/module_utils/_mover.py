@@ -484,6 +484,9 @@ class Runner:
             self.errors.append(exc)
         finally:
             if self.fan is not None:
+                # the scan failed with workers running: they stop after the file
+                # in hand (past the rows told, directories may not be made)
+                self.fan.signal(signal.SIGTERM)
                 self._collect_workers()
             src_tree.close()
             self.dst_tree.close()
@@ -568,13 +571,19 @@ class Runner:
         name is durable. Made here, parents first, by the process that scans,
         they never race between worker processes; one found existing gets its
         parent fsynced (once per parent and run), as a killed run may have made
-        it and died before that fsync."""
+        it and died before that fsync. One that cannot be made (a file in the
+        way) is left to its files, each of which then fails saying why."""
         for dir_id, rel in self.journal.dirs_after(self.prepared_dir):
             self.prepared_dir = dir_id
             if not rel:
                 continue
             created = self.dst_tree.created
-            self.dst_tree.get(rel)
+            try:
+                self.dst_tree.get(rel)
+            except MoverError as exc:
+                if exc.fatal:
+                    raise
+                continue
             parent = split(rel)[0]
             if self.dst_tree.created == created and parent not in self.parents_synced:
                 _durable.sync_dir(self.dst_tree.get(parent), self.dst_tree.full(parent))

@@ -161,3 +161,25 @@ def test_hard_link_found_after_its_first_name_was_queued_stays_one_inode(tmp_pat
     materialize(spec, layout.src)
     run = run_cli(layout.params(batch_files=64, processes=2))
     check_complete(spec, layout, run)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_file_in_the_way_of_a_directory_fails_its_files_the_rest_moves(processes, tmp_path, request):
+    """The destination directories are made before the files move; one that
+    cannot be (a file has its name) fails each of its files with the reason,
+    and the run goes on with the others."""
+    layout = make_layout("ext4", tmp_path, request)
+    spec = crash_tree_spec()
+    materialize(spec, layout.src)
+    layout.dest.mkdir()
+    (layout.dest / "d1").write_bytes(b"not a directory\n")
+    run = run_cli(layout.params(batch_files=1, processes=processes))
+    assert run.returncode == 1, run.describe()
+    result = run.result
+    assert result["complete"] is False
+    failed = {f["path"]: f["error"] for f in result["failures"]}
+    assert failed and all(path.startswith(str(layout.src / "d1") + "/") for path in failed), failed
+    assert all("not a directory" in error for error in failed.values()), failed
+    for rel in spec.files:
+        where = layout.src if rel.startswith("d1/") else layout.dest
+        assert (where / rel).exists(), rel
