@@ -107,6 +107,8 @@ CHOICES = {
 }
 _SIZE = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$', re.IGNORECASE)
 _PART = re.compile(r'^\..+\.([0-9a-f]{12})\.part$')
+# Why a destination directory cannot be made or opened, that concerns only its files
+_NOT_A_DIRECTORY_HERE = frozenset((errno.ENOTDIR, errno.ELOOP, errno.EEXIST, errno.EACCES, errno.EPERM))
 
 
 def parse_size(value, name='size'):
@@ -571,8 +573,9 @@ class Runner:
         name is durable. Made here, parents first, by the process that scans,
         they never race between worker processes; one found existing gets its
         parent fsynced (once per parent and run), as a killed run may have made
-        it and died before that fsync. One that cannot be made (a file in the
-        way) is left to its files, each of which then fails saying why."""
+        it and died before that fsync. One that cannot be made (a file or link
+        in the way, no permission) is left to its files, each of which then
+        fails saying why; any other error (a failed fsync) stops the run."""
         for dir_id, rel in self.journal.dirs_after(self.prepared_dir):
             self.prepared_dir = dir_id
             if not rel:
@@ -581,7 +584,7 @@ class Runner:
             try:
                 self.dst_tree.get(rel)
             except MoverError as exc:
-                if exc.fatal:
+                if exc.errno not in _NOT_A_DIRECTORY_HERE:
                     raise
                 continue
             parent = split(rel)[0]
