@@ -95,6 +95,13 @@ def test_killed_worker_is_reported_and_its_files_completed_next_run(point, occur
     assert rerun.result["stats"]["resumed"] is True
 
 
+def _pending(pid, signum):
+    """Is `signum` pending for process `pid` (sent to it, not yet delivered)?"""
+    with open("/proc/%d/status" % pid, encoding="utf-8") as handle:
+        fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    return bool(int(fields["ShdPnd"].strip(), 16) & (1 << (signum - 1)))
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_to_the_parent_stops_every_worker(signum, tmp_path, request):
     """Only the parent gets the signal (as from `kill`, not a terminal's Ctrl-C,
@@ -123,6 +130,10 @@ def test_signal_to_the_parent_stops_every_worker(signum, tmp_path, request):
         for pid in workers:
             os.kill(pid, signal.SIGSTOP)
         os.kill(proc.pid, signum)
+        # continued only once the parent has passed the signal on: it waits,
+        # pending, in each stopped worker
+        wait_for(lambda: all(_pending(pid, signum) for pid in workers),
+                 "the parent to pass the signal on to its workers", proc=proc)
         for pid in workers:
             os.kill(pid, signal.SIGCONT)
         run = finish(proc)
