@@ -148,12 +148,15 @@ class Trace:
                 self.unlinks.append((call, _unquote(args[0])))
 
     def first_sync_after(self, path, call, fs_root=None):
-        """The first fsync of `path` (or syncfs of the filesystem at `fs_root`) after `call`."""
+        """The fsync of `path` (or syncfs of the filesystem at `fs_root`) entered
+        after `call` that returned first: from then on what `call` did is
+        durable (with worker processes, another's syncfs may start earlier and
+        return later than this process's own fsync)."""
         found = [s for s in self.syncs.get(path, ()) if s.start > call.end]
         if fs_root:
             found += [c for c, p in self.fs_syncs if c.start > call.end and
                       (p == fs_root or p.startswith(fs_root.rstrip('/') + '/'))]
-        return min(found, key=lambda c: c.start) if found else None
+        return min(found, key=lambda c: c.end) if found else None
 
     def flushed_between(self, path, after, before, fs_root):
         """Was `path` flushed (fsync/fdatasync, or syncfs of its filesystem) in (after, before)?"""
