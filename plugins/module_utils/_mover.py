@@ -472,8 +472,7 @@ class Runner:
                                  on_error=lambda rel, exc: self.audit.event('scan_error', rel, error=str(exc)),
                                  on_commit=self._scanned_some if self.processes > 1 else None,
                                  commit_entries=self._scan_commit_entries())
-            if self.already_done is None:
-                self.already_done = journal.counts()['done'][0]
+            self._note_already_done()
             if scanned or self.fan is not None:
                 self._work()
             if scanned and not self.stop() and not self.fatal and self.job.single is None:
@@ -502,8 +501,7 @@ class Runner:
         """After the scan: move what it found (worker processes already
         started during the scan are told that it is over, then collected)."""
         if self.fan is None:
-            counts = self.journal.counts()
-            pending = sum(counts[s][0] for s in WORK_STATES)
+            pending = self._pending_files()
             if not pending:
                 return
             count = min(self.processes, pending // self.opts.batch_files)
@@ -515,6 +513,10 @@ class Runner:
             self._start_workers(count)
         self._tell_workers()
         self._collect_workers()
+
+    def _pending_files(self):
+        counts = self.journal.counts()
+        return sum(counts[s][0] for s in WORK_STATES)
 
     def _scan_commit_entries(self):
         """With worker processes, the scan's commits feed them: a batch for each is enough."""
@@ -528,9 +530,7 @@ class Runner:
         if self.fan is None:
             if self.processes < 2 or self.stop():
                 return
-            counts = self.journal.counts()
-            pending = sum(counts[s][0] for s in WORK_STATES)
-            if pending < self.processes * self.opts.batch_files:
+            if self._pending_files() < self.processes * self.opts.batch_files:
                 return
             self._start_workers(self.processes)
         self._tell_workers()
@@ -539,12 +539,16 @@ class Runner:
         """Fork `count` worker processes, each moving its share of the rows
         (_procs.py). Requires: no open transaction, no thread but this one."""
         self.journal.commit()
-        if self.already_done is None:
-            self.already_done = self.journal.counts()['done'][0]
+        self._note_already_done()
         self._prepare_dest_dirs()
         self.fan = _procs.Workers(count)
         self.stop.forward = self.fan.signal
         self.fan.start(lambda index, feed: self._worker((index, count), feed))
+
+    def _note_already_done(self):
+        """Files done before this run moved any (once: workers may start mid-scan)."""
+        if self.already_done is None:
+            self.already_done = self.journal.counts()['done'][0]
 
     def _tell_workers(self):
         """Workers may go up to the last row scanned: its directories are made."""
