@@ -79,6 +79,40 @@ def open_root(path, create=False):
         os.close(parent_fd)
 
 
+def sync_ancestors(path):
+    """fsync the parent of `path`, then its parent, up to the top of the
+    filesystem that holds `path`: every name on the way to it is durable.
+
+    For a root found existing (the destination, the state directory): a run
+    killed after making it, before flushing its parent, or a `mkdir -p` a
+    moment ago, leaves a name that a power cut would take away with every file
+    moved into it since. Called once per run; a few fsyncs of clean
+    directories cost little. Names above the filesystem's top (its mount
+    point) are not ours and are not touched.
+    """
+    path = os.path.abspath(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise os_error(exc, 'cannot stat directory', path)
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        try:
+            parent_st = os.stat(parent)
+        except OSError as exc:
+            raise os_error(exc, 'cannot stat directory', parent)
+        if parent_st.st_dev != st.st_dev:
+            return
+        fd = open_root(parent)
+        try:
+            sync_dir(fd, parent)
+        finally:
+            os.close(fd)
+        path, st = parent, parent_st
+
+
 def make_dir(parent_fd, name, mode, path_for_errors=None):
     """mkdir `name`, then fsync its parent so the new entry survives a crash.
 
@@ -169,16 +203,85 @@ def sync_data(fd, path_for_errors=None, checkpoint=False):
                        'not retried)', path_for_errors)
 
 
-def rename_into_place(src_dir_fd, src_name, dst_dir_fd, dst_name, path_for_errors=None):
+class DestinationTaken(MoverError):
+    """The final name was taken by someone else while the entry was being moved."""
+
+
+def rename_into_place(src_dir_fd, src_name, dst_dir_fd, dst_name, path_for_errors=None, replace=False):
     """rename(2) the part (or, on one filesystem, the source) to its final name.
 
     Requires: for a copy, sync_data of the part has succeeded and the copy was
     verified. Atomic: the final name shows the old file or the new, never a mix.
+
+    Unless `replace` (the caller found an entry there that may be replaced:
+    on_conflict=overwrite, or this job's own earlier copy), the final name is
+    never taken from anyone: an entry another process created there since the
+    caller looked raises DestinationTaken and is left as it is.
     """
+    if replace:
+        try:
+            os.rename(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        except OSError as exc:
+            raise os_error(exc, 'rename into place failed', path_for_errors or dst_name)
+        return
+    err = _rename_noreplace(src_dir_fd, src_name, dst_dir_fd, dst_name)
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        err = _link_noreplace(src_dir_fd, src_name, dst_dir_fd, dst_name, path_for_errors)
+    if err == errno.EEXIST:
+        raise DestinationTaken('an entry appeared under the destination name while this one was being '
+                               'moved; it was left as it is', path_for_errors or dst_name, err)
+    if err:
+        raise MoverError('rename into place failed', path_for_errors or dst_name, err)
+
+
+def _rename_noreplace(src_dir_fd, src_name, dst_dir_fd, dst_name):
+    """renameat2(RENAME_NOREPLACE): 0, or the errno (ENOSYS without the call)."""
+    if _renameat2 is None:
+        return errno.ENOSYS
+    if _renameat2(src_dir_fd, os.fsencode(src_name), dst_dir_fd, os.fsencode(dst_name), RENAME_NOREPLACE) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def _link_noreplace(src_dir_fd, src_name, dst_dir_fd, dst_name, path_for_errors):
+    """Where the filesystem has no RENAME_NOREPLACE (some FUSE and network
+    filesystems): link(2), which never replaces, then unlink the old name.
+    Between the two, both names show the same inode: a crash there leaves the
+    entry under both, which the next run finds identical. When the names are
+    in two directories (a same-filesystem move), the new name is made durable
+    before the old one goes. 0, or the errno."""
     try:
-        os.rename(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        os.link(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
     except OSError as exc:
-        raise os_error(exc, 'rename into place failed', path_for_errors or dst_name)
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV):
+            return exc.errno
+        # No hard links here either (or too many): look, then rename. The only
+        # place a third party's entry could still be replaced, in the instant
+        # between the two calls; no local Linux filesystem takes this path.
+        try:
+            os.lstat(dst_name, dir_fd=dst_dir_fd)
+            return errno.EEXIST
+        except FileNotFoundError:
+            pass
+        try:
+            os.rename(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        except OSError as exc2:
+            return exc2.errno
+        return 0
+    if not _same_dir(src_dir_fd, dst_dir_fd):
+        sync_dir(dst_dir_fd, path_for_errors)
+    try:
+        os.unlink(src_name, dir_fd=src_dir_fd)
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+
+def _same_dir(fd_a, fd_b):
+    if fd_a == fd_b:
+        return True
+    a, b = os.fstat(fd_a), os.fstat(fd_b)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def sync_dest_dir(dir_fd, path_for_errors=None):
@@ -229,6 +332,34 @@ try:
     _libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
 except (ImportError, OSError, AttributeError):  # no ctypes, or no syncfs in this libc
     _libc = None
+
+
+# renameat2(2) with RENAME_NOREPLACE (Linux 3.15; ext4, xfs, btrfs, tmpfs and
+# most others): the rename fails with EEXIST instead of replacing an entry.
+# glibc has a wrapper since 2.28; older ones reach it by its syscall number.
+RENAME_NOREPLACE = 1
+_SYS_RENAMEAT2 = {'x86_64': 316, 'aarch64': 276, 'ppc64le': 357, 'ppc64': 357, 's390x': 347,
+                  'i686': 353, 'i386': 353, 'armv7l': 382, 'riscv64': 276}
+
+
+def _find_renameat2():
+    if _libc is None:
+        return None
+    args = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    try:
+        func = _libc.renameat2
+        func.argtypes = args
+        return func
+    except AttributeError:
+        number = _SYS_RENAMEAT2.get(os.uname().machine)
+        if number is None:
+            return None
+        syscall = _libc.syscall
+        syscall.restype = ctypes.c_long
+        return lambda *values: syscall(ctypes.c_long(number), *(t(v) for t, v in zip(args, values)))
+
+
+_renameat2 = _find_renameat2()
 
 
 # sync_file_range(2) with SYNC_FILE_RANGE_WRITE starts the writeback of a range

@@ -350,6 +350,7 @@ def run(params, should_stop=None):
             return finished
     job.check()
     os.close(_durable.open_root(job.state_dir, create=True))
+    _durable.sync_ancestors(job.state_dir)
     stop = StopFlag(should_stop)
     stop.install()
     try:
@@ -463,6 +464,7 @@ class Runner:
         src_root_fd = _durable.open_root(self.job.src_root)
         src_tree = _durable.DirTree(src_root_fd, self.job.src_root)
         dst_root_fd = _durable.open_root(self.job.dest_root, create=True)
+        _durable.sync_ancestors(self.job.dest_root)     # found existing: its name may not be durable
         self.dst_tree = _durable.DirTree(dst_root_fd, self.job.dest_root, create=True)
         self.src_tree = src_tree
         try:
@@ -676,17 +678,15 @@ class Runner:
 
     def _batch(self, rows, pool):
         hardlinks = 'hardlinks' in self.opts.preserve
-        recovered = [r for r in rows if r.state == 'copied']
-        todo = [r for r in rows if r.state != 'copied']
-        followers = [r for r in todo if hardlinks and r.leader is not None and r.kind == 'file']
-        first = [r for r in todo if not (hardlinks and r.leader is not None and r.kind == 'file')]
-        outcomes = []
-        for row in recovered:
-            outcome = self._recover_copied(row)
+        todo, outcomes = [], []
+        for row in rows:
+            outcome = self._recover_copied(row) if row.state == 'copied' else None
             if outcome is None:
-                first.append(row)
+                todo.append(row)
             else:
                 outcomes.append(outcome)
+        followers = [r for r in todo if hardlinks and r.leader is not None and r.kind == 'file']
+        first = [r for r in todo if not (hardlinks and r.leader is not None and r.kind == 'file')]
         # Entries on the destination's filesystem are renamed: a metadata
         # operation each, cheaper here than handing it to a worker thread.
         renames = [r for r in first if self.moves and r.dev == self.transfer.same_device]
@@ -731,22 +731,38 @@ class Runner:
         return outcome
 
     def _recover_copied(self, row):
-        """A row the journal says is copied: its destination is durable and verified."""
-        dreldir, dname = split(self.job.dest_rel(row.path))
-        try:
-            os.lstat(dname, dir_fd=self.dst_tree.get(dreldir))
-            return Outcome(row, MOVED, method=row.method or 'copy', digest=row.hash,
-                           src_ident=row.ident)
-        except (OSError, MoverError):
-            pass
+        """A row the journal says is copied (a run stopped between its journal
+        commit and recording its source removed). If the source is gone, the
+        destination is all there is: it is recorded done. If the source is still
+        there, it is removed only once the destination is verified again from
+        the disk (made durable, size and recorded hash); otherwise the file is
+        copied again (None), over the destination the journal says is ours."""
         reldir, name = split(row.path)
+        path = self.src_tree.full(row.path)
         try:
-            os.lstat(name, dir_fd=self.src_tree.get(reldir))
-            return None                        # source still there: move it again
+            src_dir = self.src_tree.get(reldir)
+            os.lstat(name, dir_fd=src_dir)
         except (OSError, MoverError):
-            return Outcome(row, FAILED, error=MoverError(
-                'neither the source nor the destination exists although the journal recorded a '
-                'durable copy: the destination was removed by someone else', self.dst_tree.full(dname)))
+            src_dir = None
+        if src_dir is None:
+            dreldir, dname = split(self.job.dest_rel(row.path))
+            try:
+                os.lstat(dname, dir_fd=self.dst_tree.get(dreldir))
+            except (OSError, MoverError):
+                return Outcome(row, FAILED, error=MoverError(
+                    'neither the source nor the destination exists although the journal recorded a '
+                    'durable copy: the destination was removed by someone else', self.dst_tree.full(dname)))
+            return Outcome(row, MOVED, method=row.method or 'copy', digest=row.hash, src_ident=row.ident)
+        try:
+            verified = self.transfer.in_place(row, src_dir, name, path)
+        except (OSError, MoverError) as exc:
+            return Outcome(row, FAILED, error=os_error(exc, 'cannot verify the copy recorded in the journal',
+                                                       path))
+        if verified:
+            return Outcome(row, MOVED, method=row.method or 'copy', digest=row.hash, src_ident=row.ident)
+        self.audit.event('recopy', row.path, reason='the destination no longer matches the copy the '
+                         'journal recorded; copied again from the source, which was kept')
+        return None
 
     def _follow(self, row, in_place):
         """A further name of a hard-link group: link to the first name at the destination."""

@@ -59,7 +59,7 @@ class Outcome:
         self.bytes = nbytes
         self.fatal = bool(getattr(error, 'fatal', False))
         self.src_ident = src_ident
-        self.staged = staged      # STAGED: (reldir, name, dreldir, dname, part, st, sparse)
+        self.staged = staged      # STAGED: (reldir, name, dreldir, dname, part, st, sparse, replace)
 
 
 def open_read(dir_fd, name):
@@ -180,8 +180,21 @@ class Transfer:
                 raise MoverError('source was replaced by a symbolic link', path, exc.errno)
             raise os_error(exc, 'cannot open source', path)
 
-    def same_content(self, src_fd, src_st, dst_dir, dname, dst_st):
-        """True if the existing destination file has the source's content."""
+    def hash_from_disk(self, fd, size, sparse, algorithm=None):
+        """The digest of what the disk holds for a file that is durable (its
+        cached pages are dropped first, so they are read again from the disk)."""
+        _copy.drop_cache(fd)
+        return self.hash_fd(fd, size, sparse, algorithm)
+
+    def same_content(self, src_fd, src_st, dst_dir, dname, dst_st, durable=False):
+        """(True, digest) if the existing destination file has the source's content.
+
+        `durable`: a run will count on it (and then remove the source), so the
+        destination is first made durable (fsync: another program may have
+        written it a moment ago, and left it in the page cache), then read back
+        from the disk; metadata that differs is applied and flushed too. Check
+        mode and verify pass False and change nothing.
+        """
         if not stat.S_ISREG(dst_st.st_mode) or dst_st.st_size != src_st.st_size:
             return False, None
         if (dst_st.st_dev, dst_st.st_ino) == (src_st.st_dev, src_st.st_ino):
@@ -193,32 +206,86 @@ class Transfer:
         try:
             algorithm = self.algorithm if self.algorithm != 'none' else 'sha256'
             src_digest = self.hash_fd(src_fd, src_st.st_size, _copy.is_sparse(src_st), algorithm)
-            dst_digest = self.hash_fd(dfd, dst_st.st_size, _copy.is_sparse(dst_st), algorithm)
+            if durable:
+                _durable.sync_data(dfd, self._dfull(dname))
+                dst_digest = self.hash_from_disk(dfd, dst_st.st_size, _copy.is_sparse(dst_st), algorithm)
+            else:
+                dst_digest = self.hash_fd(dfd, dst_st.st_size, _copy.is_sparse(dst_st), algorithm)
             if src_digest != dst_digest:
                 return False, None
             if 'mode' in self.preserve or 'times' in self.preserve or 'owner' in self.preserve:
                 if _metadata.differs(src_st, dst_st, self.preserve):
                     _metadata.apply(src_st, self.preserve, fd=dfd, path_for_errors=self._dfull(dname))
+                    if durable:
+                        _durable.sync_data(dfd, self._dfull(dname))
             return True, src_digest
         finally:
             os.close(dfd)
+
+    def in_place(self, row, src_dir, name, path):
+        """Recovery of a row the journal says is copied while its source is still
+        there: is the destination whole, durable and this source's content? It
+        is made durable and read back from the disk (a size and the recorded
+        hash; or, without a hash this host can compute, against the source)."""
+        dreldir, dname = split(self.dest_rel(row.path))
+        self._local.dreldir = dreldir
+        dst_dir = self.dst.get(dreldir)
+        dst_st = self._lstat_dest(dst_dir, dname)
+        if dst_st is None:
+            return False
+        try:
+            src_st = os.lstat(name, dir_fd=src_dir)
+        except FileNotFoundError:
+            return False
+        if row.kind == 'symlink':
+            return stat.S_ISLNK(dst_st.st_mode) and \
+                os.readlink(dname, dir_fd=dst_dir) == os.readlink(name, dir_fd=src_dir)
+        if row.kind == 'special':
+            return stat.S_IFMT(dst_st.st_mode) == stat.S_IFMT(src_st.st_mode) and \
+                dst_st.st_rdev == src_st.st_rdev
+        if not stat.S_ISREG(dst_st.st_mode):
+            return False
+        recorded = row.hash or ''
+        algorithm = recorded_algorithm(recorded)
+        if algorithm is None:
+            fd = self._open_src(src_dir, name, path)
+            try:
+                return self.same_content(fd, src_st, dst_dir, dname, dst_st, durable=True)[0]
+            finally:
+                os.close(fd)
+        size = int(row.ident.split(':')[1]) if row.ident else row.size
+        return dst_st.st_size == size and self._hashes_to(dst_dir, dname, dst_st, recorded, durable=True)
 
     def _our_stale_copy(self, row, dst_dir, dname, dst_st):
         """Is the destination the copy this job made of an earlier content of the
         source (recorded as copied, then the source changed before its removal)?
         Then it is ours to replace, not a conflict."""
-        recorded = row.hash or ''
+        return stat.S_ISREG(dst_st.st_mode) and self._hashes_to(dst_dir, dname, dst_st, row.hash or '')
+
+    def _hashes_to(self, dst_dir, dname, dst_st, recorded, durable=False):
+        """Does the destination file hash to the `recorded` digest? `durable`:
+        flush it first and read it back from the disk."""
         algorithm = recorded_algorithm(recorded)
-        if algorithm is None or not stat.S_ISREG(dst_st.st_mode):
+        if algorithm is None:
             return False
         try:
             dfd = open_read(dst_dir, dname)
         except OSError:
             return False
         try:
-            return self.hash_fd(dfd, dst_st.st_size, _copy.is_sparse(dst_st), algorithm) == recorded
+            sparse = _copy.is_sparse(dst_st)
+            if not durable:
+                return self.hash_fd(dfd, dst_st.st_size, sparse, algorithm) == recorded
+            _durable.sync_data(dfd, self._dfull(dname))
+            return self.hash_from_disk(dfd, dst_st.st_size, sparse, algorithm) == recorded
         finally:
             os.close(dfd)
+
+    def _may_replace(self, row):
+        """May the destination name be taken over whatever is there? With
+        on_conflict=overwrite; or for a row the journal says is copied (the
+        destination was this job's copy, and it no longer verified)."""
+        return self.on_conflict == 'overwrite' or row.state == 'copied'
 
     def _conflict(self, row, path, what):
         if self.on_conflict == 'skip':
@@ -263,6 +330,9 @@ class Transfer:
             return self._copy(row, st, src_dir, name, dst_dir, dname, path)
         except _copy.Interrupted:
             return Outcome(row, INTERRUPTED)
+        except _durable.DestinationTaken:
+            return self._conflict(row, path, 'an entry appeared at the destination while the source was '
+                                  'being moved, and was left as it is')
         except MoverError as exc:
             return Outcome(row, FAILED, error=exc)
         except OSError as exc:
@@ -291,7 +361,7 @@ class Transfer:
             if row.kind == 'file':
                 fd = self._open_src(src_dir, name, path)
                 try:
-                    same, digest = self.same_content(fd, st, dst_dir, dname, dst_st)
+                    same, digest = self.same_content(fd, st, dst_dir, dname, dst_st, durable=True)
                 finally:
                     os.close(fd)
                 if same:
@@ -302,7 +372,10 @@ class Transfer:
             if self.on_conflict != 'overwrite':
                 return self._conflict(row, path, 'the destination exists with different content')
         try:
-            _durable.rename_into_place(src_dir, name, dst_dir, dname, self._dfull(dname))
+            _durable.rename_into_place(src_dir, name, dst_dir, dname, self._dfull(dname),
+                                       replace=self._may_replace(row))
+        except _durable.DestinationTaken:
+            raise
         except MoverError as exc:
             if exc.errno == errno.EXDEV:
                 return None          # a mount point inside the tree: copy instead
@@ -324,14 +397,18 @@ class Transfer:
             if not stat.S_ISREG(st.st_mode) or st.st_ino != st0.st_ino:
                 return Outcome(row, RETRY, error=MoverError('source was replaced while it was opened', path))
             dst_st = self._lstat_dest(dst_dir, dname)
+            # May the final rename replace what is at the name? Only with
+            # on_conflict=overwrite, or this job's own stale copy found there.
+            replace = self._may_replace(row)
             if dst_st is not None:
                 if stat.S_ISDIR(dst_st.st_mode):
                     return self._conflict(row, path, 'a directory is in the way at the destination')
-                same, digest = self.same_content(fd, st, dst_dir, dname, dst_st)
+                same, digest = self.same_content(fd, st, dst_dir, dname, dst_st, durable=True)
                 if same:
                     return Outcome(row, IDENTICAL, method='identical', digest=digest, src_ident=ident(st))
-                if self.on_conflict != 'overwrite' and not self._our_stale_copy(row, dst_dir, dname, dst_st):
+                if not replace and not self._our_stale_copy(row, dst_dir, dname, dst_st):
                     return self._conflict(row, path, 'the destination exists with different content')
+                replace = True
             part = part_name(dname, self.job_tag)
             src_ident = ident(st)
             resume_at = 0
@@ -376,7 +453,8 @@ class Transfer:
                             path_for_errors=self._dfull(dname))
             if self.batch_sync and pipeline is None:
                 # Flushed with the rest of the batch (syncfs), then finish()ed.
-                staged = (split(row.path)[0], name, split(self.dest_rel(row.path))[0], dname, part, st, sparse)
+                staged = (split(row.path)[0], name, split(self.dest_rel(row.path))[0], dname, part, st, sparse,
+                          replace)
                 part = None
                 return Outcome(row, STAGED, method='copy', digest=_hashing.digest(self.algorithm, hasher),
                                nbytes=st.st_size - resume_at, src_ident=src_ident, staged=staged)
@@ -394,7 +472,7 @@ class Transfer:
             self._check_unchanged(fd, src_dir, name, st, path)
             os.close(part_fd)
             part_fd = None
-            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname))
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname), replace=replace)
             part = None
             _faults.point('after_rename')
             return Outcome(row, MOVED, method='copy', digest=digest, nbytes=st.st_size - resume_at,
@@ -428,7 +506,7 @@ class Transfer:
         if not self.read_back:
             return
         for outcome in staged[:self._prefetch_fds]:
-            _reldir, _name, dreldir, _dname, part, _st, _sparse = outcome.staged
+            dreldir, part = outcome.staged[2], outcome.staged[4]
             fd = self._prefetch(self.dst, dreldir, part, from_disk=True)
             if fd is not None:
                 self._read_backs[outcome.row.id] = fd
@@ -451,7 +529,7 @@ class Transfer:
     def finish(self, outcome):
         """A STAGED copy, after the batch's flush: verify, check the source, rename."""
         row = outcome.row
-        reldir, name, dreldir, dname, part, st, sparse = outcome.staged
+        reldir, name, dreldir, dname, part, st, sparse, replace = outcome.staged
         self._local.dreldir = dreldir
         path = self.src.full(row.path)
         dst_dir = None
@@ -468,7 +546,7 @@ class Transfer:
             if named is None or ident(named) != outcome.src_ident:
                 raise _copy.SourceChanged('source changed while it was copied (it will be copied again '
                                           'next run; the source was kept)', path, errno.EAGAIN)
-            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname))
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname), replace=replace)
             _faults.point('after_rename')
             return Outcome(row, MOVED, method='copy', digest=outcome.digest, nbytes=outcome.bytes,
                            src_ident=outcome.src_ident)
@@ -477,13 +555,16 @@ class Transfer:
                 _durable.remove_quietly(dst_dir, part)
             if isinstance(exc, _copy.Interrupted):
                 return Outcome(row, INTERRUPTED)
+            if isinstance(exc, _durable.DestinationTaken):
+                return self._conflict(row, path, 'an entry appeared at the destination while the source '
+                                      'was being moved, and was left as it is')
             if isinstance(exc, _copy.SourceChanged):
                 return Outcome(row, RETRY, error=exc)
             return Outcome(row, FAILED, error=os_error(exc, 'cannot move', path))
 
     def discard(self, outcome, error):
         """A STAGED copy whose batch flush failed: remove the part, fail the file."""
-        _reldir, _name, dreldir, _dname, part, _st, _sparse = outcome.staged
+        dreldir, part = outcome.staged[2], outcome.staged[4]
         try:
             _durable.remove_quietly(self.dst.get(dreldir), part)
         except MoverError:
@@ -574,7 +655,7 @@ class Transfer:
         if dst_st is not None:
             if (dst_st.st_dev, dst_st.st_ino) == (lst.st_dev, lst.st_ino):
                 return Outcome(row, IDENTICAL, method='identical', src_ident=ident(st))
-            if self.on_conflict != 'overwrite':
+            if not self._may_replace(row):
                 return self._conflict(row, path, 'the destination exists and is not the same hard link')
         part = part_name(dname, self.job_tag)
         _durable.remove_quietly(dst_dir, part)
@@ -583,7 +664,8 @@ class Transfer:
         except OSError as exc:
             raise os_error(exc, 'cannot create hard link', self._dfull(dname))
         try:
-            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname))
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname),
+                                       replace=self._may_replace(row))
         except MoverError:
             _durable.remove_quietly(dst_dir, part)
             raise
@@ -599,7 +681,7 @@ class Transfer:
         if dst_st is not None:
             if stat.S_ISLNK(dst_st.st_mode) and os.readlink(dname, dir_fd=dst_dir) == target:
                 return Outcome(row, IDENTICAL, method='identical', src_ident=ident(st))
-            if stat.S_ISDIR(dst_st.st_mode) or self.on_conflict != 'overwrite':
+            if stat.S_ISDIR(dst_st.st_mode) or not self._may_replace(row):
                 return self._conflict(row, path, 'the destination exists and is not the same link')
         part = part_name(dname, self.job_tag)
         _durable.remove_quietly(dst_dir, part)
@@ -610,7 +692,8 @@ class Transfer:
                             path_for_errors=self._dfull(dname))
             if os.readlink(name, dir_fd=src_dir) != target:
                 raise _copy.SourceChanged('symbolic link changed while it was copied', path, errno.EAGAIN)
-            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname))
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname),
+                                       replace=self._may_replace(row))
         except _copy.SourceChanged as exc:
             _durable.remove_quietly(dst_dir, part)
             return Outcome(row, RETRY, error=exc)
@@ -629,7 +712,7 @@ class Transfer:
         if dst_st is not None:
             if stat.S_IFMT(dst_st.st_mode) == stat.S_IFMT(st.st_mode) and dst_st.st_rdev == st.st_rdev:
                 return Outcome(row, IDENTICAL, method='identical', src_ident=ident(st))
-            if stat.S_ISDIR(dst_st.st_mode) or self.on_conflict != 'overwrite':
+            if stat.S_ISDIR(dst_st.st_mode) or not self._may_replace(row):
                 return self._conflict(row, path, 'the destination exists and is not the same special file')
         part = part_name(dname, self.job_tag)
         _durable.remove_quietly(dst_dir, part)
@@ -640,7 +723,8 @@ class Transfer:
             os.chmod(part, stat.S_IMODE(st.st_mode), dir_fd=dst_dir)
             if 'times' in self.preserve:
                 os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_dir, follow_symlinks=False)
-            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname))
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname),
+                                       replace=self._may_replace(row))
         except OSError as exc:
             _durable.remove_quietly(dst_dir, part)
             raise os_error(exc, 'cannot recreate %s' % special_name(st.st_mode), self._dfull(dname))

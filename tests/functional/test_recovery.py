@@ -38,6 +38,7 @@ from helpers_recovery import (
     assert_invariant,
     build_crash_tree,
     check_complete,
+    crash_tree_spec,
     cli_argv,
     cli_env,
     finish,
@@ -384,3 +385,31 @@ def test_signal_mid_copy_rolls_back_or_keeps_checkpoint_then_rerun_completes(sig
     rerun = run_cli(params)
     check_complete(spec, layout, rerun)
     assert rerun.result["stats"]["resumed"] is True
+
+
+@pytest.mark.parametrize("damage", ["emptied", "same size, other bytes", "removed"])
+def test_copied_row_is_verified_again_before_its_source_is_removed(damage, tmp_path, request):
+    """A run stopped after its journal said 'copied', before it unlinked the
+    sources; then the destination copies were damaged (a power cut took data
+    that was never flushed, a disk returned other bytes, someone removed them).
+    The next run removes a source only once its destination verifies again from
+    the disk; the others are copied again from the sources it kept."""
+    layout = make_layout("tmpfs", tmp_path, request)
+    spec = materialize(crash_tree_spec(), layout.src)
+    params = layout.params(checkpoint_size="64K", buffer_size="16K", processes=1)
+    first = run_cli(params, faults="kill=after_journal_copied@1")
+    assert first.killed, first.describe()
+    rows = journal_rows(layout.journal())
+    copied = [rel for rel, row in rows.items() if row["state"] == "copied" and rel in spec.files]
+    assert copied, rows
+    for rel in copied:
+        path = layout.dest / rel
+        size = path.stat().st_size
+        if damage == "emptied":
+            os.truncate(path, 0)
+        elif damage == "removed":
+            path.unlink()
+        elif size:
+            path.write_bytes(bytes(size))
+    rerun = run_cli(params)
+    check_complete(spec, layout, rerun)

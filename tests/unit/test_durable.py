@@ -296,15 +296,71 @@ def test_unlink_source_and_remove_quietly(tmp_path, dir_fd):
     assert (tmp_path / "d").is_dir()
 
 
-def test_rename_into_place_replaces_atomically(tmp_path, dir_fd):
+def test_rename_into_place_replaces_only_when_asked(tmp_path, dir_fd):
     (tmp_path / ".f.part").write_bytes(b"new")
     (tmp_path / "f").write_bytes(b"old")
-    _durable.rename_into_place(dir_fd, ".f.part", dir_fd, "f")
+    _durable.rename_into_place(dir_fd, ".f.part", dir_fd, "f", replace=True)
     assert (tmp_path / "f").read_bytes() == b"new"
     assert not (tmp_path / ".f.part").exists()
     with pytest.raises(MoverError) as info:
         _durable.rename_into_place(dir_fd, "missing", dir_fd, "f", "/dest/f")
     assert info.value.errno == errno.ENOENT and "/dest/f" in str(info.value)
+
+
+def _no_replace_cases(tmp_path, dir_fd):
+    """Into a free name: renamed. Onto a taken one: DestinationTaken, both left as they were."""
+    (tmp_path / ".a.part").write_bytes(b"ours")
+    _durable.rename_into_place(dir_fd, ".a.part", dir_fd, "a")
+    assert (tmp_path / "a").read_bytes() == b"ours" and not (tmp_path / ".a.part").exists()
+    (tmp_path / ".b.part").write_bytes(b"ours")
+    (tmp_path / "b").write_bytes(b"theirs")
+    with pytest.raises(_durable.DestinationTaken) as info:
+        _durable.rename_into_place(dir_fd, ".b.part", dir_fd, "b", "/dest/b")
+    assert info.value.errno == errno.EEXIST and "/dest/b" in str(info.value)
+    assert (tmp_path / "b").read_bytes() == b"theirs"
+    assert (tmp_path / ".b.part").read_bytes() == b"ours"
+    os.symlink("nowhere", tmp_path / "c")          # a dangling link is an entry too
+    (tmp_path / ".c.part").write_bytes(b"ours")
+    with pytest.raises(_durable.DestinationTaken):
+        _durable.rename_into_place(dir_fd, ".c.part", dir_fd, "c")
+    assert os.readlink(tmp_path / "c") == "nowhere"
+
+
+def test_rename_into_place_never_replaces_with_renameat2(tmp_path, dir_fd):
+    assert _durable._renameat2 is not None, "renameat2 unavailable on this machine"
+    _no_replace_cases(tmp_path, dir_fd)
+
+
+def test_rename_into_place_never_replaces_without_renameat2(tmp_path, dir_fd, monkeypatch):
+    """A kernel or filesystem without RENAME_NOREPLACE: link(2) then unlink."""
+    monkeypatch.setattr(_durable, "_renameat2", None)
+    _no_replace_cases(tmp_path, dir_fd)
+
+
+def test_rename_into_place_without_renameat2_or_hard_links(tmp_path, dir_fd, monkeypatch):
+    """Neither RENAME_NOREPLACE nor hard links (as on some FUSE filesystems): look, then rename."""
+    def no_links(*_args, **_kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(_durable, "_renameat2", None)
+    monkeypatch.setattr(os, "link", no_links)
+    _no_replace_cases(tmp_path, dir_fd)
+
+
+def test_rename_into_place_across_directories_without_renameat2(tmp_path, monkeypatch):
+    """A same-filesystem move through link + unlink: the entry ends under the new name only."""
+    monkeypatch.setattr(_durable, "_renameat2", None)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "s" / "f").write_bytes(b"data")
+    src_fd = os.open(tmp_path / "s", os.O_RDONLY | os.O_DIRECTORY)
+    dst_fd = os.open(tmp_path / "d", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _durable.rename_into_place(src_fd, "f", dst_fd, "f")
+    finally:
+        os.close(src_fd)
+        os.close(dst_fd)
+    assert (tmp_path / "d" / "f").read_bytes() == b"data"
+    assert not (tmp_path / "s" / "f").exists()
 
 
 def test_sync_functions_accept_real_fds_and_report_bad_ones(tmp_path, dir_fd):

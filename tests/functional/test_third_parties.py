@@ -1,0 +1,110 @@
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Other processes acting during a run: what they put at the destination is never destroyed.
+
+Each test runs the real core in this process and makes a third party act at one
+precise instant by wrapping a core function: the wrapper does what the other
+process would do (create a file under the destination name), then calls the
+real function. Nothing of the code under test is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.durable.mover.plugins.module_utils import _durable, _mover
+
+THEIRS = b'written by another process during the move\n'
+
+
+def _third_party_creates(monkeypatch, name):
+    """Just before the final rename to `name`, another process creates a file there."""
+    real = _durable.rename_into_place
+    acted = []
+
+    def rename_into_place(src_dir_fd, src_name, dst_dir_fd, dst_name, *args, **kwargs):
+        if dst_name == name and not acted:
+            fd = os.open(dst_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dst_dir_fd)
+            os.write(fd, THEIRS)
+            os.close(fd)
+            acted.append(dst_name)
+        return real(src_dir_fd, src_name, dst_dir_fd, dst_name, *args, **kwargs)
+
+    monkeypatch.setattr(_durable, 'rename_into_place', rename_into_place)
+    return acted
+
+
+def _dest(kind, tmp_path, request):
+    if kind == 'samefs':
+        return tmp_path / 'dest'
+    if kind == 'tmpfs':
+        return request.getfixturevalue('tmpfs')('16m') / 'dest'
+    return request.getfixturevalue('loopfs')(kind, 64) / 'dest'
+
+
+# (what moves, destination filesystem): every path that ends in a rename
+PATHS = {
+    'copy-batch': ('file', 'ext4'),        # small file: flushed with its batch (syncfs), then renamed
+    'copy-alone': ('file', 'tmpfs'),       # flushed on its own, then renamed
+    'copy-pipeline': ('big', 'tmpfs'),     # larger than 4 x buffer_size: the pipelined copy
+    'same-filesystem': ('file', 'samefs'),  # the source itself is renamed
+    'symlink': ('symlink', 'tmpfs'),
+    'hardlink': ('hardlink', 'tmpfs'),     # the second name is linked to the first one's copy
+    'special': ('fifo', 'tmpfs'),          # special_files=recreate
+}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize('path', sorted(PATHS))
+def test_a_file_created_at_the_destination_during_the_move_is_never_replaced(path, tmp_path, request):
+    what, kind = PATHS[path]
+    src = tmp_path / 'src'
+    src.mkdir()
+    (src / 'first').write_bytes(b'first\n')
+    name = 'target'
+    original = None
+    if what == 'file':
+        original = b'the source\n'
+        (src / name).write_bytes(original)
+    elif what == 'big':
+        original = os.urandom(256 * 1024)
+        (src / name).write_bytes(original)
+    elif what == 'symlink':
+        os.symlink('first', src / name)
+    elif what == 'hardlink':
+        os.link(src / 'first', src / name)
+    elif what == 'fifo':
+        os.mkfifo(src / name)
+    dest = _dest(kind, tmp_path, request)
+    acted = _third_party_creates(request.getfixturevalue('monkeypatch'), name)
+    result = _mover.run({'src': str(src), 'dest': str(dest), 'state_dir': str(tmp_path / 'state'),
+                         'processes': 1, 'special_files': 'recreate', 'buffer_size': '16K'})
+    assert acted, 'the rename to the name was never reached'
+    assert (dest / name).read_bytes() == THEIRS, 'the third party\'s file was replaced'
+    assert os.path.lexists(src / name), 'the source is gone although it never reached its destination'
+    if original is not None:
+        assert (src / name).read_bytes() == original
+    assert result['failed'] is True and result['complete'] is False, result
+    assert [f['path'] for f in result['failures']] == [str(src / name)], result['failures']
+    assert 'conflict' in result['failures'][0]['error'], result['failures']
+    assert (dest / 'first').read_bytes() == b'first\n'
+    assert not [n for n in os.listdir(dest) if n.endswith('.part')]
+
+
+@pytest.mark.root
+def test_overwrite_replaces_what_appeared(tmp_path, request):
+    """on_conflict=overwrite: the source wins over anything at its name, even an
+    entry that appeared during the move (the user asked for it)."""
+    src = tmp_path / 'src'
+    src.mkdir()
+    (src / 'target').write_bytes(b'the source\n')
+    dest = request.getfixturevalue('tmpfs')('16m') / 'dest'
+    acted = _third_party_creates(request.getfixturevalue('monkeypatch'), 'target')
+    result = _mover.run({'src': str(src), 'dest': str(dest), 'state_dir': str(tmp_path / 'state'),
+                         'processes': 1, 'on_conflict': 'overwrite'})
+    assert acted and not result.get('failed'), result
+    assert (dest / 'target').read_bytes() == b'the source\n'
+    assert not (src / 'target').exists()
