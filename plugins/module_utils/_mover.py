@@ -406,14 +406,20 @@ def _stats_from_counts(journal, counts):
 
 
 def _same_source(recorded, st, kind):
-    """Is the name still the file that was copied? (inode, size, mtime; ctime
-    is left out: unlinking another name of a hard link changes it)."""
+    """Is the name still the entry that was copied? Inode, size, mtime and
+    ctime: a rewrite in place that keeps the size and restores the mtime still
+    moves the ctime. The one change allowed is a ctime moved along with a name
+    of the inode gone (nlink lower than when copied): removing one name of a
+    hard link moves the ctime of the others (a run stopped between two such
+    unlinks; _unlink checks every name of a batch before it removes any)."""
     if not recorded:
         return True
-    ino, size, mtime = (int(v) for v in recorded.split(':')[:3])
-    if st.st_ino != ino or st.st_mtime_ns != mtime:
+    values = [int(v) for v in recorded.split(':')]
+    ino, size, mtime, ctime = values[:4]
+    if st.st_ino != ino or st.st_mtime_ns != mtime or (kind == 'file' and st.st_size != size):
         return False
-    return kind != 'file' or st.st_size == size
+    nlink = values[4] if len(values) > 4 else None
+    return st.st_ctime_ns == ctime or (nlink is not None and st.st_nlink < nlink)
 
 
 class Runner:
@@ -704,7 +710,7 @@ class Runner:
                 outcomes.extend(self._finish_staged(staged))
         finally:
             self.transfer.release()
-        in_place = {o.row.id for o in outcomes if o.status in (MOVED, IDENTICAL)}
+        in_place = {o.row.id: o for o in outcomes if o.status in (MOVED, IDENTICAL)}
         for row in followers:
             outcomes.append(self._follow(row, in_place) if not self.halted else Outcome(row, INTERRUPTED))
         self._commit_batch(outcomes)
@@ -765,9 +771,15 @@ class Runner:
         return None
 
     def _follow(self, row, in_place):
-        """A further name of a hard-link group: link to the first name at the destination."""
+        """A further name of a hard-link group: link to the first name at the
+        destination (`in_place`: this batch's outcomes in place, by row id)."""
         leader = self.journal.get(row.leader)
-        if leader is not None and row.leader not in in_place and leader.state not in ('copied', 'done'):
+        copied_ident = None
+        if leader is not None and row.leader in in_place:
+            copied_ident = in_place[row.leader].src_ident
+        elif leader is not None and leader.state in ('copied', 'done'):
+            copied_ident = leader.ident
+        else:
             leader = None
         if leader is None:
             reldir, name = split(row.path)
@@ -780,7 +792,10 @@ class Runner:
             return Outcome(row, FAILED, error=MoverError(
                 'the first name of its hard-link group was not moved, so this one waits',
                 self.src_tree.full(row.path)))
-        return self.transfer.run(row, leader_dest=self.job.dest_rel(leader.path))
+        # The inode the first name's copy was made from (None: not known, e.g.
+        # a journal of an older run; the link is then checked by the scan's inode only)
+        copied_ino = int(copied_ident.split(':')[0]) if copied_ident else row.ino
+        return self.transfer.run(row, leader=(self.job.dest_rel(leader.path), copied_ino))
 
     def _commit_batch(self, outcomes):
         """Steps 2-5: directories durable, journal, unlink, source dirs, done."""
@@ -811,7 +826,7 @@ class Runner:
             if o.status in (MOVED, IDENTICAL):
                 done = o.method == 'rename' or not self.moves
                 in_place.append(('done' if done else 'copied', o.digest, o.method, self.run_no,
-                                 None if done else o.src_ident, o.row.id))
+                                 o.src_ident, o.row.id))
                 if done and o.status == MOVED:
                     self._count_moved(o)
             else:
@@ -863,8 +878,10 @@ class Runner:
         self.audit.event('file_moved', o.row.path, method=o.method, bytes=o.bytes)
 
     def _unlink(self, copied):
-        """Step 4: remove each source whose copy the journal holds durably."""
-        removed = []
+        """Step 4: remove each source whose copy the journal holds durably, and
+        that is still the entry that was copied. Every name is checked before
+        any is removed (removing a name of a hard link changes the others' ctime)."""
+        removed, unchanged = [], []
         for o in copied:
             reldir, name = split(o.row.path)
             path = self.src_tree.full(o.row.path)
@@ -878,13 +895,23 @@ class Runner:
                 if not _same_source(o.src_ident, st, o.row.kind):
                     raise MoverError('source changed after it was copied; it was kept and the '
                                      'destination holds the earlier content', path)
-                _durable.unlink_source(fd, name, path)
+                unchanged.append(o)
+            except MoverError as exc:
+                self._unlink_failed(o, exc)
+        for o in unchanged:
+            reldir, name = split(o.row.path)
+            path = self.src_tree.full(o.row.path)
+            try:
+                _durable.unlink_source(self.src_tree.get(reldir), name, path)
                 _faults.point('after_unlink')
                 removed.append(o)
             except MoverError as exc:
-                self.journal.fail(o.row.id, str(exc), self.opts.max_attempts, self.run_no)
-                self.audit.event('file_failed', o.row.path, error=str(exc))
+                self._unlink_failed(o, exc)
         return removed
+
+    def _unlink_failed(self, o, exc):
+        self.journal.fail(o.row.id, str(exc), self.opts.max_attempts, self.run_no)
+        self.audit.event('file_failed', o.row.path, error=str(exc))
 
     def _sync_src_dirs(self, outcomes):
         """fsync each source directory that lost names (requires: the unlinks/renames returned)."""

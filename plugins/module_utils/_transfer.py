@@ -96,8 +96,9 @@ def split(rel):
 
 
 def ident(st):
-    """What must not change while a file is copied (and until its source is removed)."""
-    return '%d:%d:%d:%d' % (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    """What must not change while a file is copied (and until its source is
+    removed): inode, size, mtime, ctime, and the link count (see _mover._same_source)."""
+    return '%d:%d:%d:%d:%d' % (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink)
 
 
 def part_name(name, job_tag):
@@ -295,7 +296,11 @@ class Transfer:
 
     # -- dispatch ----------------------------------------------------------------
 
-    def run(self, row, leader_dest=None):
+    def run(self, row, leader=None):
+        """Bring `row` to its final destination name. `leader`: (destination
+        path, source inode copied) of the first name of the row's hard-link
+        group, already in place: the row is linked to it if its name is still
+        that inode (else it was replaced since the scan, and is a file of its own)."""
         rel = row.path
         path = self.src.full(rel)
         try:
@@ -325,8 +330,8 @@ class Transfer:
                 return self._symlink(row, st, src_dir, name, dst_dir, dname, path)
             if kind == 'special':
                 return self._special(row, st, src_dir, name, dst_dir, dname, path)
-            if leader_dest is not None:
-                return self._link(row, st, src_dir, name, dst_dir, dname, path, leader_dest)
+            if leader is not None and st.st_ino == row.ino == leader[1] and st.st_dev == row.dev:
+                return self._link(row, st, src_dir, name, dst_dir, dname, path, leader[0])
             return self._copy(row, st, src_dir, name, dst_dir, dname, path)
         except _copy.Interrupted:
             return Outcome(row, INTERRUPTED)

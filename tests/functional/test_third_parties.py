@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from ansible_collections.durable.mover.plugins.module_utils import _durable, _mover
+from ansible_collections.durable.mover.plugins.module_utils import _durable, _mover, _scan
 
 THEIRS = b'written by another process during the move\n'
 
@@ -108,3 +108,83 @@ def test_overwrite_replaces_what_appeared(tmp_path, request):
     assert acted and not result.get('failed'), result
     assert (dest / 'target').read_bytes() == b'the source\n'
     assert not (src / 'target').exists()
+
+
+def _params(tmp_path, dest, **extra):
+    values = {'src': str(tmp_path / 'src'), 'dest': str(dest), 'state_dir': str(tmp_path / 'state'),
+              'processes': 1}
+    values.update(extra)
+    return values
+
+
+def _rewrite_in_place_keeping_size_and_mtime(path, data):
+    st = os.stat(path)
+    assert len(data) == st.st_size
+    with open(path, 'r+b') as handle:
+        handle.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.root
+def test_a_source_rewritten_in_place_after_its_copy_is_kept(tmp_path, request, monkeypatch):
+    """Between the copy and the unlink another program rewrites the source in
+    place, keeping its size and restoring its mtime (as some tools do): only its
+    ctime tells. The source must be kept, with its new content."""
+    src = tmp_path / 'src'
+    src.mkdir()
+    (src / 'f').write_bytes(b'before\n')
+    (src / 'other').write_bytes(b'other\n')
+    dest = request.getfixturevalue('tmpfs')('16m') / 'dest'
+    real = _mover.Runner._unlink
+
+    def unlink(runner, copied):
+        if any(o.row.path == 'f' for o in copied):
+            _rewrite_in_place_keeping_size_and_mtime(src / 'f', b'after!\n')
+        return real(runner, copied)
+
+    monkeypatch.setattr(_mover.Runner, '_unlink', unlink)
+    result = _mover.run(_params(tmp_path, dest))
+    assert (src / 'f').exists(), 'the rewritten source was removed (its new content is lost)'
+    assert (src / 'f').read_bytes() == b'after!\n'
+    assert (dest / 'f').read_bytes() == b'before\n'
+    assert result['failed'] is True, result
+    assert [f['path'] for f in result['failures']] == [str(src / 'f')]
+    assert 'changed after it was copied' in result['failures'][0]['error']
+    assert not (src / 'other').exists() and (dest / 'other').read_bytes() == b'other\n'
+
+
+def _save_over(path, data):
+    """An editor's save: write a new file beside, rename it over the name."""
+    temp = path.with_name('.%s.swp' % path.name)
+    temp.write_bytes(data)
+    os.rename(temp, path)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize('replaced', ['first name', 'second name'])
+def test_a_hard_link_name_replaced_after_the_scan_keeps_its_new_content(replaced, tmp_path, request,
+                                                                        monkeypatch):
+    """Two names of one file; after the scan (hours before the move, on a large
+    tree) one name is saved over by an editor: it is now another file. Neither
+    the new content nor the old may be lost: the names move as the separate
+    files they have become."""
+    src = tmp_path / 'src'
+    src.mkdir()
+    (src / 'a').write_bytes(b'shared content\n')
+    os.link(src / 'a', src / 'b')            # 'a' is the group's first name (scan order)
+    dest = request.getfixturevalue('tmpfs')('16m') / 'dest'
+    name = 'a' if replaced == 'first name' else 'b'
+    real = _scan.scan
+
+    def scan(*args, **kwargs):
+        done = real(*args, **kwargs)
+        _save_over(src / name, b'saved by an editor after the scan\n')
+        return done
+
+    monkeypatch.setattr(_scan, 'scan', scan)
+    result = _mover.run(_params(tmp_path, dest))
+    other = 'b' if name == 'a' else 'a'
+    assert (dest / name).read_bytes() == b'saved by an editor after the scan\n'
+    assert (dest / other).read_bytes() == b'shared content\n'
+    assert not result.get('failed'), result
+    assert not (src / 'a').exists() and not (src / 'b').exists()
