@@ -319,11 +319,21 @@ def remove_quietly(dir_fd, name):
 
 
 # syncfs(2) makes every dirty page and inode of one filesystem durable in one
-# journal commit; on ext4, xfs and btrfs it also reports writeback errors
-# (Linux >= 5.8). It is used to flush a batch of small files at once, and only
-# on those filesystems: on FUSE and network filesystems syncfs never reaches the
-# server, so there every file is flushed with its own fsync.
+# journal commit. It is used to flush a batch of small files at once, and only
+# where it can stand for their fsyncs:
+# - on ext4, xfs and btrfs: on FUSE and network filesystems syncfs never
+#   reaches the server (every file there gets its own fsync);
+# - on Linux 5.17 and later: syncfs reports the writeback errors of the
+#   filesystem's files since 5.8 (735e4ae5ba28, "vfs: track per-sb writeback
+#   errors and report them to syncfs"), and the filesystem's own sync errors
+#   only since 5.17 ("vfs: make sync_filesystem return errors from ->sync_fs");
+#   before that a failed flush could look like a success;
+# - through a descriptor private to the process and opened before its writes
+#   (BatchFlush): the kernel reports each error once per open file
+#   description, so a descriptor shared with another process (or opened after
+#   the error) could miss an error the other one was told of.
 SYNCFS_FILESYSTEMS = {0xEF53: 'ext4', 0x58465342: 'xfs', 0x9123683E: 'btrfs'}
+SYNCFS_MIN_KERNEL = (5, 17)
 try:
     import ctypes
     import ctypes.util
@@ -398,9 +408,46 @@ def fs_type(fd):
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
+def kernel_version(release=None):
+    """(major, minor) of the running kernel (or of `release`), (0, 0) if unknown."""
+    numbers = (release or os.uname().release).split('-')[0].split('.')
+    try:
+        return int(numbers[0]), int(numbers[1])
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
 def syncfs_supported(fd):
     """True if a batch on this filesystem can be flushed with one syncfs."""
-    return _libc is not None and fs_type(fd) in SYNCFS_FILESYSTEMS
+    return (_libc is not None and kernel_version() >= SYNCFS_MIN_KERNEL
+            and fs_type(fd) in SYNCFS_FILESYSTEMS)
+
+
+class BatchFlush:
+    """The flush of a batch of small copies: one syncfs of the filesystem that
+    holds the destination root, through a descriptor of this process's own,
+    opened before any of its writes (see SYNCFS_MIN_KERNEL). Parts in a
+    directory on another filesystem (a mount inside the destination) are not
+    covered by it: `covers` tells, and those are flushed one by one."""
+
+    def __init__(self, root_fd, root_path):
+        # A new open file description of the root, not a dup() of the shared one
+        self.fd = os.open('.', DIR_FLAGS, dir_fd=root_fd)
+        self.dev = os.fstat(self.fd).st_dev
+        self.path = root_path
+
+    def covers(self, dir_fd):
+        """Does one flush cover the files of this directory (same filesystem)?"""
+        return os.fstat(dir_fd).st_dev == self.dev
+
+    def sync(self):
+        """Requires: the last writes (and metadata) of every part it covers returned."""
+        sync_filesystem(self.fd, self.path, data=True)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def sync_filesystem(fd, path_for_errors=None, data=False):

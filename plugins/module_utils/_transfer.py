@@ -130,9 +130,10 @@ class Transfer:
         self.job_tag = job_tag
         self.same_device = same_device    # st_dev of the destination root
         self.should_stop = should_stop
-        # batch_sync: small copies are not flushed one by one; the batch flushes
-        # the destination filesystem once (syncfs) and then calls finish().
-        self.batch_sync = False
+        # batch_flush (a _durable.BatchFlush, or None): small copies on the
+        # filesystem it covers are not flushed one by one; the batch flushes that
+        # filesystem once (syncfs) and then calls finish().
+        self.batch_flush = None
         self._local = threading.local()
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._prefetch_fds = PREFETCH_FDS if soft == resource.RLIM_INFINITY else min(PREFETCH_FDS, soft // 4)
@@ -456,7 +457,7 @@ class Transfer:
             xattrs = _metadata.read_xattrs(fd=fd) if 'xattrs' in self.preserve else None
             _metadata.apply(st, self.preserve, fd=part_fd, xattrs=xattrs,
                             path_for_errors=self._dfull(dname))
-            if self.batch_sync and pipeline is None:
+            if self.batch_flush is not None and pipeline is None and self.batch_flush.covers(dst_dir):
                 # Flushed with the rest of the batch (syncfs), then finish()ed.
                 staged = (split(row.path)[0], name, split(self.dest_rel(row.path))[0], dname, part, st, sparse,
                           replace)
@@ -567,14 +568,14 @@ class Transfer:
                 return Outcome(row, RETRY, error=exc)
             return Outcome(row, FAILED, error=os_error(exc, 'cannot move', path))
 
-    def discard(self, outcome, error):
-        """A STAGED copy whose batch flush failed: remove the part, fail the file."""
+    def discard(self, outcome):
+        """A STAGED copy whose batch flush failed: its part is removed (a
+        failed flush is never retried as if the data were safe)."""
         dreldir, part = outcome.staged[2], outcome.staged[4]
         try:
             _durable.remove_quietly(self.dst.get(dreldir), part)
         except MoverError:
             pass
-        return Outcome(outcome.row, FAILED, error=error)
 
     def _checkpointer(self, row, src_ident, state, flush=None):
         """progress(pos) of a large copy: every checkpoint_size bytes, make the part

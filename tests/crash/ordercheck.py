@@ -9,6 +9,11 @@ across devices:  last write to the part < flush of the part < rename into place
                  < unlink(source) < fsync(source dir)
 one filesystem:  rename < fsync of both directories < durable journal commit
 
+A ``syncfs`` covers every path on the filesystem of its fd: filesystems are
+told apart by device (st_dev, read when the check runs, while the run's
+mounts are still there: a mount inside the destination is another
+filesystem even though its paths share the destination's prefix).
+
 "A < B" means A returned before B was entered (threads are accounted for by
 pairing strace's ``<unfinished ...>`` and ``<... resumed>`` lines). A flush
 counts whoever made it (fsync and syncfs cover every earlier write to what
@@ -110,11 +115,28 @@ def _unquote(arg: str) -> str:
     return match.group(1).encode('latin-1', 'backslashreplace').decode('unicode_escape')
 
 
+def device(path: str, cache: dict) -> int:
+    """st_dev of `path`, or of its nearest existing ancestor (a part renamed
+    away, a source unlinked: the directory that held it)."""
+    probe = path
+    while probe not in cache:
+        try:
+            cache[probe] = os.lstat(probe).st_dev
+        except OSError:
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                raise
+            probe = parent
+    cache[path] = cache[probe]
+    return cache[path]
+
+
 class Trace:
     """Events of one run, indexed for the checks."""
 
     def __init__(self, text: str):
         self.calls = parse(text)
+        self._devices = {}
         self.writes = defaultdict(list)      # path -> calls
         self.syncs = defaultdict(list)       # path -> calls (fsync/fdatasync)
         self.renames = []                    # (call, src_path, dst_path)
@@ -147,24 +169,26 @@ class Trace:
             elif call.name == 'unlink':
                 self.unlinks.append((call, _unquote(args[0])))
 
-    def first_sync_after(self, path, call, fs_root=None):
-        """The fsync of `path` (or syncfs of the filesystem at `fs_root`) entered
-        after `call` that returned first: from then on what `call` did is
-        durable (with worker processes, another's syncfs may start earlier and
-        return later than this process's own fsync)."""
+    def _fs_syncs_of(self, path):
+        """The syncfs calls made on the filesystem that holds `path`."""
+        dev = device(path, self._devices)
+        return [c for c, p in self.fs_syncs if device(p, self._devices) == dev]
+
+    def first_sync_after(self, path, call):
+        """The fsync of `path` (or syncfs of its filesystem) entered after
+        `call` that returned first: from then on what `call` did is durable
+        (with worker processes, another's syncfs may start earlier and return
+        later than this process's own fsync)."""
         found = [s for s in self.syncs.get(path, ()) if s.start > call.end]
-        if fs_root:
-            found += [c for c, p in self.fs_syncs if c.start > call.end and
-                      (p == fs_root or p.startswith(fs_root.rstrip('/') + '/'))]
+        found += [c for c in self._fs_syncs_of(path) if c.start > call.end]
         return min(found, key=lambda c: c.end) if found else None
 
-    def flushed_between(self, path, after, before, fs_root):
+    def flushed_between(self, path, after, before):
         """Was `path` flushed (fsync/fdatasync, or syncfs of its filesystem) in (after, before)?"""
         for sync in self.syncs.get(path, ()):
             if sync.start > after and sync.end < before:
                 return True
-        return any(c.start > after and c.end < before and
-                   (p == fs_root or p.startswith(fs_root.rstrip('/') + '/')) for c, p in self.fs_syncs)
+        return any(c.start > after and c.end < before for c in self._fs_syncs_of(path))
 
     def first_wal_sync_after(self, call, pid):
         """The first commit of the journal by process `pid` after `call`."""
@@ -188,8 +212,8 @@ def check(text: str, src_root: str, dest_root: str) -> tuple:
         chain = []
         if old.startswith(src_root.rstrip('/') + '/'):
             # one filesystem: rename < fsync(dest dir), fsync(src dir) < journal
-            dsync = trace.first_sync_after(dest_dir, rename, dest_root)
-            ssync = trace.first_sync_after(os.path.dirname(old), rename, src_root)
+            dsync = trace.first_sync_after(dest_dir, rename)
+            ssync = trace.first_sync_after(os.path.dirname(old), rename)
             if dsync is None or ssync is None:
                 problems.append('%s: renamed without fsync of %s' % (
                     rel, 'the destination dir' if dsync is None else 'the source dir'))
@@ -202,11 +226,11 @@ def check(text: str, src_root: str, dest_root: str) -> tuple:
             continue
         part = old
         writes = [w for w in trace.writes.get(part, ()) if w.end < rename.start]
-        if writes and not trace.flushed_between(part, writes[-1].end, rename.start, dest_root):
+        if writes and not trace.flushed_between(part, writes[-1].end, rename.start):
             problems.append('%s: renamed into place before the part was flushed after its last write' % rel)
         if not writes and not part.endswith('.part'):
             problems.append('%s: renamed from an unexpected name %s' % (rel, part))
-        dsync = trace.first_sync_after(dest_dir, rename, dest_root)
+        dsync = trace.first_sync_after(dest_dir, rename)
         if dsync is None:
             problems.append('%s: no fsync of the destination directory after the rename' % rel)
             continue
@@ -221,7 +245,7 @@ def check(text: str, src_root: str, dest_root: str) -> tuple:
                 problems.append('%s: source unlinked before the journal commit that records the copy' % rel)
             if unlink.start < dsync.end:
                 problems.append('%s: source unlinked before the destination directory was fsynced' % rel)
-            ssync = trace.first_sync_after(os.path.dirname(source), unlink, src_root)
+            ssync = trace.first_sync_after(os.path.dirname(source), unlink)
             if ssync is None:
                 problems.append('%s: no fsync of the source directory after the unlink' % rel)
             chain.append('unlinked')

@@ -7,6 +7,7 @@ deliberately broken variants, which the check must catch."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,29 @@ def test_order_across_devices_with_batch_flush(tmp_path, loopfs, fstype, process
     checked, problems = check(text, str(src), str(dest))
     assert checked == sum(1 for kind, _digest in original.values() if kind != 'dir')
     assert not problems, problems
+
+
+@pytest.mark.loop
+@pytest.mark.parametrize('processes', [1, 2])
+def test_order_with_a_filesystem_mounted_inside_the_destination(tmp_path, loopfs, processes):
+    """A directory of the destination is the mount point of another filesystem:
+    one syncfs of the destination's filesystem does not flush the parts staged
+    there, so they must be flushed some other way before their rename."""
+    outer, inner = loopfs('ext4'), loopfs('ext4')
+    (outer / 'dest' / 'many0').mkdir(parents=True)
+    mount = ['mount', '--bind', str(inner), str(outer / 'dest' / 'many0')]
+    assert subprocess.run(mount, check=False).returncode == 0
+    try:
+        original, src, dest, state, text, proc = _traced_run(tmp_path, outer, workers=4, batch_files=7,
+                                                             processes=processes)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert not check_final(original, src, dest, state)
+        assert 'syncfs(' in text
+        checked, problems = check(text, str(src), str(dest))
+        assert checked == sum(1 for kind, _digest in original.values() if kind != 'dir')
+        assert not problems, problems
+    finally:
+        subprocess.run(['umount', str(outer / 'dest' / 'many0')], check=False)
 
 
 @pytest.mark.loop

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -36,6 +37,7 @@ from helpers_recovery import (
     assert_invariant,
     build_crash_tree,
     check_complete,
+    crash_tree_spec,
     cli_argv,
     cli_env,
     finish,
@@ -634,3 +636,23 @@ def test_source_deleted_between_scan_and_move_is_skipped(kind, tmp_path, request
     _moved(spec, layout, list(spec.files))
     assert all_names(layout.src) == []
     assert not os.path.lexists(layout.dest / "zz" / "last.txt")
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_failed_batch_flush_copies_its_files_again_one_by_one(processes, tmp_path, request):
+    """syncfs of the destination fails once (strace skips the call and returns
+    EIO: nothing of the batch was flushed). The error may belong to any file of
+    the filesystem, so the batch's parts are discarded, never trusted, and each
+    file is copied again with its own flush: on a healthy disk all of them move
+    in the same run, and no file is charged an attempt it did not fail."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (apt-get install strace)")
+    layout = make_layout("ext4", tmp_path, request)
+    spec = materialize(crash_tree_spec(), layout.src)
+    params = layout.params(checkpoint_size="64K", buffer_size="16K", batch_files=4, processes=processes)
+    run = run_cli(params, prefix=[strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=syncfs",
+                                  "--inject=syncfs:error=EIO:when=1"])
+    check_complete(spec, layout, run)
+    rows = journal_rows(layout.journal())
+    assert all(row["attempts"] == 0 for row in rows.values()), rows

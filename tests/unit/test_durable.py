@@ -387,3 +387,45 @@ def test_faults_are_off_without_the_variable():
         print("alive")
     """)
     assert proc.stdout.strip() == "alive", proc.stderr
+
+
+@pytest.mark.parametrize("release,expected", [
+    ("6.18.44-fc-v1147", (6, 18)), ("5.17.0", (5, 17)), ("5.16.20-arch1-1", (5, 16)),
+    ("4.18.0-553.el8_10.x86_64", (4, 18)), ("garbage", (0, 0)),
+])
+def test_kernel_version(release, expected):
+    assert _durable.kernel_version(release) == expected
+
+
+def test_no_batch_flush_on_kernels_whose_syncfs_can_hide_errors(tmp_path, monkeypatch):
+    """Before 5.17, syncfs could return 0 after a failed writeback: each file is flushed on its own."""
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        monkeypatch.setattr(_durable, "fs_type", lambda _fd: 0xEF53)      # as if on ext4
+        monkeypatch.setattr(_durable, "kernel_version", lambda: (5, 17))
+        assert _durable.syncfs_supported(fd)
+        monkeypatch.setattr(_durable, "kernel_version", lambda: (5, 16))
+        assert not _durable.syncfs_supported(fd)
+    finally:
+        os.close(fd)
+
+
+def test_batch_flush_has_a_description_of_its_own(tmp_path):
+    """Its syncfs error cursor is its own: a new open file description, not a
+    dup of the root fd (which forked workers share). File status flags belong
+    to the description: set on the root's, they must not show on the flush's."""
+    import fcntl
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    flush = _durable.BatchFlush(root, str(tmp_path))
+    try:
+        assert os.path.samestat(os.fstat(root), os.fstat(flush.fd))
+        fcntl.fcntl(root, fcntl.F_SETFL, fcntl.fcntl(root, fcntl.F_GETFL) | os.O_NONBLOCK)
+        assert not fcntl.fcntl(flush.fd, fcntl.F_GETFL) & os.O_NONBLOCK
+        (tmp_path / "sub").mkdir()
+        sub = os.open(tmp_path / "sub", os.O_RDONLY | os.O_DIRECTORY)
+        assert flush.covers(sub)
+        os.close(sub)
+        flush.sync()
+    finally:
+        flush.close()
+        os.close(root)
