@@ -19,6 +19,7 @@ Per-state totals are kept by triggers, so progress is one small query.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import os
@@ -82,6 +83,34 @@ CREATE TRIGGER files_upd AFTER UPDATE OF state, size ON files BEGIN
 END;
 """
 
+def _connect(path):
+    """A read-write connection (writers wait up to 30 s for SQLite's lock)."""
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+
+
+def _connect_readonly(path):
+    """A read-only connection that sees what writers commit, even writers that
+    start after it (check mode, move_info, verify). It takes SQLite's shared
+    locks through the -shm file, which it creates if the journal is at rest.
+
+    Only a reader that cannot create that file (another user than the job's,
+    a read-only state directory) falls back to reading the journal at rest as
+    immutable: then no writer can be running (a writer creates the -wal first),
+    and a writer starting later is not seen."""
+    # A URI: the path is percent-encoded, or '#', '?' and '%' in it would be
+    # read as URI syntax (and mode=ro lost).
+    uri = 'file:%s?mode=ro' % urllib.parse.quote(os.fsencode(path))
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        conn.execute('SELECT count(*) FROM sqlite_master').fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        if os.path.exists(path + '-wal') and os.path.getsize(path + '-wal'):
+            raise
+    return sqlite3.connect(uri + '&immutable=1', uri=True, isolation_level=None, check_same_thread=False)
+
+
 ROW_FIELDS = ('id', 'path', 'kind', 'size', 'mtime_ns', 'ctime_ns', 'mode', 'uid', 'gid',
               'dev', 'ino', 'nlink', 'leader', 'state', 'hash', 'attempts', 'error',
               'quarantined', 'checkpoint', 'ident', 'run', 'method')
@@ -127,21 +156,7 @@ class Journal:
         if not os.path.exists(path) and not create:
             raise JournalError('journal does not exist', path, errno.ENOENT)
         try:
-            if readonly:
-                # A URI: the path is percent-encoded, or '#', '?' and '%' in it
-                # would be read as URI syntax (and mode=ro lost).
-                # With no -wal beside it, no writer has the journal open: read it
-                # as immutable, so that SQLite creates no -wal/-shm files (check
-                # mode and move_info change nothing). A writer opening it
-                # meanwhile only appends to a new WAL, which leaves the database
-                # file, and so this snapshot, as it was.
-                options = 'mode=ro' if os.path.exists(path + '-wal') else 'mode=ro&immutable=1'
-                conn = sqlite3.connect('file:%s?%s' % (urllib.parse.quote(os.fsencode(path)), options),
-                                       uri=True,
-                                       isolation_level=None, check_same_thread=False)
-            else:
-                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                       timeout=30)
+            conn = _connect_readonly(path) if readonly else _connect(path)
             journal = cls(path, conn)
             journal._setup(identity, readonly)
         except sqlite3.DatabaseError as exc:
@@ -153,16 +168,40 @@ class Journal:
         return journal
 
     def reconnect(self):
-        """The same journal through a new connection, for a forked worker
-        process (an SQLite connection must not be used on both sides of a fork;
-        this one is left alone, open, for the parent). Already checked by open()."""
+        """The same journal through a new connection of its own, for a forked
+        worker process. Already checked by open()."""
+        journal = type(self)(self.path, None)
+        journal._conn = journal._reopen()
+        return journal
+
+    def _reopen(self):
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn = _connect(self.path)
             conn.execute('PRAGMA synchronous=FULL')
             conn.execute('PRAGMA foreign_keys=OFF')
         except sqlite3.DatabaseError as exc:
-            raise JournalError('cannot open the journal again in a worker process (%s)' % exc, self.path)
-        return type(self)(self.path, conn)
+            raise JournalError('cannot open the journal again (%s)' % exc, self.path)
+        return conn
+
+    @contextlib.contextmanager
+    def closed_for_fork(self):
+        """No connection is open while the process forks: SQLite forbids using
+        a connection on both sides of a fork (its POSIX locks belong to the
+        process, and a child's close would release the parent's). The child
+        opens its own (reconnect); this process reopens its own afterwards.
+        Requires: no transaction in progress."""
+        with self._lock:
+            if self._in_tx:
+                raise JournalError('internal error: fork with a journal transaction open', self.path)
+            self._conn.close()
+            self._conn = None
+            if self._writers is not None and self._writers >= 0:
+                os.close(self._writers)
+            self._writers = None
+            try:
+                yield
+            finally:
+                self._conn = self._reopen()
 
     def _pragmas(self):
         """WAL and synchronous=FULL, before any write. Set only once the file is

@@ -551,7 +551,8 @@ class Runner:
         self._prepare_dest_dirs()
         self.fan = _procs.Workers(count)
         self.stop.forward = self.fan.signal
-        self.fan.start(lambda index, feed: self._worker((index, count), feed))
+        with self.journal.closed_for_fork():
+            self.fan.start(lambda index, feed: self._worker((index, count), feed))
 
     def _note_already_done(self):
         """Files done before this run moved any (once: workers may start mid-scan)."""
@@ -609,7 +610,7 @@ class Runner:
         """In a worker process: move one share of the rows; return what was done."""
         self.stop.forward = None
         _hashing.single_threaded()
-        self.journal = self.journal.reconnect()    # the parent's connection is left alone
+        self.journal = self.journal.reconnect()    # the parent's was closed before the fork
         self.moved = self.bytes_moved = self.changes = 0
         self.errors = []
         created = self.dst_tree.created

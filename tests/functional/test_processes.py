@@ -186,3 +186,36 @@ def test_a_file_in_the_way_of_a_directory_fails_its_files_the_rest_moves(process
     for rel in spec.files:
         where = layout.src if rel.startswith("d1/") else layout.dest
         assert (where / rel).exists(), rel
+
+
+def test_no_journal_connection_is_open_across_the_fork(tmp_path, request, monkeypatch):
+    """SQLite forbids using a connection on both sides of a fork: the parent's
+    journal connection is closed while it forks its workers (each opens its
+    own), so a worker inherits no descriptor of the journal, its -wal or -shm."""
+    from ansible_collections.durable.mover.plugins.module_utils import _mover
+    layout = make_layout("tmpfs", tmp_path, request)
+    spec = materialize(_spec(), layout.src)
+    real = _mover.Runner._worker
+
+    def worker(runner, share, feed):
+        inherited = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink("/proc/self/fd/" + fd)
+            except FileNotFoundError:        # the listing's own fd, closed since
+                continue
+            if target.startswith(str(layout.journal())):      # this test's journal and its side files
+                inherited.append(target)
+        with open(tmp_path / ("inherited-%d" % os.getpid()), "w", encoding="utf-8") as handle:
+            handle.write("\n".join(inherited))
+        return real(runner, share, feed)
+
+    monkeypatch.setattr(_mover.Runner, "_worker", worker)
+    result = _mover.run(layout.params(**TUNING))
+    assert result["complete"] is True, result
+    reports = list(tmp_path.glob("inherited-*"))
+    assert len(reports) == TUNING["processes"], reports
+    for report in reports:
+        assert report.read_text() == "", "a worker inherited the parent's journal: %s" % report.read_text()
+    rerun = run_cli(layout.params(**TUNING))
+    check_complete(spec, layout, rerun)

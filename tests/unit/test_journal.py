@@ -15,6 +15,7 @@ import hashlib
 import os
 import random
 import sqlite3
+import sys
 
 import pytest
 
@@ -204,7 +205,49 @@ def test_readonly_open_of_path_with_uri_characters(tmp_path):
             reader.set_meta(x=1)
             reader.commit()
     finally:
-        reader._conn.close()
+        reader.close()
+
+
+def test_a_reader_sees_a_writer_that_started_after_it(jpath):
+    """A reader (check mode, move_info) opened while no writer had the journal
+    open must still see what a writer commits and checkpoints into the
+    database file afterwards: opened immutable, SQLite trusted its cache of a
+    file that changed under it (a stale or torn read)."""
+    j = Journal.open(str(jpath), IDENTITY)
+    j.add_files([entry("f%03d" % i, i + 1, size=1000) for i in range(200)], moves_source=True)
+    j.close()                            # no -wal left: the journal is at rest
+    assert not os.path.exists(str(jpath) + "-wal")
+    reader = Journal.open(str(jpath), IDENTITY, create=False, readonly=True)
+    try:
+        assert reader.counts()["pending"] == (200, 200000)
+        writer = Journal.open(str(jpath), IDENTITY)
+        writer.mark_done([row.id for row in writer.fetch_work(0, 150)])
+        writer.commit()
+        writer.checkpoint_wal()          # the change is now in the database file itself
+        writer.close()
+        assert reader.counts()["pending"] == (50, 50000)
+        assert reader.counts()["done"] == (150, 150000)
+    finally:
+        reader.close()
+
+
+def test_a_reader_without_write_access_to_the_state_dir_still_reads(jpath, tmp_path, run_as_nobody):
+    """A reader that cannot create the -shm beside the journal (another user)
+    falls back to an immutable snapshot of a journal at rest."""
+    j = Journal.open(str(jpath), IDENTITY)
+    j.add_files([entry("a", 1)], moves_source=True)
+    j.close()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(tmp_path.parent, 0o755)
+    os.chmod(jpath, 0o644)
+    code = ("import sys; from ansible_collections.durable.mover.plugins.module_utils._journal import Journal; "
+            "j = Journal.open(sys.argv[1], {'job_id': 'job-a'}, create=False, readonly=True); "
+            "print(j.counts()['pending'][0])")
+    from core_helpers import collections_root
+    proc = run_as_nobody([sys.executable, "-c", code, str(jpath)],
+                         env=dict(os.environ, PYTHONPATH=collections_root()))
+    assert proc.returncode == 0 and proc.stdout.strip() == "1", proc.stderr
+    assert not os.path.exists(str(jpath) + "-shm")
 
 
 def test_empty_database_file_is_accepted_as_new(jpath):
