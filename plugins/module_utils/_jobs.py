@@ -22,7 +22,7 @@ from collections.abc import Mapping
 MODULE_OPTIONS = (
     'mode', 'hash', 'verify_readback', 'buffer_size', 'checkpoint_size', 'workers', 'processes',
     'state_dir', 'job_id', 'max_attempts', 'retry_failed', 'lock_timeout', 'on_conflict', 'preserve',
-    'special_files', 'remove_empty_dirs', 'exclude', 'part_max_age', 'audit_log',
+    'special_files', 'remove_empty_dirs', 'exclude', 'audit_log',
     'max_failures_reported',
 )
 # Options of durable.mover.preflight shared with the move.

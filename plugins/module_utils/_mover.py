@@ -93,7 +93,6 @@ DEFAULTS = {
     'special_files': 'skip',
     'remove_empty_dirs': None,
     'exclude': [],
-    'part_max_age': 7,
     'audit_log': None,
     'max_failures_reported': 100,
     'batch_files': 256,
@@ -164,10 +163,9 @@ class Options(types.SimpleNamespace):
             values[key] = _number(int, key, values[key])
             if values[key] < low:
                 raise InputError('%s must be at least %d, got %d' % (key, low, values[key]))
-        for key in ('lock_timeout', 'part_max_age'):
-            values[key] = _number(float, key, values[key])
-            if values[key] < 0:
-                raise InputError('%s must not be negative' % key)
+        values['lock_timeout'] = _number(float, 'lock_timeout', values['lock_timeout'])
+        if values['lock_timeout'] < 0:
+            raise InputError('lock_timeout must not be negative')
         for key in ('verify_readback', 'retry_failed', 'remove_empty_dirs'):
             if values[key] is not None and not isinstance(values[key], bool):
                 raise InputError('%s must be true or false, got %r' % (key, values[key]))
@@ -942,25 +940,27 @@ class Runner:
         return True
 
     def _clean_parts(self, rel):
-        """Remove this job's orphan parts, and other jobs' parts older than part_max_age days."""
+        """Remove this job's orphan part files: its own tag, and never a name the
+        journal records as an entry of the job. Another tag's part is left for its
+        own job to remove; a name of that shape may be a user's file, just moved
+        here with its old mtime."""
         try:
             fd = self.dst_tree.get(rel)
             names = os.listdir(fd)
         except (OSError, MoverError):
             return
-        cutoff = time.time() - self.opts.part_max_age * 86400
         removed = False
         for name in names:
             match = _PART.match(name)
-            if not match:
+            if not match or match.group(1) != self.job.job_tag:
+                continue
+            if self.journal.get_by_path(_scan.join(rel, name)) is not None:
                 continue
             try:
                 st = os.lstat(name, dir_fd=fd)
             except OSError:
                 continue
-            if not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
-                continue
-            if match.group(1) == self.job.job_tag or st.st_mtime < cutoff:
+            if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                 _durable.remove_quietly(fd, name)
                 self.audit.event('part_removed', (rel + '/' if rel else '') + name)
                 removed = True

@@ -179,12 +179,6 @@ options:
     type: list
     elements: str
     default: []
-  part_max_age:
-    description:
-      - Part files of other jobs older than this many days are removed from the destination directories.
-        This job's own orphan part files are always resumed or removed.
-    type: float
-    default: 7
   audit_log:
     description:
       - A file on the managed host that receives one JSON line per event (file moved, failed, skipped, ...).
@@ -196,6 +190,8 @@ options:
     default: 100
 notes:
   - Durability never depends on C(sync) or C(syncfs); every file and directory is flushed with C(fsync) or C(fdatasync).
+  - Part files (C(.<name>.<job>.part)) that this job left behind (a killed run) are resumed or removed; those of
+    other jobs are never removed (their own job removes them), nor is any name the journal records as moved.
   - On SIGTERM or SIGINT the file in hand is finished or rolled back, the journal is committed and the result
     says RV(interrupted=true).
 seealso:
@@ -391,7 +387,6 @@ ARGUMENT_SPEC = dict(
     special_files=dict(type='str', choices=['skip', 'recreate'], default='skip'),
     remove_empty_dirs=dict(type='bool'),
     exclude=dict(type='list', elements='str', default=[]),
-    part_max_age=dict(type='float', default=7),
     audit_log=dict(type='path'),
     max_failures_reported=dict(type='int', default=100),
 )

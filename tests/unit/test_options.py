@@ -104,8 +104,6 @@ def test_human_sizes_in_options():
     ("max_failures_reported", -1),
     ("lock_timeout", -1),
     ("lock_timeout", "soon"),
-    ("part_max_age", -0.5),
-    ("part_max_age", "old"),
     ("preserve", ["owner", "colour"]),
     ("preserve", "owner"),
     ("exclude", "*.tmp"),
