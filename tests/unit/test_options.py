@@ -62,6 +62,7 @@ def test_defaults():
     assert (opts.mode, opts.hash, opts.on_conflict, opts.special_files) == ("move", "auto", "fail", "skip")
     assert opts.buffer_size == 16 * MiB and opts.max_attempts == 3 and opts.workers == 4
     assert opts.remove_empty_dirs is True
+    assert opts.cross_filesystems is False    # never enter another mount inside src (find -xdev)
     assert opts.processes is None       # one per CPU, at most 4 (_procs.default_count)
     assert Options.from_params(dict(BASE, processes="3")).processes == 3
     assert set(opts.preserve) == {"owner", "mode", "times", "xattrs", "hardlinks"}
@@ -104,12 +105,14 @@ def test_human_sizes_in_options():
     ("max_failures_reported", -1),
     ("lock_timeout", -1),
     ("lock_timeout", "soon"),
+    ("cross_filesystems", "no"),
     ("preserve", ["owner", "colour"]),
     ("preserve", "owner"),
     ("exclude", "*.tmp"),
     ("verify_readback", "no"),
     ("retry_failed", "yes"),
     ("remove_empty_dirs", "no"),
+    ("cross_filesystems", 1),
     ("job_id", "../escape"),
     ("job_id", "a/b"),
     ("job_id", ""),
@@ -193,29 +196,6 @@ def test_src_via_symlink_to_dest_child(tmp_path):
     (dest / "inner").mkdir(parents=True)
     (tmp_path / "srclink").symlink_to(dest / "inner")
     check_refused(make_job(tmp_path, tmp_path / "srclink", dest), "src is inside dest")
-
-
-@pytest.fixture
-def bind_mount(tmp_path):
-    """bind(source, target): mount --bind, unmounted at teardown (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("bind mounts need root")
-    mounted = []
-
-    def bind(source, target):
-        target.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True,
-                              check=False)
-        if proc.returncode != 0:
-            pytest.skip("mount --bind failed: %s" % proc.stderr.strip())
-        mounted.append(target)
-        return target
-
-    yield bind
-    for target in reversed(mounted):
-        subprocess.run(["umount", str(target)], capture_output=True, check=False)
-        if os.path.ismount(target):
-            subprocess.run(["umount", "--lazy", str(target)], capture_output=True, check=False)
 
 
 @pytest.mark.root
