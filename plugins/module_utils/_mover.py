@@ -277,6 +277,7 @@ class Job:
             if _inside(os.path.realpath(self.state_dir), self.src_root):
                 raise InputError('state_dir is inside src: the journal would move with the data',
                                  self.state_dir)
+            self._refuse_reached_through_mounts()
         else:
             if os.path.lexists(self.dest_real) and os.path.samefile(self.dest_real, self.src_arg) \
                     and not os.path.islink(self.src_arg):
@@ -291,6 +292,32 @@ class Job:
         if self.opts.mode == 'move' and _readonly(self.src_root):
             raise InputError('src is on a read-only filesystem: its files cannot be removed '
                              '(use mode=copy)', self.src_root, errno.EROFS)
+
+    def _refuse_reached_through_mounts(self):
+        """dest or state_dir reachable inside src through a mount below src (a bind
+        mount of it or of a directory above it, its filesystem mounted again), even
+        one the scan would not enter; and src reachable inside dest that way."""
+        table = _scan.mount_table()
+        if not table:
+            return          # no mount table here: the scan still stops at other devices
+        for what, path in (('dest', self.dest_root), ('state_dir', self.state_dir)):
+            mount = _scan.reached_below(table, os.path.realpath(_nearest_existing(path)), self.src_root)
+            if mount is not None:
+                raise InputError('%s %s is reachable inside src %s through a mount (a bind mount of it '
+                                 'or of a directory above it, or its filesystem mounted again): the move '
+                                 'would reach its own %s; unmount it, or choose another %s'
+                                 % (what, display_path(path), display_path(self.src_root), what, what), mount)
+        mount = _scan.reached_below(table, self.src_root, self.src_root)
+        if mount is not None and self.opts.cross_filesystems:
+            raise InputError('src %s is reachable inside itself through a mount: with cross_filesystems its '
+                             'files would be moved twice; unmount it, or leave cross_filesystems false'
+                             % display_path(self.src_root), mount)
+        if os.path.isdir(self.dest_root):
+            mount = _scan.reached_below(table, self.src_root, self.dest_root)
+            if mount is not None:
+                raise InputError('src %s is reachable inside dest %s through a mount: the move would '
+                                 'write into its own source; unmount it, or choose another dest'
+                                 % (display_path(self.src_root), display_path(self.dest_root)), mount)
 
     def dest_rel(self, rel):
         if self.single is not None:

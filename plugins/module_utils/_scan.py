@@ -127,6 +127,34 @@ def mount_points_below(table, root):
     return {m.point[len(prefix):] for m in table or () if m.point.startswith(prefix) and m.point != prefix}
 
 
+def where_mounted(table, path):
+    """(dev, path inside its filesystem) of the existing real path `path`: the
+    mount holding it is the last one whose mount point is its longest prefix."""
+    best = None
+    for mount in table:
+        if inside(path, mount.point) and (best is None or len(mount.point) >= len(best.point)):
+            best = mount
+    if best is None:
+        return None
+    rest = path[len(best.point.rstrip('/')):].lstrip('/')
+    return best.dev, (best.root.rstrip('/') + '/' + rest) if rest else best.root
+
+
+def reached_below(table, path, root):
+    """A mount point strictly below `root` through which the existing real path
+    `path` can be reached (a mount of its filesystem whose root directory holds
+    it: a bind mount of it or of an ancestor, the filesystem mounted again), or None."""
+    found = where_mounted(table or (), path)
+    if found is None:
+        return None
+    dev, in_fs = found
+    for mount in table:
+        if mount.point != root and inside(mount.point, root) and mount.dev == dev \
+                and inside(in_fs, mount.root):
+            return mount.point
+    return None
+
+
 class Boundary:
     """Where the walk of one source tree stops: its mount points.
 

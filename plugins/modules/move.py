@@ -65,6 +65,9 @@ options:
         the file under its own name; any other path is the new name of the file.
       - Must not be inside O(src), and O(src) must not be inside it (real paths and device/inode are compared,
         so symbolic links and bind mounts are seen through).
+      - Must not be reachable inside O(src) through any mount below O(src) (a bind mount of O(dest), of a
+        directory above it, or its filesystem mounted again), whether or not the move would enter it; such a
+        job is refused before anything is touched. The same holds for O(state_dir).
     type: path
     required: true
   mode:
@@ -125,7 +128,7 @@ options:
   state_dir:
     description:
       - Directory that holds each job's journal and lock, in a subdirectory named after the job.
-      - Must not be inside O(src).
+      - Must not be inside O(src), nor reachable inside it through a mount.
     type: path
     default: /var/lib/durable-mover
   job_id:

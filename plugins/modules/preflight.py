@@ -18,7 +18,8 @@ description:
     removed); O(dest), or its nearest existing ancestor, is a writable directory on a filesystem that is not
     mounted read-only; O(state_dir) is writable."
   - Whether O(src) and O(dest) are on the same filesystem (a move is then a rename per entry and needs no space).
-  - The mount points inside O(src), which the move leaves alone unless O(cross_filesystems=true).
+  - The mount points inside O(src), which the move leaves alone unless O(cross_filesystems=true); O(dest) or
+    O(state_dir) reachable inside O(src) through a mount is a problem.
   - The files and bytes still to move, from the job's check mode (the plan of M(durable.mover.move) in check
     mode, which also reads the job's journal, so a resumed job counts only what is left), against the free
     space and free inodes of the destination's filesystem. Not enough space is a problem, with both numbers
@@ -103,6 +104,7 @@ options:
     description:
       - The O(durable.mover.move#module:cross_filesystems) of the move. With V(false), what is mounted inside
         O(src) is not counted (nor moved).
+      - O(dest) or O(state_dir) reachable inside O(src) through a mount is a problem either way.
     type: bool
     default: false
   fail_on_problems:
