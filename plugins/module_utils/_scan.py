@@ -13,9 +13,9 @@ to list lives in the journal itself: a scan killed half way resumes where it
 stopped.
 
 The scan stays on the source's own filesystem (like `find -xdev`): an entry
-is a mount point when its device differs from its directory's, or when the
-mount table lists its path (a bind mount of the same filesystem keeps the
-device number). A mount point is recorded (kind 'mount', skipped, with why)
+is a mount point when it is a directory on another device than its
+directory, or when the mount table lists its path (a bind mount of the same
+filesystem keeps the device number). A mount point is recorded (kind 'mount', skipped, with why)
 and not entered; with `cross_filesystems` a directory mount point is entered,
 and the mover never removes it (see `Boundary`).
 """
@@ -158,10 +158,13 @@ def reached_below(table, path, root):
 class Boundary:
     """Where the walk of one source tree stops: its mount points.
 
-    An entry is a mount point when its device differs from its directory's (a
-    mount of another filesystem, or a btrfs subvolume), or when the mount table
-    lists its path (a bind mount of the same filesystem keeps the device number,
-    so st_dev alone misses it). By default one is never entered nor moved; with
+    An entry is a mount point when it is a directory whose device differs from
+    its directory's (a mount of another filesystem, or a btrfs subvolume), or
+    when the mount table lists its path (a bind mount of the same filesystem
+    keeps the device number, so st_dev alone misses it). The device of other
+    entries is not compared: on an overlayfs whose layers are on several
+    filesystems, a file reports its layer's device, not the overlay's (a file
+    mounted over a file is in the mount table). By default one is never entered nor moved; with
     `cross`, a directory mount point is entered (its directory is kept by the
     mover). A mount point that is not a directory (a file mounted over a file)
     is never moved: it can be neither removed nor renamed while mounted.
@@ -174,7 +177,7 @@ class Boundary:
 
     def why(self, rel, st, dir_dev):
         """Why `rel` is a mount point (a sentence), or None."""
-        if st.st_dev != dir_dev:
+        if st.st_dev != dir_dev and stat.S_ISDIR(st.st_mode):
             return ('on another device than its directory (%d:%d, not %d:%d): a mount point or a '
                     'btrfs subvolume' % (os.major(st.st_dev), os.minor(st.st_dev),
                                          os.major(dir_dev), os.minor(dir_dev)))

@@ -189,8 +189,8 @@ options:
   cross_filesystems:
     description:
       - With V(false), a mount point inside O(src) is not entered (like C(find -xdev)); what is mounted there
-        stays as it is, and so do the directories above it. A mount point is an entry whose device differs from
-        its directory's (another filesystem, or a btrfs subvolume) or whose path is in the mount table
+        stays as it is, and so do the directories above it. A mount point is a directory whose device differs from
+        its parent's (another filesystem, or a btrfs subvolume), or any entry whose path is in the mount table
         (C(/proc/self/mountinfo); a bind mount of the same filesystem keeps the device number).
       - With V(true), what is inside a directory mount point is moved too, and the mount point directory itself
         is kept (never removed, even with O(remove_empty_dirs)).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import typing as t
 from pathlib import Path
 
@@ -175,3 +176,29 @@ def test_check_mode_verify_and_preflight_do_not_enter_mounts(site: Site, mounted
     assert verified["stats"]["files_total"] == len(OUTSIDE)
     assert verified["stats"]["mounts_skipped"] == 1
     assert contents(mounted) == INSIDE
+
+
+@pytest.fixture
+def overlay(site: Site, tmpfs: t.Callable[..., Path]) -> t.Iterator[Path]:
+    """src is an overlayfs: its lower layer on a tmpfs, its upper layer beside src."""
+    lower = tmpfs("8m")
+    write_tree(lower, OUTSIDE)
+    upper, work = site.base / "upper", site.base / "work"
+    upper.mkdir()
+    work.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=%s,upperdir=%s,workdir=%s"
+                    % (lower, upper, work), str(site.src)], check=True, capture_output=True)
+    try:
+        yield site.src
+    finally:
+        subprocess.run(["umount", str(site.src)], check=False, capture_output=True)
+
+
+def test_files_of_an_overlay_on_several_filesystems_are_moved(site: Site, overlay: Path) -> None:
+    """A file of such an overlay reports its layer's device, not its directory's: it is no
+    mount point (only directories are compared by device)."""
+    st_dir, st_file = os.lstat(overlay / "data"), os.lstat(overlay / "data" / "beside")
+    assert st_dir.st_dev != st_file.st_dev
+    first = ok(_mover.run(site.params()))
+    assert first["complete"] is True and first["stats"]["mounts_skipped"] == 0
+    assert contents(site.dest) == OUTSIDE and contents(overlay) == {}
