@@ -15,7 +15,8 @@ What it provides:
 * Markers ``root`` and ``loop``: marked tests are skipped, with the reason,
   when not running as root or when loop devices are unavailable.
 * Fixtures ``loopfs`` (factory: a freshly made ext4/xfs/btrfs filesystem on a
-  loop device), ``tmpfs`` (factory), ``nobody_tmp_path`` (a directory the
+  loop device), ``tmpfs`` (factory, optionally mounted at a given directory),
+  ``bind_mount`` (factory), ``nobody_tmp_path`` (a directory the
   ``nobody`` user owns).
 * Helpers ``remount_ro``, ``remount_rw`` and ``run_as_nobody``: request the
   fixtures of the same name (``import conftest`` is ambiguous once test
@@ -317,17 +318,20 @@ def loopfs(tmp_path: Path) -> t.Iterator[t.Callable[..., Path]]:
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> t.Iterator[t.Callable[..., Path]]:
-    """Factory: ``tmpfs(size="64m", options=())`` mounts a tmpfs under ``tmp_path``.
+    """Factory: ``tmpfs(size="64m", options=(), at=None)`` mounts a tmpfs under ``tmp_path``.
 
     ``size`` is anything tmpfs's ``size=`` accepts (``"16m"``, ``"1g"``,
-    ``"10%"``) or an int number of bytes. Returns the mount point.
+    ``"10%"``) or an int number of bytes. ``at``: an existing (or new)
+    directory under ``tmp_path`` to mount on, e.g. inside a test's source
+    tree; default a new ``tmp_path/tmpfsN``. Returns the mount point.
     """
     require_root()
     made: list[str] = []
 
-    def make(size: str | int = "64m", options: t.Sequence[str] = ()) -> Path:
-        mountpoint = tmp_path / f"tmpfs{len(made)}"
-        mountpoint.mkdir()
+    def make(size: str | int = "64m", options: t.Sequence[str] = (), at: Path | None = None) -> Path:
+        mountpoint = tmp_path / f"tmpfs{len(made)}" if at is None else Path(at)
+        _require_under(mountpoint, tmp_path)
+        mountpoint.mkdir(parents=True, exist_ok=at is not None)
         made.append(str(mountpoint))
         _LIVE_MOUNTS[str(mountpoint)] = None
         opts = ",".join([f"size={size}", *options])
@@ -338,6 +342,39 @@ def tmpfs(tmp_path: Path) -> t.Iterator[t.Callable[..., Path]]:
 
     for mountpoint in reversed(made):
         _teardown_mount(mountpoint, None)
+
+
+@pytest.fixture
+def bind_mount(tmp_path: Path) -> t.Iterator[t.Callable[..., Path]]:
+    """Factory: ``bind_mount(source, target)``: ``mount --bind source target``.
+
+    ``target`` (made if missing) must be under ``tmp_path``; ``source`` may be
+    any directory (or file, onto an existing file). Returns ``target``;
+    unmounted at teardown, the last made first.
+    """
+    require_root()
+    made: list[str] = []
+
+    def bind(source: os.PathLike[str] | str, target: Path) -> Path:
+        _require_under(target, tmp_path)
+        if os.path.isdir(source):
+            target.mkdir(parents=True, exist_ok=True)
+        made.append(str(target))
+        _LIVE_MOUNTS[str(target)] = None
+        _run(["mount", "--bind", str(source), str(target)])
+        return target
+
+    yield bind
+
+    for target in reversed(made):
+        _teardown_mount(target, None)
+
+
+def _require_under(path: Path, base: Path) -> None:
+    """Mount only inside the test's own directory (never over anything else)."""
+    real, base = os.path.realpath(path), os.path.realpath(base)
+    if not real.startswith(base + os.sep):
+        raise ValueError(f"refusing to mount outside the test's tmp_path: {path}")
 
 
 @pytest.fixture

@@ -22,12 +22,12 @@ from collections.abc import Mapping
 MODULE_OPTIONS = (
     'mode', 'hash', 'verify_readback', 'buffer_size', 'checkpoint_size', 'workers', 'processes',
     'state_dir', 'job_id', 'max_attempts', 'retry_failed', 'lock_timeout', 'on_conflict', 'preserve',
-    'special_files', 'remove_empty_dirs', 'exclude', 'part_max_age', 'audit_log',
+    'special_files', 'remove_empty_dirs', 'exclude', 'cross_filesystems', 'audit_log',
     'max_failures_reported',
 )
 # Options of durable.mover.preflight shared with the move.
 PREFLIGHT_OPTIONS = ('mode', 'hash', 'preserve', 'state_dir', 'job_id', 'exclude', 'on_conflict',
-                     'special_files')
+                     'special_files', 'cross_filesystems')
 # Options that name one job: a value for all jobs would make them collide.
 PER_JOB_OPTIONS = ('job_id',)
 JOB_KEYS = ('src', 'dest', 'options', 'name')

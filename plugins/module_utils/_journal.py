@@ -428,6 +428,14 @@ class Journal:
             if plain:
                 conn.executemany(sql, plain)
 
+    def forget_mounts(self, rels):
+        """Paths found as directories to enter: no longer skipped mount points
+        (unmounted since, or entered now with cross_filesystems)."""
+        with self._lock:
+            self._tx()
+            self._conn.executemany("DELETE FROM files WHERE path = ? AND kind = 'mount'",
+                                   ((_blob(rel),) for rel in rels))
+
     def add_failed_entry(self, rel, kind, error):
         """Record an entry that could not even be listed (e.g. an unreadable directory)."""
         with self._lock:
@@ -576,6 +584,13 @@ class Journal:
         with self._lock:
             return self._conn.execute("SELECT count(*) FROM files WHERE kind = 'special' "
                                       "AND state = 'skipped'").fetchone()[0]
+
+    def mount_points(self, limit):
+        """(path, reason) of the mount points inside the source left alone."""
+        with self._lock:
+            return [(_text(p), e) for p, e in self._conn.execute(
+                "SELECT path, error FROM files WHERE kind = 'mount' AND state = 'skipped' "
+                "ORDER BY id LIMIT ?", (limit,))]
 
     def failures(self, limit):
         with self._lock:

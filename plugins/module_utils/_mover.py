@@ -93,7 +93,7 @@ DEFAULTS = {
     'special_files': 'skip',
     'remove_empty_dirs': None,
     'exclude': [],
-    'part_max_age': 7,
+    'cross_filesystems': False,
     'audit_log': None,
     'max_failures_reported': 100,
     'batch_files': 256,
@@ -164,11 +164,10 @@ class Options(types.SimpleNamespace):
             values[key] = _number(int, key, values[key])
             if values[key] < low:
                 raise InputError('%s must be at least %d, got %d' % (key, low, values[key]))
-        for key in ('lock_timeout', 'part_max_age'):
-            values[key] = _number(float, key, values[key])
-            if values[key] < 0:
-                raise InputError('%s must not be negative' % key)
-        for key in ('verify_readback', 'retry_failed', 'remove_empty_dirs'):
+        values['lock_timeout'] = _number(float, 'lock_timeout', values['lock_timeout'])
+        if values['lock_timeout'] < 0:
+            raise InputError('lock_timeout must not be negative')
+        for key in ('verify_readback', 'retry_failed', 'remove_empty_dirs', 'cross_filesystems'):
             if values[key] is not None and not isinstance(values[key], bool):
                 raise InputError('%s must be true or false, got %r' % (key, values[key]))
         for key in ('preserve', 'exclude'):
@@ -278,6 +277,7 @@ class Job:
             if _inside(os.path.realpath(self.state_dir), self.src_root):
                 raise InputError('state_dir is inside src: the journal would move with the data',
                                  self.state_dir)
+            self._refuse_reached_through_mounts()
         else:
             if os.path.lexists(self.dest_real) and os.path.samefile(self.dest_real, self.src_arg) \
                     and not os.path.islink(self.src_arg):
@@ -292,6 +292,32 @@ class Job:
         if self.opts.mode == 'move' and _readonly(self.src_root):
             raise InputError('src is on a read-only filesystem: its files cannot be removed '
                              '(use mode=copy)', self.src_root, errno.EROFS)
+
+    def _refuse_reached_through_mounts(self):
+        """dest or state_dir reachable inside src through a mount below src (a bind
+        mount of it or of a directory above it, its filesystem mounted again), even
+        one the scan would not enter; and src reachable inside dest that way."""
+        table = _scan.mount_table()
+        if not table:
+            return          # no mount table here: the scan still stops at other devices
+        for what, path in (('dest', self.dest_root), ('state_dir', self.state_dir)):
+            mount = _scan.reached_below(table, os.path.realpath(_nearest_existing(path)), self.src_root)
+            if mount is not None:
+                raise InputError('%s %s is reachable inside src %s through a mount (a bind mount of it '
+                                 'or of a directory above it, or its filesystem mounted again): the move '
+                                 'would reach its own %s; unmount it, or choose another %s'
+                                 % (what, display_path(path), display_path(self.src_root), what, what), mount)
+        mount = _scan.reached_below(table, self.src_root, self.src_root)
+        if mount is not None and self.opts.cross_filesystems:
+            raise InputError('src %s is reachable inside itself through a mount: with cross_filesystems its '
+                             'files would be moved twice; unmount it, or leave cross_filesystems false'
+                             % display_path(self.src_root), mount)
+        if os.path.isdir(self.dest_root):
+            mount = _scan.reached_below(table, self.src_root, self.dest_root)
+            if mount is not None:
+                raise InputError('src %s is reachable inside dest %s through a mount: the move would '
+                                 'write into its own source; unmount it, or choose another dest'
+                                 % (display_path(self.src_root), display_path(self.dest_root)), mount)
 
     def dest_rel(self, rel):
         if self.single is not None:
@@ -395,9 +421,10 @@ def _stats_from_counts(journal, counts):
     stats = _result.empty_stats()
     kinds = journal.kind_counts()
     failed, quarantined = journal.failure_counts()
-    stats['files_total'] = sum(c[0] for c in counts.values()) - kinds.get('dir', 0)
+    stats['mounts_skipped'] = kinds.get('mount', 0)      # recorded as skipped entries
+    stats['files_total'] = sum(c[0] for c in counts.values()) - kinds.get('dir', 0) - stats['mounts_skipped']
     stats['bytes_total'] = sum(c[1] for c in counts.values())
-    stats['files_skipped'] = counts['skipped'][0]
+    stats['files_skipped'] = counts['skipped'][0] - stats['mounts_skipped']
     stats['files_failed'] = failed
     stats['files_quarantined'] = quarantined
     stats['dirs'] = max(0, journal.dir_count() - 1)
@@ -479,7 +506,9 @@ class Runner:
                                  should_stop=self.stop, single=self.job.single,
                                  on_error=lambda rel, exc: self.audit.event('scan_error', rel, error=str(exc)),
                                  on_commit=self._scanned_some if self.processes > 1 else None,
-                                 commit_entries=self._scan_commit_entries())
+                                 commit_entries=self._scan_commit_entries(),
+                                 boundary=_scan.Boundary(self.job.src_root, cross=opts.cross_filesystems),
+                                 on_mount=lambda rel, why: self.audit.event('mount_skipped', rel, reason=why))
             self._note_already_done()
             if scanned or self.fan is not None:
                 self._work()
@@ -953,6 +982,7 @@ class Runner:
         if any(counts[s][0] for s in WORK_STATES):
             return
         dirs = self.journal.dirs_for_finalize()
+        mounts = _scan.Boundary(self.job.src_root)     # mounted now (cross_filesystems, or since the scan)
         for _id, rel, *_rest in dirs:
             self.dst_tree.get(rel)
         self.changes += self.dst_tree.created
@@ -977,14 +1007,14 @@ class Runner:
                 self.changes += 1
             done = True
             if self.moves and self.opts.remove_empty_dirs and rel:
-                done = self._remove_source_dir(rel)
+                done = self._remove_source_dir(rel, mounts)
             if done:
                 self.journal.dir_done(dir_id)
             self.src_tree.trim(1024)
             self.dst_tree.trim(1024)
         self.journal.commit()
 
-    def _remove_source_dir(self, rel):
+    def _remove_source_dir(self, rel, mounts):
         reldir, name = split(rel)
         try:
             parent = self.src_tree.get(reldir)
@@ -992,6 +1022,11 @@ class Runner:
             return True
         self.src_tree.clear()        # no fd of ours may keep the directory open
         parent = self.src_tree.get(reldir)
+        why = mounts.mounted(parent, name, rel)
+        if why is not None:
+            # never removed (it would fail with EBUSY): kept, looked at again next run
+            self.audit.event('mount_point_kept', rel, reason=why)
+            return False
         try:
             os.rmdir(name, dir_fd=parent)
         except FileNotFoundError:
@@ -999,6 +1034,9 @@ class Runner:
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 return False         # it still holds excluded, failed or new files
+            if exc.errno == errno.EBUSY:
+                self.audit.event('mount_point_kept', rel, reason='mounted on since this run began')
+                return False
             self.errors.append(os_error(exc, 'cannot remove empty source directory', self.src_tree.full(rel)))
             return False
         _durable.sync_dir(parent, self.src_tree.full(reldir))
@@ -1007,25 +1045,27 @@ class Runner:
         return True
 
     def _clean_parts(self, rel):
-        """Remove this job's orphan parts, and other jobs' parts older than part_max_age days."""
+        """Remove this job's orphan part files: its own tag, and never a name the
+        journal records as an entry of the job. Another tag's part is left for its
+        own job to remove; a name of that shape may be a user's file, just moved
+        here with its old mtime."""
         try:
             fd = self.dst_tree.get(rel)
             names = os.listdir(fd)
         except (OSError, MoverError):
             return
-        cutoff = time.time() - self.opts.part_max_age * 86400
         removed = False
         for name in names:
             match = _PART.match(name)
-            if not match:
+            if not match or match.group(1) != self.job.job_tag:
+                continue
+            if self.journal.get_by_path(_scan.join(rel, name)) is not None:
                 continue
             try:
                 st = os.lstat(name, dir_fd=fd)
             except OSError:
                 continue
-            if not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
-                continue
-            if match.group(1) == self.job.job_tag or st.st_mtime < cutoff:
+            if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                 _durable.remove_quietly(fd, name)
                 self.audit.event('part_removed', (rel + '/' if rel else '') + name)
                 removed = True
@@ -1049,9 +1089,11 @@ class Runner:
         meta = journal.meta()
         complete = (meta.get('scan_complete') == '1' and not any(counts[s][0] for s in WORK_STATES)
                     and not stats['files_failed'] and not self.errors)
+        mounts = [_result.mount_point(self.src_tree.full(p), why) for p, why in
+                  journal.mount_points(self.opts.max_failures_reported)]
         return _result.build(self.job.job_id, self.job.journal_path, self.algorithm, stats, failures,
                              time.monotonic() - started, self.changes > 0, complete, self.stop(),
-                             errors=self.errors, mode=self.opts.mode)
+                             errors=self.errors, mode=self.opts.mode, mount_points=mounts)
 
 
 # -- check mode and verify ---------------------------------------------------------
@@ -1093,6 +1135,7 @@ class _Planner:
         self.plan = dict.fromkeys(_result.PLAN_KEYS, 0)
         self.stats = _result.empty_stats()
         self.failures = []
+        self.boundary = _scan.Boundary(job.src_root, cross=job.opts.cross_filesystems)
 
     def entries(self, src_tree):
         if self.job.single is not None:
@@ -1100,7 +1143,13 @@ class _Planner:
             yield self.job.single, self.job.single, st
             return
         excluded = _scan.Excluder(self.job.opts.exclude, part_suffix='.%s.part' % self.job.job_tag)
-        yield from _scan.walk(src_tree, excluded)
+        yield from _scan.walk(src_tree, excluded, self.boundary)
+
+    def mount_points(self, src_tree):
+        """The mount points the walk left alone: their count in `stats`, and the list."""
+        self.stats['mounts_skipped'] = len(self.boundary.skipped)
+        return [_result.mount_point(src_tree.full(rel), why)
+                for rel, why in self.boundary.skipped[:self.job.opts.max_failures_reported]]
 
     def run(self, started):
         job = self.job
@@ -1117,6 +1166,7 @@ class _Planner:
         except MoverError as exc:
             self.failures.append(_result.failure(exc.path or job.src_root, exc))
         finally:
+            mounts = self.mount_points(src_tree)
             src_tree.close()
             if dst_tree is not None:
                 dst_tree.close()
@@ -1132,7 +1182,7 @@ class _Planner:
         result = _result.build(job.job_id, job.journal_path, self.algorithm, self.stats,
                                self.failures[:job.opts.max_failures_reported],
                                time.monotonic() - started, self.plan['files'] > 0, False, False,
-                               plan=self.plan, mode=job.opts.mode)
+                               plan=self.plan, mode=job.opts.mode, mount_points=mounts)
         if not self.failures:
             result['msg'] = _result.summary(result)
         return result
@@ -1240,12 +1290,14 @@ def verify(job, started):
     except MoverError as exc:
         report(exc.path or job.src_root, exc)
     finally:
+        mounts = planner.mount_points(src_tree)
         src_tree.close()
         dst_tree.close()
     stats['files_failed'] = failed
+    stats['mounts_skipped'] = planner.stats['mounts_skipped']
     return _result.build(job.job_id, job.journal_path, algorithm, stats,
                          failures[:job.opts.max_failures_reported], time.monotonic() - started,
-                         False, not failures, False, mode='verify')
+                         False, not failures, False, mode='verify', mount_points=mounts)
 
 
 def _source_exists(src_tree, rel):

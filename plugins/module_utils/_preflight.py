@@ -22,7 +22,7 @@ import os
 import stat
 import sys
 
-from ansible_collections.durable.mover.plugins.module_utils import _hashing, _mover
+from ansible_collections.durable.mover.plugins.module_utils import _hashing, _mover, _scan
 from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError, display_path
 
 MIN_PYTHON = (3, 9)
@@ -36,7 +36,7 @@ _NO_ATTR = frozenset(e for e in (getattr(errno, 'ENODATA', None), getattr(errno,
 _IGNORED_XATTR_PREFIXES = ('trusted.SGI_ACL_',)
 # Options of a move that change what it would do; the rest do not matter here.
 PLAN_OPTIONS = ('src', 'dest', 'mode', 'hash', 'preserve', 'state_dir', 'job_id', 'exclude',
-                'on_conflict', 'special_files')
+                'on_conflict', 'special_files', 'cross_filesystems')
 
 
 def nearest_existing(path):
@@ -306,7 +306,17 @@ def plan_job(params, problems):
         problems.append('%s: %s' % (failure.get('path'), failure.get('error')))
     return {'job_id': result.get('job_id'), 'journal': result.get('journal'), 'plan': plan,
             'journal_exists': os.path.exists(result.get('journal') or ''),
-            'stats': result.get('stats') or {}}
+            'stats': result.get('stats') or {},
+            'mount_points': [p['path'] for p in result.get('mount_points') or ()]}
+
+
+def mount_points(src_root, planned):
+    """The mount points inside the source tree: those in the mount table below it,
+    and those the plan left alone (another device: a mount or a btrfs subvolume)."""
+    found = {display_path(os.path.join(src_root, rel))
+             for rel in _scan.mount_points_below(_scan.mount_table(), src_root)}
+    found.update(planned['mount_points'] if planned else ())
+    return sorted(found)
 
 
 # ---------------------------------------------------------------------------
@@ -347,6 +357,10 @@ def preflight(params):
         else:
             problems.extend(own)
     findings['src'].pop('missing_problem', None)
+    if job.single is None and findings['src']['exists']:
+        # not entered by the move unless cross_filesystems (nor removed, either way)
+        findings['src']['mount_points'] = mount_points(job.src_root, planned)
+        findings['src']['cross_filesystems'] = opts.cross_filesystems
     findings['journal'] = planned['journal'] if planned else job.journal_path
     findings['journal_exists'] = os.path.exists(findings['journal'])
     findings['plan'] = planned['plan'] if planned else None
@@ -367,9 +381,14 @@ def summary(result):
     if result['problems']:
         return 'preflight found %d problem(s): %s' % (len(result['problems']), '; '.join(result['problems']))
     space = result['findings'].get('space') or {}
+    text = 'preflight ok'
     if space:
-        return ('preflight ok: %d file(s), %s still to move; %s; %s free at dest'
+        text = ('preflight ok: %d file(s), %s still to move; %s; %s free at dest'
                 % (space['files_to_move'], human_bytes(space['bytes_to_move']),
                    'same filesystem (renames)' if space['same_filesystem'] else 'another filesystem (copies)',
                    human_bytes(space['free_bytes']) if space['free_bytes'] is not None else 'unknown'))
-    return 'preflight ok'
+    src = result['findings'].get('src') or {}
+    if src.get('mount_points'):
+        text += '; %d mount point(s) inside src %s' % (
+            len(src['mount_points']), 'entered, kept' if src.get('cross_filesystems') else 'left alone')
+    return text

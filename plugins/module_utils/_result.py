@@ -14,7 +14,7 @@ from ansible_collections.durable.mover.plugins.module_utils._errors import displ
 
 STAT_KEYS = ('files_total', 'files_moved', 'files_already_done', 'files_skipped', 'files_failed',
              'files_quarantined', 'dirs', 'symlinks', 'hardlinks', 'special_skipped',
-             'bytes_total', 'bytes_moved')
+             'mounts_skipped', 'bytes_total', 'bytes_moved')
 PLAN_KEYS = ('files', 'bytes', 'renames', 'copies', 'conflicts', 'already_done', 'skipped')
 
 
@@ -29,9 +29,14 @@ def failure(path, error, attempts=1, quarantined=False):
             'quarantined': bool(quarantined)}
 
 
+def mount_point(path, reason):
+    return {'path': display_path(path), 'reason': str(reason)}
+
+
 def build(job_id, journal_path, hash_algorithm, stats, failures, elapsed, changed,
-          complete, interrupted, errors=(), plan=None, mode='move'):
-    """The module's result dict. `errors`: run-level errors (e.g. disk full)."""
+          complete, interrupted, errors=(), plan=None, mode='move', mount_points=()):
+    """The module's result dict. `errors`: run-level errors (e.g. disk full).
+    `mount_points`: those inside src left alone (mount_point() each)."""
     result = {
         'changed': bool(changed),
         'job_id': job_id,
@@ -42,6 +47,7 @@ def build(job_id, journal_path, hash_algorithm, stats, failures, elapsed, change
         'hash_algorithm': hash_algorithm,
         'stats': stats,
         'failures': list(failures),
+        'mount_points': list(mount_points),
         'elapsed_seconds': round(elapsed, 3),
         'bytes_per_second': round(stats.get('bytes_moved', 0) / elapsed, 1) if elapsed > 0 else 0.0,
     }
@@ -62,6 +68,14 @@ def build(job_id, journal_path, hash_algorithm, stats, failures, elapsed, change
 
 
 def summary(result):
+    text = _summary(result)
+    mounts = result['stats'].get('mounts_skipped')
+    if mounts:
+        text += '; %d mount point(s) inside src left alone (see mount_points)' % mounts
+    return text
+
+
+def _summary(result):
     stats = result['stats']
     if 'plan' in result:
         plan = result['plan']

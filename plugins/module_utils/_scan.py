@@ -11,13 +11,22 @@ directory at a time, and each listing is written to the journal in batches,
 so memory stays flat however large the tree is. The queue of directories still
 to list lives in the journal itself: a scan killed half way resumes where it
 stopped.
+
+The scan stays on the source's own filesystem (like `find -xdev`): an entry
+is a mount point when it is a directory on another device than its
+directory, or when the mount table lists its path (a bind mount of the same
+filesystem keeps the device number). A mount point is recorded (kind 'mount', skipped, with why)
+and not entered; with `cross_filesystems` a directory mount point is entered,
+and the mover never removes it (see `Boundary`).
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import fnmatch
 import os
+import re
 import stat
 import time
 
@@ -29,6 +38,13 @@ from ansible_collections.durable.mover.plugins.module_utils import _faults
 SORT_CHUNK = 50000
 COMMIT_ENTRIES = 5000
 COMMIT_SECONDS = 2.0
+MOUNTINFO = '/proc/self/mountinfo'
+_OCTAL = re.compile(rb'\\([0-7]{3})')
+
+# One line of the mount table: (major, minor) of the filesystem, the directory of
+# that filesystem mounted (its `root`, '/' unless a bind mount of a subdirectory),
+# and where it is mounted.
+Mount = collections.namedtuple('Mount', 'dev root point')
 
 
 def kind_of(st):
@@ -69,6 +85,130 @@ def join(reldir, name):
     return '%s/%s' % (reldir, name) if reldir else name
 
 
+# -- mount points ------------------------------------------------------------------
+
+
+def _unescape(field):
+    """A path field of mountinfo: the kernel writes space, tab, newline and
+    backslash as \\ooo; the rest are the name's own bytes."""
+    return os.fsdecode(_OCTAL.sub(lambda m: bytes((int(m.group(1), 8),)), field))
+
+
+def mount_table(path=MOUNTINFO):
+    """The mounts of this process's mount namespace, in mount order (a later one
+    at the same point covers an earlier), or None where there is no mountinfo."""
+    try:
+        with open(path, 'rb') as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    table = []
+    for line in data.splitlines():
+        fields = line.split(b' ')
+        if len(fields) < 5 or b':' not in fields[2]:
+            continue
+        major, _sep, minor = fields[2].partition(b':')
+        try:
+            dev = (int(major), int(minor))
+        except ValueError:
+            continue
+        table.append(Mount(dev, _unescape(fields[3]), _unescape(fields[4])))
+    return table
+
+
+def inside(path, root):
+    """Whether `path` is `root` or below it (both absolute, normalized)."""
+    return path == root or path.startswith(root.rstrip('/') + '/')
+
+
+def mount_points_below(table, root):
+    """The paths, relative to `root`, of the mount points strictly below it."""
+    prefix = root.rstrip('/') + '/'
+    return {m.point[len(prefix):] for m in table or () if m.point.startswith(prefix) and m.point != prefix}
+
+
+def where_mounted(table, path):
+    """(dev, path inside its filesystem) of the existing real path `path`: the
+    mount holding it is the last one whose mount point is its longest prefix."""
+    best = None
+    for mount in table:
+        if inside(path, mount.point) and (best is None or len(mount.point) >= len(best.point)):
+            best = mount
+    if best is None:
+        return None
+    rest = path[len(best.point.rstrip('/')):].lstrip('/')
+    return best.dev, (best.root.rstrip('/') + '/' + rest) if rest else best.root
+
+
+def reached_below(table, path, root):
+    """A mount point strictly below `root` through which the existing real path
+    `path` can be reached (a mount of its filesystem whose root directory holds
+    it: a bind mount of it or of an ancestor, the filesystem mounted again), or None."""
+    found = where_mounted(table or (), path)
+    if found is None:
+        return None
+    dev, in_fs = found
+    for mount in table:
+        if mount.point != root and inside(mount.point, root) and mount.dev == dev \
+                and inside(in_fs, mount.root):
+            return mount.point
+    return None
+
+
+class Boundary:
+    """Where the walk of one source tree stops: its mount points.
+
+    An entry is a mount point when it is a directory whose device differs from
+    its directory's (a mount of another filesystem, or a btrfs subvolume), or
+    when the mount table lists its path (a bind mount of the same filesystem
+    keeps the device number, so st_dev alone misses it). The device of other
+    entries is not compared: on an overlayfs whose layers are on several
+    filesystems, a file reports its layer's device, not the overlay's (a file
+    mounted over a file is in the mount table). By default one is never entered nor moved; with
+    `cross`, a directory mount point is entered (its directory is kept by the
+    mover). A mount point that is not a directory (a file mounted over a file)
+    is never moved: it can be neither removed nor renamed while mounted.
+    """
+
+    def __init__(self, root_path, cross=False, table=None):
+        self.cross = cross
+        self.points = mount_points_below(mount_table() if table is None else table, root_path)
+        self.skipped = []           # (rel, reason) of the mount points not entered
+
+    def why(self, rel, st, dir_dev):
+        """Why `rel` is a mount point (a sentence), or None."""
+        if st.st_dev != dir_dev and stat.S_ISDIR(st.st_mode):
+            return ('on another device than its directory (%d:%d, not %d:%d): a mount point or a '
+                    'btrfs subvolume' % (os.major(st.st_dev), os.minor(st.st_dev),
+                                         os.major(dir_dev), os.minor(dir_dev)))
+        if rel in self.points:
+            return 'a mount point in the mount table (a bind mount, or a filesystem mounted again)'
+        return None
+
+    def skip(self, rel, st, dir_dev):
+        """The reason to leave the entry `rel` alone, or None to take it (and
+        enter it, if a directory)."""
+        why = self.why(rel, st, dir_dev)
+        if why is None or (self.cross and stat.S_ISDIR(st.st_mode)):
+            return None
+        if self.cross:
+            reason = 'mount point left at the source (%s): not a directory, it cannot be removed ' \
+                     'or renamed while mounted' % why
+        else:
+            reason = 'mount point left at the source, not entered (%s); set cross_filesystems: true ' \
+                     'to move what is inside' % why
+        self.skipped.append((rel, reason))
+        return reason
+
+    def mounted(self, dir_fd, name, rel):
+        """Whether `name` in the directory `dir_fd` is a mount point now (why, or None)."""
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+        except OSError:
+            return None
+        return self.why(rel, st, os.fstat(dir_fd).st_dev)
+
+
 def list_dir(tree, reldir, excluded):
     """Yield (rel, name, lstat) of one directory, sorted in chunks.
 
@@ -107,16 +247,22 @@ def list_dir(tree, reldir, excluded):
                 return
 
 
-def walk(tree, excluded):
+def walk(tree, excluded, boundary=None):
     """Yield (rel, name, lstat) of every entry below the root, depth first.
 
     Read-only (for check mode and verify). Unlistable directories raise.
+    Mount points `boundary` leaves alone are not yielded (it lists them).
     """
+    if boundary is None:
+        boundary = Boundary(tree.root_path)
     stack = ['']
     while stack:
         reldir = stack.pop()
         subdirs = []
+        dir_dev = os.fstat(tree.get(reldir)).st_dev
         for rel, name, st in list_dir(tree, reldir, excluded):
+            if boundary.skip(rel, st, dir_dev) is not None:
+                continue
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append(rel)
             yield rel, name, st
@@ -163,6 +309,8 @@ class _Found:
         journal = self.journal
         for rel, st in self.dirs:
             journal.add_dir(rel, st)
+        if self.dirs:
+            journal.forget_mounts(rel for rel, _st in self.dirs)   # unmounted since, or now entered
         if self.files:
             journal.add_files(self.files, self.moves_source)
         for rel, error in self.failed:
@@ -181,14 +329,20 @@ class _Found:
 
 
 def scan(journal, tree, excluded, special_files, moves_source, should_stop=None,
-         single=None, on_error=None, on_commit=None, commit_entries=COMMIT_ENTRIES):
+         single=None, on_error=None, on_commit=None, commit_entries=COMMIT_ENTRIES,
+         boundary=None, on_mount=None):
     """Scan the source into the journal. Returns False if stopped early.
 
     `single`: scan only this one name in the root (src is a file).
     `on_commit`: called after each commit before the last (the rows so far
     may be worked on while the scan goes on); commits come at the end of a
     directory, once `commit_entries` entries or COMMIT_SECONDS have passed.
+    `boundary`: the mount points to leave alone (default: every one, as
+    `Boundary` finds them); each is recorded as a skipped 'mount' row, and
+    `on_mount(rel, reason)` is called.
     """
+    if boundary is None:
+        boundary = Boundary(tree.root_path)
     if single is not None:
         try:
             st = os.lstat(single, dir_fd=tree.root_fd)
@@ -215,9 +369,15 @@ def scan(journal, tree, excluded, special_files, moves_source, should_stop=None,
                 return False
             found.dir_start = len(found.files)
             try:
+                dir_dev = os.fstat(tree.get(reldir)).st_dev
                 for rel, name, st in list_dir(tree, reldir, excluded):
                     kind = kind_of(st)
-                    if kind == 'dir':
+                    reason = boundary.skip(rel, st, dir_dev)
+                    if reason is not None:
+                        found.files.append((rel, 'mount', st, 'skipped', reason))
+                        if on_mount is not None:
+                            on_mount(rel, reason)
+                    elif kind == 'dir':
                         found.dirs.append((rel, st))
                     else:
                         state, error = entry_state(kind, st, special_files)

@@ -20,6 +20,10 @@ description:
     is fsynced, the move is recorded in a SQLite journal (WAL, C(synchronous=FULL)), and only then is the
     source removed and its directory fsynced."
   - On one filesystem each entry is renamed, and both directories are fsynced before the journal records it.
+  - The move stays on the filesystem of O(src), like C(find -xdev) or C(rsync -x). A mount point inside O(src)
+    (another filesystem, a bind mount, a btrfs subvolume) is not entered and left at the source, its parent
+    directories with it; each one is recorded in the journal, reported in RV(mount_points) and
+    RV(stats.mounts_skipped), and never keeps the job from completing. See O(cross_filesystems).
   - Progress is kept in a journal under O(state_dir), so a rerun after an interruption resumes (a large file
     from its last checkpoint) and a rerun after success changes nothing.
   - A file that fails (verification mismatch, I/O error, changed while copied) keeps its source, is recorded
@@ -61,6 +65,9 @@ options:
         the file under its own name; any other path is the new name of the file.
       - Must not be inside O(src), and O(src) must not be inside it (real paths and device/inode are compared,
         so symbolic links and bind mounts are seen through).
+      - Must not be reachable inside O(src) through any mount below O(src) (a bind mount of O(dest), of a
+        directory above it, or its filesystem mounted again), whether or not the move would enter it; such a
+        job is refused before anything is touched. The same holds for O(state_dir).
     type: path
     required: true
   mode:
@@ -121,7 +128,7 @@ options:
   state_dir:
     description:
       - Directory that holds each job's journal and lock, in a subdirectory named after the job.
-      - Must not be inside O(src).
+      - Must not be inside O(src), nor reachable inside it through a mount.
     type: path
     default: /var/lib/durable-mover
   job_id:
@@ -179,12 +186,19 @@ options:
     type: list
     elements: str
     default: []
-  part_max_age:
+  cross_filesystems:
     description:
-      - Part files of other jobs older than this many days are removed from the destination directories.
-        This job's own orphan part files are always resumed or removed.
-    type: float
-    default: 7
+      - With V(false), a mount point inside O(src) is not entered (like C(find -xdev)); what is mounted there
+        stays as it is, and so do the directories above it. A mount point is a directory whose device differs from
+        its parent's (another filesystem, or a btrfs subvolume), or any entry whose path is in the mount table
+        (C(/proc/self/mountinfo); a bind mount of the same filesystem keeps the device number).
+      - With V(true), what is inside a directory mount point is moved too, and the mount point directory itself
+        is kept (never removed, even with O(remove_empty_dirs)).
+      - Either way, a mount point that is not a directory (a file mounted over a file) is left at the source; it
+        can be neither removed nor renamed while mounted.
+      - Check mode, V(verify) and M(durable.mover.preflight) follow the same rule.
+    type: bool
+    default: false
   audit_log:
     description:
       - A file on the managed host that receives one JSON line per event (file moved, failed, skipped, ...).
@@ -196,6 +210,8 @@ options:
     default: 100
 notes:
   - Durability never depends on C(sync) or C(syncfs); every file and directory is flushed with C(fsync) or C(fdatasync).
+  - Part files (C(.<name>.<job>.part)) that this job left behind (a killed run) are resumed or removed; those of
+    other jobs are never removed (their own job removes them), nor is any name the journal records as moved.
   - On SIGTERM or SIGINT the file in hand is finished or rolled back, the journal is committed and the result
     says RV(interrupted=true).
 seealso:
@@ -296,6 +312,9 @@ stats:
     special_skipped:
       description: Special files (FIFOs, devices, sockets) left at the source.
       type: int
+    mounts_skipped:
+      description: Mount points inside O(src) left alone (not entered), as listed in RV(mount_points).
+      type: int
     bytes_total:
       description: Bytes of all regular files of the job.
       type: int
@@ -323,6 +342,20 @@ failures:
     quarantined:
       description: True when it will not be retried until O(retry_failed=true).
       type: bool
+mount_points:
+  description:
+    - Mount points inside O(src) that were left alone, with why, at most O(max_failures_reported). Empty with
+      O(cross_filesystems=true) unless a file is mounted over a file.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: The mount point (non-UTF-8 bytes shown as backslash escapes).
+      type: str
+    reason:
+      description: Why it is a mount point, and what was done.
+      type: str
 plan:
   description: In check mode, what a run would do.
   returned: check mode
@@ -391,7 +424,7 @@ ARGUMENT_SPEC = dict(
     special_files=dict(type='str', choices=['skip', 'recreate'], default='skip'),
     remove_empty_dirs=dict(type='bool'),
     exclude=dict(type='list', elements='str', default=[]),
-    part_max_age=dict(type='float', default=7),
+    cross_filesystems=dict(type='bool', default=False),
     audit_log=dict(type='path'),
     max_failures_reported=dict(type='int', default=100),
 )

@@ -18,6 +18,8 @@ description:
     removed); O(dest), or its nearest existing ancestor, is a writable directory on a filesystem that is not
     mounted read-only; O(state_dir) is writable."
   - Whether O(src) and O(dest) are on the same filesystem (a move is then a rename per entry and needs no space).
+  - The mount points inside O(src), which the move leaves alone unless O(cross_filesystems=true); O(dest) or
+    O(state_dir) reachable inside O(src) through a mount is a problem.
   - The files and bytes still to move, from the job's check mode (the plan of M(durable.mover.move) in check
     mode, which also reads the job's journal, so a resumed job counts only what is left), against the free
     space and free inodes of the destination's filesystem. Not enough space is a problem, with both numbers
@@ -98,6 +100,13 @@ options:
     type: str
     choices: [skip, recreate]
     default: skip
+  cross_filesystems:
+    description:
+      - The O(durable.mover.move#module:cross_filesystems) of the move. With V(false), what is mounted inside
+        O(src) is not counted (nor moved).
+      - O(dest) or O(state_dir) reachable inside O(src) through a mount is a problem either way.
+    type: bool
+    default: false
   fail_on_problems:
     description:
       - Fail when a problem is found. With V(false), the module succeeds and RV(ok) says whether the move can run.
@@ -163,7 +172,10 @@ findings:
       description: The job's name.
       type: str
     src:
-      description: C(path), C(exists), C(type) (directory, file or symlink), C(readable), C(device) and, in V(move) mode, C(removable).
+      description: >-
+        C(path), C(exists), C(type) (directory, file or symlink), C(readable), C(device) and, in V(move) mode,
+        C(removable); for a directory, C(mount_points) (the mount points found inside it: in the mount table, or on
+        another device) and C(cross_filesystems) (whether the move enters them; it never removes them).
       type: dict
     dest:
       description: >-
@@ -219,6 +231,7 @@ ARGUMENT_SPEC = dict(
     exclude=dict(type='list', elements='str', default=[]),
     on_conflict=dict(type='str', choices=['fail', 'skip', 'overwrite'], default='fail'),
     special_files=dict(type='str', choices=['skip', 'recreate'], default='skip'),
+    cross_filesystems=dict(type='bool', default=False),
     fail_on_problems=dict(type='bool', default=True),
 )
 

@@ -17,7 +17,7 @@ import pytest
 
 from core_helpers import collections_root
 
-from ansible_collections.durable.mover.plugins.module_utils import _mover
+from ansible_collections.durable.mover.plugins.module_utils import _mover, _preflight
 from ansible_collections.durable.mover.plugins.module_utils._errors import InputError
 from ansible_collections.durable.mover.plugins.module_utils._mover import Job, Options, parse_size
 
@@ -62,6 +62,7 @@ def test_defaults():
     assert (opts.mode, opts.hash, opts.on_conflict, opts.special_files) == ("move", "auto", "fail", "skip")
     assert opts.buffer_size == 16 * MiB and opts.max_attempts == 3 and opts.workers == 4
     assert opts.remove_empty_dirs is True
+    assert opts.cross_filesystems is False    # never enter another mount inside src (find -xdev)
     assert opts.processes is None       # one per CPU, at most 4 (_procs.default_count)
     assert Options.from_params(dict(BASE, processes="3")).processes == 3
     assert set(opts.preserve) == {"owner", "mode", "times", "xattrs", "hardlinks"}
@@ -104,14 +105,14 @@ def test_human_sizes_in_options():
     ("max_failures_reported", -1),
     ("lock_timeout", -1),
     ("lock_timeout", "soon"),
-    ("part_max_age", -0.5),
-    ("part_max_age", "old"),
+    ("cross_filesystems", "no"),
     ("preserve", ["owner", "colour"]),
     ("preserve", "owner"),
     ("exclude", "*.tmp"),
     ("verify_readback", "no"),
     ("retry_failed", "yes"),
     ("remove_empty_dirs", "no"),
+    ("cross_filesystems", 1),
     ("job_id", "../escape"),
     ("job_id", "a/b"),
     ("job_id", ""),
@@ -197,29 +198,6 @@ def test_src_via_symlink_to_dest_child(tmp_path):
     check_refused(make_job(tmp_path, tmp_path / "srclink", dest), "src is inside dest")
 
 
-@pytest.fixture
-def bind_mount(tmp_path):
-    """bind(source, target): mount --bind, unmounted at teardown (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("bind mounts need root")
-    mounted = []
-
-    def bind(source, target):
-        target.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True,
-                              check=False)
-        if proc.returncode != 0:
-            pytest.skip("mount --bind failed: %s" % proc.stderr.strip())
-        mounted.append(target)
-        return target
-
-    yield bind
-    for target in reversed(mounted):
-        subprocess.run(["umount", str(target)], capture_output=True, check=False)
-        if os.path.ismount(target):
-            subprocess.run(["umount", "--lazy", str(target)], capture_output=True, check=False)
-
-
 @pytest.mark.root
 def test_dest_inside_src_via_bind_mount(tmp_path, tree, bind_mount):
     alias = bind_mount(tree, tmp_path / "alias")
@@ -242,6 +220,107 @@ def test_src_inside_dest_via_bind_mount(tmp_path, bind_mount):
     (dest / "inner").mkdir(parents=True)
     alias = bind_mount(dest, tmp_path / "alias")
     check_refused(make_job(tmp_path, alias / "inner", dest), "src is inside dest")
+
+
+# -- dest or state_dir reachable inside src through a mount --------------------------------------
+
+
+def mount_layouts():
+    """How dest (or state_dir) can be reached inside src through a mount made below src.
+
+    Each builds (src, dest, state_dir) under tmp_path with the fixtures and returns them
+    with the mount point below src; src itself never contains dest by path."""
+
+    def dest_itself(tmp_path, tmpfs, bind_mount):
+        (tmp_path / "out" / "dest").mkdir(parents=True)
+        mount = bind_mount(tmp_path / "out" / "dest", tmp_path / "src" / "sub" / "m")
+        return tmp_path / "out" / "dest", tmp_path / "state", mount
+
+    def ancestor_of_dest(tmp_path, tmpfs, bind_mount):
+        (tmp_path / "out" / "dest").mkdir(parents=True)
+        mount = bind_mount(tmp_path / "out", tmp_path / "src" / "sub" / "m")
+        return tmp_path / "out" / "dest", tmp_path / "state", mount
+
+    def dest_not_made_yet(tmp_path, tmpfs, bind_mount):
+        (tmp_path / "out").mkdir()
+        mount = bind_mount(tmp_path / "out", tmp_path / "src" / "m")
+        return tmp_path / "out" / "new" / "dest", tmp_path / "state", mount
+
+    def root_of_dests_filesystem(tmp_path, tmpfs, bind_mount):
+        disk = tmpfs("4m")
+        (disk / "data" / "dest").mkdir(parents=True)
+        mount = bind_mount(disk, tmp_path / "src" / "sub" / "m")
+        return disk / "data" / "dest", tmp_path / "state", mount
+
+    def directory_off_dests_path(tmp_path, tmpfs, bind_mount):
+        # dest's path goes through a bind mount of disk/deep/x, so disk/deep (which holds
+        # dest inside the filesystem) is none of the directories on dest's path
+        disk = tmpfs("4m")
+        (disk / "deep" / "x" / "dest").mkdir(parents=True)
+        alias = bind_mount(disk / "deep" / "x", tmp_path / "alias")
+        mount = bind_mount(disk / "deep", tmp_path / "src" / "m")
+        return alias / "dest", tmp_path / "state", mount
+
+    def state_dir_ancestor(tmp_path, tmpfs, bind_mount):
+        (tmp_path / "var" / "state").mkdir(parents=True)
+        mount = bind_mount(tmp_path / "var", tmp_path / "src" / "sub" / "m")
+        return tmp_path / "dest", tmp_path / "var" / "state", mount
+
+    def state_dir_not_made_yet(tmp_path, tmpfs, bind_mount):
+        (tmp_path / "var").mkdir()
+        mount = bind_mount(tmp_path / "var", tmp_path / "src" / "m")
+        return tmp_path / "dest", tmp_path / "var" / "lib" / "state", mount
+
+    return [pytest.param(f, id=f.__name__) for f in (
+        dest_itself, ancestor_of_dest, dest_not_made_yet, root_of_dests_filesystem,
+        directory_off_dests_path, state_dir_ancestor, state_dir_not_made_yet)]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("layout", mount_layouts())
+def test_dest_or_state_dir_reachable_through_a_mount_inside_src(tmp_path, tree, tmpfs, bind_mount, layout):
+    dest, state, mount = layout(tmp_path, tmpfs, bind_mount)
+    which = "state_dir" if state != tmp_path / "state" else "dest"
+    params = {"src": str(tree), "dest": str(dest), "state_dir": str(state)}
+    job = make_job(tmp_path, tree, dest, state_dir=str(state))
+    assert not job.dest_root.startswith(job.src_root + "/") and not job.state_dir.startswith(job.src_root + "/")
+    before = sorted(str(p) for p in tmp_path.rglob("*") if not str(p).startswith(str(mount)))
+    for writing in (True, False):           # a run, and check mode / verify
+        err = check_refused(job, "reachable inside src", writing=writing)
+        message = str(err)
+        assert which + " " in message, message
+        assert (job.dest_root if which == "dest" else job.state_dir) in message, message
+        assert job.src_root in message and str(mount) in message, message
+    for call in (_mover.run, _mover.plan, lambda p: _mover.run(dict(p, mode="verify"))):
+        with pytest.raises(InputError, match="reachable inside src"):
+            call(params)
+    found = _preflight.preflight(params)
+    assert not found["ok"] and any("reachable inside src" in p for p in found["problems"]), found["problems"]
+    assert sorted(str(p) for p in tmp_path.rglob("*") if not str(p).startswith(str(mount))) == before
+
+
+@pytest.mark.root
+def test_unrelated_mounts_inside_src_are_no_reason_to_refuse(tmp_path, tree, tmpfs, bind_mount):
+    tmpfs("4m", at=tree / "sub" / "disk")                      # another filesystem inside src
+    disk = tmpfs("4m")
+    (disk / "other").mkdir()
+    (disk / "dest").mkdir()
+    bind_mount(disk / "other", tree / "bound")                  # dest's filesystem, not dest's part of it
+    make_job(tmp_path, tree, disk / "dest").check()
+    make_job(tmp_path, tree, disk / "destx").check()            # a sibling whose name starts alike
+
+
+@pytest.mark.root
+def test_src_reachable_inside_itself_or_dest_through_a_mount(tmp_path, tree, bind_mount):
+    bind_mount(tree, tree / "sub" / "again")            # src itself, mounted inside src
+    make_job(tmp_path, tree, tmp_path / "dest").check()  # never entered: no harm
+    check_refused(make_job(tmp_path, tree, tmp_path / "dest", cross_filesystems=True),
+                  "src .* is reachable inside itself through a mount")
+    dest = tmp_path / "elsewhere" / "dest"
+    dest.mkdir(parents=True)
+    other = bind_mount(tree, dest / "m")                  # src mounted inside dest
+    err = check_refused(make_job(tmp_path, tree, dest), "src .* is reachable inside dest")
+    assert str(other) in str(err) and str(dest) in str(err)
 
 
 def test_state_dir_inside_src(tmp_path, tree):

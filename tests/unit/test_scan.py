@@ -385,3 +385,31 @@ def test_scan_of_single_file(tmp_path):
     rows = rows_by_path(jpath)
     assert {p: (r["kind"], r["size"]) for p, r in rows.items()} == {b"only": ("file", 5)}
     assert stat.S_ISREG(rows[b"only"]["mode"])
+
+
+# -- mount points ----------------------------------------------------------------------------
+
+
+def test_mount_table_decodes_octal_escapes(tmp_path):
+    """/proc/self/mountinfo escapes space, tab, newline and backslash as \\ooo; names are bytes."""
+    info = tmp_path / "mountinfo"
+    info.write_bytes(
+        b"22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        b"45 22 7:0 / /srv/src/my\\040disk rw,relatime shared:9 - xfs /dev/loop0 rw\n"
+        b"46 22 0:21 /var/data /srv/src/tab\\011nl\\012back\\134slash rw - ext4 /dev/sda1 rw\n"
+        b"47 22 0:50 / /srv/src/caf\xe9 rw master:3 - tmpfs none rw\n"
+        b"48 22 0:51 / /srv/srcx rw - tmpfs none rw\n"
+        b"not a mountinfo line\n")
+    table = _scan.mount_table(str(info))
+    assert [(m.dev, m.root, m.point) for m in table] == [
+        ((0, 21), "/", "/"),
+        ((7, 0), "/", "/srv/src/my disk"),
+        ((0, 21), "/var/data", "/srv/src/tab\tnl\nback\\slash"),
+        ((0, 50), "/", os.fsdecode(b"/srv/src/caf\xe9")),
+        ((0, 51), "/", "/srv/srcx"),
+    ]
+    assert _scan.mount_points_below(table, "/srv/src") == {
+        "my disk", "tab\tnl\nback\\slash", os.fsdecode(b"caf\xe9")}
+    assert _scan.mount_points_below(table, "/") == {
+        "srv/src/my disk", "srv/src/tab\tnl\nback\\slash", os.fsdecode(b"srv/src/caf\xe9"), "srv/srcx"}
+    assert _scan.mount_table(str(tmp_path / "missing")) is None
