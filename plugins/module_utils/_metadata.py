@@ -2,13 +2,22 @@
 # Copyright: durable.mover contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Metadata that must survive a move: owner, mode, times, xattrs (ACLs, labels).
+"""Metadata that must survive a move: owner, mode, times, xattrs (ACLs, capabilities, labels).
 
 PRIVATE to the durable.mover collection; not a public API.
 
-Order matters: xattrs first (an ACL xattr may rewrite the mode bits), then the
-owner (chown clears set-id bits), then the mode, and the times last, since
-every other change touches ctime/mtime.
+Order matters (apply() keeps it; as in GNU cp, owner, then xattrs, then mode):
+
+1. the owner: chown(2) clears the set-id bits and the file capabilities
+   (security.capability), so whatever it would undo is written after it;
+2. the xattrs (POSIX ACLs, capabilities, SELinux labels, user attributes),
+   before the mode, while the mode still lets the owner write them (a runner
+   other than root needs write permission to set user.* on its files; a
+   0400 file would refuse them);
+3. the mode: setting an access ACL rewrote the group bits to the ACL's mask,
+   and chmod(2) now sets the mask from the group bits: the same value, as the
+   source's mode and ACL agree. chmod after chown, which cleared set-id bits;
+4. the times, last: no step after them may touch them.
 """
 
 from __future__ import annotations
@@ -93,10 +102,10 @@ def apply(st, preserve, fd=None, dir_fd=None, name=None, xattrs=None, path_for_e
     """Apply the metadata of source stat `st` to an fd (file, dir) or a name (symlink)."""
     is_link = fd is None
     try:
-        if 'xattrs' in preserve and xattrs:
-            write_xattrs(xattrs, fd=fd, dir_fd=dir_fd, name=name, path_for_errors=path_for_errors)
         if 'owner' in preserve:
             _chown(st.st_uid, st.st_gid, fd=fd, dir_fd=dir_fd, name=name)
+        if 'xattrs' in preserve and xattrs:
+            write_xattrs(xattrs, fd=fd, dir_fd=dir_fd, name=name, path_for_errors=path_for_errors)
         if 'mode' in preserve and not is_link:
             os.fchmod(fd, stat.S_IMODE(st.st_mode))
         if 'times' in preserve:

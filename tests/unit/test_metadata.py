@@ -217,3 +217,47 @@ def test_differs():
 def test_differs_owner_only_counts_for_root():
     base, other = fake(uid=1, gid=2), fake(uid=3, gid=2)
     assert _metadata.differs(base, other, ("owner",)) is (os.geteuid() == 0)
+
+
+# -- the order: owner, xattrs, mode, times (issue #10, item 9) ------------------------------
+
+
+def _capability(path):
+    try:
+        return os.getxattr(path, "security.capability")
+    except OSError as exc:
+        if exc.errno == getattr(errno, "ENODATA", None):
+            return None
+        raise
+
+
+def setcap(spec, path):
+    if shutil.which("setcap") is None:
+        pytest.skip("setcap not installed (apt-get install libcap2-bin)")
+    proc = subprocess.run(["setcap", spec, str(path)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip("setcap failed here (no security xattrs?): %s" % proc.stderr.strip())
+
+
+@pytest.mark.root
+def test_apply_keeps_file_capabilities_across_the_owner_change(tmp_path):
+    """chown(2) clears security.capability: the xattrs must be written after it."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(b"an executable")
+    dst.write_bytes(b"an executable")
+    os.chown(src, *OWNER)
+    os.chmod(src, 0o750)
+    setcap("cap_net_raw=ep", src)          # after the chown, which would clear it
+    want = _capability(src)
+    assert want is not None
+    sfd, dfd = open_fd(src), open_fd(dst, os.O_RDWR)
+    try:
+        xattrs = _metadata.read_xattrs(fd=sfd)
+        assert "security.capability" in [name for name, _v in xattrs]
+        _metadata.apply(os.lstat(src), _metadata.PRESERVE_ALL, fd=dfd, xattrs=xattrs, path_for_errors=str(dst))
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    got = os.lstat(dst)
+    assert (got.st_uid, got.st_gid, stat.S_IMODE(got.st_mode)) == (*OWNER, 0o750)
+    assert _capability(dst) == want
