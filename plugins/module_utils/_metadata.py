@@ -18,6 +18,12 @@ Order matters (apply() keeps it; as in GNU cp, owner, then xattrs, then mode):
    and chmod(2) now sets the mask from the group bits: the same value, as the
    source's mode and ACL agree. chmod after chown, which cleared set-id bits;
 4. the times, last: no step after them may touch them.
+
+Set-id and sticky bits go only with the owner: when the copy does not have
+the source's owner and group (a runner other than root cannot give files
+away; or `owner` is not preserved), they are left out of its mode, as cp
+does, and apply() returns the bits it left out so that the run can report
+them. A setuid-root file moved by a user never becomes setuid to that user.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ _NOT_SUPPORTED = (errno.ENOTSUP, getattr(errno, 'EOPNOTSUPP', errno.ENOTSUP))
 # another filesystem as an inert, soon stale attribute (which, moved back to
 # xfs after the ACL changed, would be written last and revert it).
 _SKIPPED_XATTR_PREFIXES = ('trusted.SGI_ACL_',)
+# Kept only on a copy that has the source's owner and group.
+SETID_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
 
 def _target(fd=None, dir_fd=None, name=None):
@@ -87,6 +95,8 @@ def write_xattrs(attrs, fd=None, dir_fd=None, name=None, path_for_errors=None):
 
 
 def _chown(uid, gid, fd=None, dir_fd=None, name=None):
+    """Give the copy the source's owner; False if we may not (then, like cp -a,
+    the copy stays the runner's)."""
     try:
         if fd is not None:
             os.fchown(fd, uid, gid)
@@ -95,19 +105,41 @@ def _chown(uid, gid, fd=None, dir_fd=None, name=None):
     except PermissionError:
         if IS_ROOT:
             raise
-        # Only root can give files away; like cp -a, keep ours silently.
+        return False
+    return True
+
+
+def _has_owner_of(st, chowned, where):
+    """Has the copy the owner and group of source stat `st`? `chowned`: what
+    _chown returned, None if owner is not preserved (then the copy is asked)."""
+    if chowned is not None:
+        return chowned
+    if where['fd'] is not None:
+        now = os.fstat(where['fd'])
+    else:
+        now = os.lstat(where['name'], dir_fd=where['dir_fd'])
+    return (now.st_uid, now.st_gid) == (st.st_uid, st.st_gid)
 
 
 def apply(st, preserve, fd=None, dir_fd=None, name=None, xattrs=None, path_for_errors=None):
-    """Apply the metadata of source stat `st` to an fd (file, dir) or a name (symlink)."""
+    """Apply the metadata of source stat `st` to an fd (file, dir) or a name (symlink).
+
+    Returns the set-id and sticky bits left out of the mode because the copy
+    has not the source's owner (0 if none).
+    """
+    where = {'fd': fd, 'dir_fd': dir_fd, 'name': name}
     is_link = fd is None
+    left_out = 0
     try:
-        if 'owner' in preserve:
-            _chown(st.st_uid, st.st_gid, fd=fd, dir_fd=dir_fd, name=name)
+        chowned = _chown(st.st_uid, st.st_gid, **where) if 'owner' in preserve else None
         if 'xattrs' in preserve and xattrs:
-            write_xattrs(xattrs, fd=fd, dir_fd=dir_fd, name=name, path_for_errors=path_for_errors)
+            write_xattrs(xattrs, path_for_errors=path_for_errors, **where)
         if 'mode' in preserve and not is_link:
-            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & SETID_BITS and not _has_owner_of(st, chowned, where):
+                left_out = mode & SETID_BITS
+                mode &= ~SETID_BITS
+            os.fchmod(fd, mode)
         if 'times' in preserve:
             times = (st.st_atime_ns, st.st_mtime_ns)
             if fd is not None:
@@ -118,11 +150,21 @@ def apply(st, preserve, fd=None, dir_fd=None, name=None, xattrs=None, path_for_e
         raise
     except OSError as exc:
         raise os_error(exc, 'cannot apply metadata', path_for_errors)
+    return left_out
+
+
+def expected_mode(src_st, dst_st):
+    """The mode a copy with dst_st's owner gets from src_st: without set-id and
+    sticky bits unless it has the source's owner and group (see apply)."""
+    mode = stat.S_IMODE(src_st.st_mode)
+    if (src_st.st_uid, src_st.st_gid) != (dst_st.st_uid, dst_st.st_gid):
+        mode &= ~SETID_BITS
+    return mode
 
 
 def differs(src_st, dst_st, preserve):
     """True if applying `preserve` from src_st would change dst_st."""
-    if 'mode' in preserve and stat.S_IMODE(src_st.st_mode) != stat.S_IMODE(dst_st.st_mode):
+    if 'mode' in preserve and expected_mode(src_st, dst_st) != stat.S_IMODE(dst_st.st_mode):
         return True
     if 'owner' in preserve and IS_ROOT and (src_st.st_uid, src_st.st_gid) != (dst_st.st_uid, dst_st.st_gid):
         return True

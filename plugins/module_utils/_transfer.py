@@ -47,10 +47,11 @@ MOVED, IDENTICAL, FAILED, SKIPPED, INTERRUPTED, RETRY, STAGED = (
 
 
 class Outcome:
-    __slots__ = ('row', 'status', 'method', 'digest', 'error', 'bytes', 'fatal', 'src_ident', 'staged')
+    __slots__ = ('row', 'status', 'method', 'digest', 'error', 'bytes', 'fatal', 'src_ident', 'staged',
+                 'setid_cleared')
 
     def __init__(self, row, status, method=None, digest=None, error=None, nbytes=0, src_ident=None,
-                 staged=None):
+                 staged=None, setid_cleared=0):
         self.row = row
         self.status = status
         self.method = method
@@ -60,6 +61,8 @@ class Outcome:
         self.fatal = bool(getattr(error, 'fatal', False))
         self.src_ident = src_ident
         self.staged = staged      # STAGED: (reldir, name, dreldir, dname, part, st, sparse)
+        # The source's mode, if the copy got it without its set-id/sticky bits (owner not kept)
+        self.setid_cleared = setid_cleared
 
 
 def open_read(dir_fd, name):
@@ -198,7 +201,7 @@ class Transfer:
                 return False, None
             if 'mode' in self.preserve or 'times' in self.preserve or 'owner' in self.preserve:
                 if _metadata.differs(src_st, dst_st, self.preserve):
-                    _metadata.apply(src_st, self.preserve, fd=dfd, path_for_errors=self._dfull(dname))
+                    self._apply(src_st, self.preserve, fd=dfd, path_for_errors=self._dfull(dname))
             return True, src_digest
         finally:
             os.close(dfd)
@@ -228,7 +231,20 @@ class Transfer:
 
     # -- dispatch ----------------------------------------------------------------
 
+    def _apply(self, st, preserve, **where):
+        """_metadata.apply, noting for run() the mode whose set-id bits it left out."""
+        if _metadata.apply(st, preserve, **where):
+            self._local.setid_cleared = stat.S_IMODE(st.st_mode)
+
     def run(self, row, leader_dest=None):
+        """Bring one row's entry into place (see _run); the Outcome says whether
+        the copy lost set-id bits with its owner."""
+        self._local.setid_cleared = 0
+        outcome = self._run(row, leader_dest)
+        outcome.setid_cleared = self._local.setid_cleared
+        return outcome
+
+    def _run(self, row, leader_dest=None):
         rel = row.path
         path = self.src.full(rel)
         try:
@@ -372,8 +388,7 @@ class Transfer:
                 os.ftruncate(part_fd, st.st_size)     # a trailing hole
             _faults.point('after_part_write')
             xattrs = _metadata.read_xattrs(fd=fd) if 'xattrs' in self.preserve else None
-            _metadata.apply(st, self.preserve, fd=part_fd, xattrs=xattrs,
-                            path_for_errors=self._dfull(dname))
+            self._apply(st, self.preserve, fd=part_fd, xattrs=xattrs, path_for_errors=self._dfull(dname))
             if self.batch_sync and pipeline is None:
                 # Flushed with the rest of the batch (syncfs), then finish()ed.
                 staged = (split(row.path)[0], name, split(self.dest_rel(row.path))[0], dname, part, st, sparse)
@@ -471,7 +486,7 @@ class Transfer:
             _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname))
             _faults.point('after_rename')
             return Outcome(row, MOVED, method='copy', digest=outcome.digest, nbytes=outcome.bytes,
-                           src_ident=outcome.src_ident)
+                           src_ident=outcome.src_ident, setid_cleared=outcome.setid_cleared)
         except (MoverError, OSError, _copy.Interrupted) as exc:
             if dst_dir is not None:
                 _durable.remove_quietly(dst_dir, part)

@@ -155,7 +155,11 @@ options:
     default: fail
   preserve:
     description:
-      - Which metadata survives the move. Extended attributes include POSIX ACLs and SELinux labels.
+      - Which metadata survives the move. Extended attributes include POSIX ACLs, file capabilities and SELinux
+        labels.
+      - Set-id and sticky bits are kept only where the owner is. A copy that cannot have its source's owner and group
+        (a run as a user other than root, or without V(owner)) gets the source's mode without them, as C(cp -a)
+        does; see RV(stats.setid_cleared).
       - Without V(hardlinks), every name of a hard-link group becomes its own file at the destination.
     type: list
     elements: str
@@ -295,6 +299,11 @@ stats:
       type: int
     special_skipped:
       description: Special files (FIFOs, devices, sockets) left at the source.
+      type: int
+    setid_cleared:
+      description:
+        - Files and directories this run gave the source's mode without its set-id and sticky bits, because they
+          could not have the source's owner and group (see O(preserve)). Each is logged in O(audit_log).
       type: int
     bytes_total:
       description: Bytes of all regular files of the job.

@@ -129,3 +129,93 @@ def test_file_capabilities_survive_a_move_across_filesystems(site: Site) -> None
         got_acl = subprocess.run(["getfacl", "--omit-header", "--numeric", "bin/owned"], cwd=site.dest,
                                  capture_output=True, text=True, check=True).stdout
         assert got_acl == acl
+    assert result["stats"]["setid_cleared"] == 0
+
+
+# -- item 10: set-id bits when the owner cannot be kept -------------------------------------------
+
+
+@pytest.fixture
+def nobody_dest(nobody_tmp_path: Path, run_as_nobody: t.Callable[..., t.Any]) -> t.Iterator[Layout]:
+    """src and state on the root filesystem, dest on a tmpfs (another filesystem:
+    the copy path), everything reachable and writable by nobody."""
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.skip("%s needed to run the mover as nobody" % SYSTEM_PYTHON)
+    probe = run_as_nobody([SYSTEM_PYTHON, "-c", "open(%r).read()" % str(CLI)])
+    if probe.returncode != 0:
+        pytest.skip("nobody cannot read %s: %s" % (CLI, probe.stderr.strip()[-300:]))
+    src, state, mounted = nobody_tmp_path / "src", nobody_tmp_path / "state", nobody_tmp_path / "mnt"
+    for path in (src, state, mounted):
+        path.mkdir()
+        os.chown(path, NOBODY, NOBODY)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,uid=%d,gid=%d,mode=0755" % (NOBODY, NOBODY),
+                    "durable-mover-test", str(mounted)], check=True)
+    try:
+        yield Layout("tmpfs", src, mounted / "dst", state)
+    finally:
+        subprocess.run(["umount", str(mounted)], check=False)
+
+
+def _run_as_nobody(run_as_nobody: t.Callable[..., t.Any], params: dict[str, t.Any]) -> CliRun:
+    proc = run_as_nobody([SYSTEM_PYTHON, *cli_argv(params)[1:]], env=cli_env())
+    return CliRun(proc.returncode, proc.stdout, proc.stderr, 0.0)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("processes", [1, 2])
+def test_setid_bits_are_cleared_when_the_owner_cannot_be_kept(
+        nobody_dest: Layout, run_as_nobody: t.Callable[..., t.Any], processes: int) -> None:
+    """With 2 processes (a batch a file), the counts come from the worker processes."""
+    layout = nobody_dest
+    spec = TreeSpec(files={
+        "suid-root": FileSpec(b"#!/bin/sh\nid\n", 0o4755, BASE_NS + 1, 0, 0),
+        "sgid-other": FileSpec(b"group tool\n", 0o2755, BASE_NS + 2, *OTHER),
+        "sticky-other": FileSpec(b"sticky\n", 0o1644, BASE_NS + 3, *OTHER),
+        "own-sgid": FileSpec(b"nobody's own setgid file\n", 0o2755, BASE_NS + 4, NOBODY, NOBODY),
+        "plain-other": FileSpec(b"no special bits\n", 0o644, BASE_NS + 5, *OTHER),
+        "shared/mine": FileSpec(b"in a shared directory\n", 0o644, BASE_NS + 6, NOBODY, NOBODY),
+        "own/ro": FileSpec(b"read-only, with an xattr\n", 0o400, BASE_NS + 7, NOBODY, NOBODY),
+    }, dirs={"shared": (0o3777, BASE_NS + 100), "own": (0o2755, BASE_NS + 101)})
+    materialize(spec, layout.src)
+    os.chown(layout.src / "shared", *OTHER)
+    os.chown(layout.src / "own", NOBODY, NOBODY)
+    os.chmod(layout.src / "own", 0o2755)                 # chown cleared the setgid bit
+    os.setxattr(layout.src / "own" / "ro", "user.tag", b"kept")
+    audit = layout.state / "audit.jsonl"
+    params = layout.params(audit_log=str(audit), processes=processes, batch_files=1 if processes > 1 else 256)
+
+    run = _run_as_nobody(run_as_nobody, params)
+    assert run.returncode == 0, run.describe()
+    result = run.result
+    dest = layout.dest
+
+    def mode(rel: str) -> int:
+        return stat.S_IMODE(os.lstat(dest / rel).st_mode)
+
+    # Not the source's owner: no set-id or sticky bit, the rest of the mode kept.
+    assert os.lstat(dest / "suid-root").st_uid == NOBODY
+    assert mode("suid-root") == 0o755, oct(mode("suid-root"))
+    assert mode("sgid-other") == 0o755
+    assert mode("sticky-other") == 0o644
+    assert mode("shared") == 0o777
+    # The runner's own: kept whole (bits, xattr on a read-only file).
+    assert mode("own-sgid") == 0o2755
+    assert mode("own") == 0o2755
+    assert mode("own/ro") == 0o400
+    assert os.getxattr(dest / "own" / "ro", "user.tag") == b"kept"
+    assert mode("plain-other") == 0o644
+    for rel, f in spec.files.items():
+        assert read_regular(dest / rel) == f.data, rel
+        assert not os.path.lexists(layout.src / rel), rel
+
+    assert result["stats"]["setid_cleared"] == 4, result["stats"]
+    events = [e for e in _audit(audit) if e["event"] == "setid_cleared"]
+    assert sorted(e["path"] for e in events) == sorted(["shared", "sgid-other", "sticky-other", "suid-root"])
+    by_path = {e["path"]: e for e in events}
+    assert (by_path["suid-root"]["source_mode"], by_path["suid-root"]["mode"]) == ("4755", "0755")
+    assert (by_path["shared"]["source_mode"], by_path["shared"]["mode"]) == ("3777", "0777")
+
+    again = _run_as_nobody(run_as_nobody, params)
+    assert again.returncode == 0, again.describe()
+    assert again.result["changed"] is False, again.result
+    assert again.result["stats"]["setid_cleared"] == 0

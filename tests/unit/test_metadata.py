@@ -219,7 +219,7 @@ def test_differs_owner_only_counts_for_root():
     assert _metadata.differs(base, other, ("owner",)) is (os.geteuid() == 0)
 
 
-# -- the order: owner, xattrs, mode, times (issue #10, item 9) ------------------------------
+# -- the order: owner, xattrs, mode, times (issue #10, items 9 and 10) --------------------
 
 
 def _capability(path):
@@ -261,3 +261,35 @@ def test_apply_keeps_file_capabilities_across_the_owner_change(tmp_path):
     got = os.lstat(dst)
     assert (got.st_uid, got.st_gid, stat.S_IMODE(got.st_mode)) == (*OWNER, 0o750)
     assert _capability(dst) == want
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("preserve, owner, mode, cleared", [
+    # owner not preserved: the copy stays root's, and a setuid-1234 file must not become setuid-root
+    (("mode", "times"), (0, 0), 0o755, 0o7000),
+    (_metadata.PRESERVE_ALL, OWNER, 0o7755, 0),
+], ids=["owner-not-kept", "owner-kept"])
+def test_apply_keeps_setid_and_sticky_bits_only_with_the_owner(tmp_path, preserve, owner, mode, cleared):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(b"x")
+    dst.write_bytes(b"x")
+    os.chown(src, *OWNER)
+    os.chmod(src, 0o7755)
+    fd = open_fd(dst, os.O_RDWR)
+    try:
+        left_out = _metadata.apply(os.lstat(src), preserve, fd=fd)
+    finally:
+        os.close(fd)
+    got = os.lstat(dst)
+    assert ((got.st_uid, got.st_gid), stat.S_IMODE(got.st_mode)) == (owner, mode)
+    assert left_out == cleared
+    assert not _metadata.differs(os.lstat(src), got, preserve)
+
+
+def test_differs_expects_no_setid_bits_on_a_copy_of_another_owner():
+    """A copy whose set-id bits were cleared for want of the owner is as it should be."""
+    src = fake(mode=0o4755, uid=0, gid=0)
+    cleared = fake(mode=0o755, uid=65534, gid=65534)
+    assert not _metadata.differs(src, cleared, ("mode", "times"))
+    assert _metadata.differs(src, fake(mode=0o4755, uid=65534, gid=65534), ("mode", "times"))
+    assert not _metadata.differs(src, fake(mode=0o4755, uid=0, gid=0), ("mode", "times"))
