@@ -463,8 +463,12 @@ class Runner:
                          resumed=resumed)
         src_root_fd = _durable.open_root(self.job.src_root)
         src_tree = _durable.DirTree(src_root_fd, self.job.src_root)
-        dst_root_fd = _durable.open_root(self.job.dest_root, create=True)
-        self.dst_tree = _durable.DirTree(dst_root_fd, self.job.dest_root, create=True)
+        # The tree's directories are made private (0700) and get their source's
+        # mode in _finalize: a run that stops before never leaves one more open
+        # than its source. Above the tree, or for one file, 0755 (as mkdir -p).
+        dir_mode = 0o700 if 'mode' in opts.preserve and self.job.single is None else 0o755
+        dst_root_fd = _durable.open_root(self.job.dest_root, create=True, mode=dir_mode)
+        self.dst_tree = _durable.DirTree(dst_root_fd, self.job.dest_root, create=True, mode=dir_mode)
         self.src_tree = src_tree
         try:
             excluded = _scan.Excluder(opts.exclude, part_suffix='.%s.part' % self.job.job_tag)

@@ -61,6 +61,10 @@ options:
         the file under its own name; any other path is the new name of the file.
       - Must not be inside O(src), and O(src) must not be inside it (real paths and device/inode are compared,
         so symbolic links and bind mounts are seen through).
+      - Directories the move creates for a tree (O(dest) itself and those below it) are made with mode 0700 and
+        get their source's mode when the job's last file is in place, so a run that stops half-way never leaves a
+        private directory open to others. Directories created above O(dest), and for one file, are 0755. Without
+        V(mode) in O(preserve), all are 0755 (less the umask).
     type: path
     required: true
   mode:

@@ -219,3 +219,87 @@ def test_setid_bits_are_cleared_when_the_owner_cannot_be_kept(
     assert again.returncode == 0, again.describe()
     assert again.result["changed"] is False, again.result
     assert again.result["stats"]["setid_cleared"] == 0
+
+
+# -- item 11: no private directory exposed by an interrupted run ------------------------------------
+
+
+def _private_tree() -> TreeSpec:
+    owner = OTHER if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+    spec = TreeSpec()
+    spec.files = {
+        "private/secret.txt": FileSpec(b"only for the owner\n", 0o644, BASE_NS + 1, *owner),
+        "private/deeper/more.txt": FileSpec(b"more\n" * 100, 0o644, BASE_NS + 2, *owner),
+        "group/g.txt": FileSpec(b"group\n", 0o640, BASE_NS + 3),
+        "public/p.txt": FileSpec(b"public\n", 0o644, BASE_NS + 4),
+        "public/q.txt": FileSpec(b"public too\n", 0o644, BASE_NS + 5),
+        "top.txt": FileSpec(b"top\n", 0o644, BASE_NS + 6),
+    }
+    spec.dirs = {"private": (0o700, BASE_NS + 100), "private/deeper": (0o750, BASE_NS + 101),
+                 "group": (0o710, BASE_NS + 102), "public": (0o755, BASE_NS + 103)}
+    return spec
+
+
+def _dir_modes(root: Path) -> dict[str, int]:
+    modes = {"": stat.S_IMODE(os.lstat(root).st_mode)}
+    for dirpath, dirnames, _files in os.walk(root):
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            modes[os.path.relpath(path, root)] = stat.S_IMODE(os.lstat(path).st_mode)
+    return modes
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("kind", ["samefs", pytest.param("ext4", marks=pytest.mark.loop)])
+def test_interrupted_run_leaves_no_directory_more_open_than_its_source(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    layout = make_layout(kind, tmp_path, request)
+    # The destination root's parent is made by the run too (like mkdir -p): it stays 0755.
+    layout = Layout(layout.kind, layout.src, layout.dest.parent / "made-above" / "dst", layout.state)
+    spec = materialize(_private_tree(), layout.src)
+    os.chmod(layout.src, 0o700)
+    source_modes = _dir_modes(layout.src)
+    params = layout.params(batch_files=2, workers=1, processes=1)
+
+    run = run_cli(params, faults="kill=after_journal_copied@1")
+    assert run.killed, run.describe()
+    got = _dir_modes(layout.dest)
+    assert set(got) == set(source_modes), (sorted(got), sorted(source_modes))
+    exposed = {rel: (oct(mode), oct(source_modes[rel])) for rel, mode in got.items()
+               if mode & 0o077 & ~source_modes[rel]}
+    assert not exposed, "directories more open than their source after a kill: %r" % exposed
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.lstat(layout.dest.parent).st_mode) == 0o755 & ~umask
+
+    check_complete(spec, layout, run_cli(params))
+    assert _dir_modes(layout.dest) == source_modes
+    assert stat.S_IMODE(os.lstat(layout.dest.parent).st_mode) == 0o755 & ~umask
+
+
+def test_single_file_into_a_new_directory_leaves_it_open(tmp_path: Path) -> None:
+    """The directory made for a one-file job is above the destination: 0755, as mkdir -p."""
+    src = tmp_path / "one.txt"
+    src.write_bytes(b"one\n")
+    dest = tmp_path / "new" / "dir" / "one.txt"
+    _ok(_mover.run({"src": str(src), "dest": str(dest), "state_dir": str(tmp_path / "state")}))
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (dest.parent, dest.parent.parent):
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o755 & ~umask, path
+    assert dest.read_bytes() == b"one\n"
+
+
+def test_without_mode_in_preserve_directories_are_made_as_before(tmp_path: Path) -> None:
+    """preserve without mode: no source mode is applied at the end, so directories
+    are not made 0700 (they would stay so)."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"f\n")
+    os.chmod(src / "d", 0o700)
+    _ok(_mover.run({"src": str(src), "dest": str(tmp_path / "dest"), "state_dir": str(tmp_path / "state"),
+                    "preserve": ["times", "owner"]}))
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (tmp_path / "dest", tmp_path / "dest" / "d"):
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o755 & ~umask, path
