@@ -46,19 +46,27 @@ _SKIPPED_XATTR_PREFIXES = ('trusted.SGI_ACL_',)
 SETID_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
 
-def _target(fd=None, dir_fd=None, name=None):
-    """What os.*xattr accept: an fd, or a /proc path to a name we must not follow."""
+def _proc_fd(fd):
+    """A path to the inode an fd (O_PATH included) holds, never to a name."""
+    return '/proc/self/fd/%d' % fd
+
+
+def _target(fd=None, dir_fd=None, name=None, node_fd=None):
+    """What os.*xattr accept, and whether they may follow it: an fd; an O_PATH
+    fd's /proc path (followed: it leads to that inode only); or a /proc path
+    to a name we must not follow."""
     if fd is not None:
-        return fd
-    return '/proc/self/fd/%d/%s' % (dir_fd, name)
+        return fd, True
+    if node_fd is not None:
+        return _proc_fd(node_fd), True
+    return '/proc/self/fd/%d/%s' % (dir_fd, name), False
 
 
 def read_xattrs(fd=None, dir_fd=None, name=None):
     """All extended attributes as a list of (name, value); [] if unsupported."""
     if not hasattr(os, 'listxattr'):
         return []
-    target = _target(fd, dir_fd, name)
-    follow = fd is not None
+    target, follow = _target(fd, dir_fd, name)
     try:
         names = os.listxattr(target, follow_symlinks=follow)
     except OSError as exc:
@@ -78,9 +86,8 @@ def read_xattrs(fd=None, dir_fd=None, name=None):
     return result
 
 
-def write_xattrs(attrs, fd=None, dir_fd=None, name=None, path_for_errors=None):
-    target = _target(fd, dir_fd, name)
-    follow = fd is not None
+def write_xattrs(attrs, fd=None, dir_fd=None, name=None, path_for_errors=None, node_fd=None):
+    target, follow = _target(fd, dir_fd, name, node_fd)
     for attr, value in attrs:
         try:
             os.setxattr(target, attr, value, follow_symlinks=follow)
@@ -94,12 +101,14 @@ def write_xattrs(attrs, fd=None, dir_fd=None, name=None, path_for_errors=None):
             raise os_error(exc, 'cannot set extended attribute %s' % attr, path_for_errors)
 
 
-def _chown(uid, gid, fd=None, dir_fd=None, name=None):
+def _chown(uid, gid, fd=None, dir_fd=None, name=None, node_fd=None):
     """Give the copy the source's owner; False if we may not (then, like cp -a,
     the copy stays the runner's)."""
     try:
         if fd is not None:
             os.fchown(fd, uid, gid)
+        elif node_fd is not None:
+            os.chown(_proc_fd(node_fd), uid, gid)
         else:
             os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
     except PermissionError:
@@ -114,21 +123,24 @@ def _has_owner_of(st, chowned, where):
     _chown returned, None if owner is not preserved (then the copy is asked)."""
     if chowned is not None:
         return chowned
-    if where['fd'] is not None:
-        now = os.fstat(where['fd'])
+    if where['fd'] is not None or where['node_fd'] is not None:
+        now = os.fstat(where['fd'] if where['fd'] is not None else where['node_fd'])
     else:
         now = os.lstat(where['name'], dir_fd=where['dir_fd'])
     return (now.st_uid, now.st_gid) == (st.st_uid, st.st_gid)
 
 
-def apply(st, preserve, fd=None, dir_fd=None, name=None, xattrs=None, path_for_errors=None):
-    """Apply the metadata of source stat `st` to an fd (file, dir) or a name (symlink).
+def apply(st, preserve, fd=None, dir_fd=None, name=None, xattrs=None, path_for_errors=None,
+          node_fd=None):
+    """Apply the metadata of source stat `st` to the copy: an fd (file, dir), an
+    O_PATH `node_fd` (FIFO, device node; reached through /proc, so no name is
+    ever followed) or `name` in `dir_fd` (a symlink, never followed).
 
     Returns the set-id and sticky bits left out of the mode because the copy
     has not the source's owner (0 if none).
     """
-    where = {'fd': fd, 'dir_fd': dir_fd, 'name': name}
-    is_link = fd is None
+    where = {'fd': fd, 'dir_fd': dir_fd, 'name': name, 'node_fd': node_fd}
+    is_link = fd is None and node_fd is None
     left_out = 0
     try:
         chowned = _chown(st.st_uid, st.st_gid, **where) if 'owner' in preserve else None
@@ -139,11 +151,16 @@ def apply(st, preserve, fd=None, dir_fd=None, name=None, xattrs=None, path_for_e
             if mode & SETID_BITS and not _has_owner_of(st, chowned, where):
                 left_out = mode & SETID_BITS
                 mode &= ~SETID_BITS
-            os.fchmod(fd, mode)
+            if fd is not None:
+                os.fchmod(fd, mode)
+            else:
+                os.chmod(_proc_fd(node_fd), mode)
         if 'times' in preserve:
             times = (st.st_atime_ns, st.st_mtime_ns)
             if fd is not None:
                 os.utime(fd, ns=times)
+            elif node_fd is not None:
+                os.utime(_proc_fd(node_fd), ns=times)
             else:
                 os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
     except MoverError:

@@ -28,6 +28,7 @@ from ansible_collections.durable.mover.plugins.module_utils._errors import Mover
 from ansible_collections.durable.mover.plugins.module_utils._scan import special_name
 
 O_NOATIME = getattr(os, 'O_NOATIME', 0)
+O_PATH = getattr(os, 'O_PATH', 0)     # Linux: an fd that names an inode without opening it
 NAME_MAX = 255
 # Files larger than this many buffers are copied by a _copy.Pipeline, flushed
 # and read back every PIPELINE_FLUSH bytes while the rest is written, in
@@ -648,13 +649,18 @@ class Transfer:
                 return self._conflict(row, path, 'the destination exists and is not the same special file')
         part = part_name(dname, self.job_tag)
         _durable.remove_quietly(dst_dir, part)
+        node = None
         try:
             os.mknod(part, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=dst_dir)
-            _metadata.apply(st, [p for p in self.preserve if p != 'mode'], dir_fd=dst_dir, name=part,
-                            path_for_errors=self._dfull(dname))
-            os.chmod(part, stat.S_IMODE(st.st_mode), dir_fd=dst_dir)
-            if 'times' in self.preserve:
-                os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_dir, follow_symlinks=False)
+            node = _open_node(dst_dir, part, st, self._dfull(dname))
+            # Through the node's fd, never its name (a link swapped in under it
+            # would be followed); the mode is always the source's.
+            self._apply(st, [p for p in self.preserve if p != 'mode'] + ['mode'], node_fd=node,
+                        path_for_errors=self._dfull(dname))
+            if not _still_named(dst_dir, part, node):
+                raise MoverError('the special file made at the destination was replaced by another entry before '
+                                 'it was renamed into place; it was removed and the source kept',
+                                 self._dfull(dname), errno.EEXIST)
             _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname))
         except OSError as exc:
             _durable.remove_quietly(dst_dir, part)
@@ -662,5 +668,35 @@ class Transfer:
         except MoverError:
             _durable.remove_quietly(dst_dir, part)
             raise
+        finally:
+            if node is not None:
+                os.close(node)
         _faults.point('after_rename')
         return Outcome(row, MOVED, method='special', src_ident=ident(st))
+
+
+def _open_node(dir_fd, name, st, path_for_errors):
+    """O_PATH fd of the FIFO or device node just made as `name`: neither the node
+    itself is opened (a tape would rewind, a FIFO block) nor a link followed.
+    It must be the node made: the source's type and device number, ours, with
+    one name (not a link or another's node swapped in, nor a hard link to one)."""
+    if not O_PATH:
+        raise MoverError('special_files=recreate needs O_PATH (Linux)', path_for_errors, errno.ENOSYS)
+    fd = os.open(name, O_PATH | _durable.O_NOFOLLOW | _durable.O_CLOEXEC, dir_fd=dir_fd)
+    made = os.fstat(fd)
+    if (stat.S_IFMT(made.st_mode), made.st_rdev, made.st_uid, made.st_nlink) != \
+            (stat.S_IFMT(st.st_mode), st.st_rdev, os.geteuid(), 1):
+        os.close(fd)
+        raise MoverError('the special file made at the destination was replaced by another entry before its '
+                         'metadata was set; it was removed and the source kept', path_for_errors, errno.EEXIST)
+    return fd
+
+
+def _still_named(dir_fd, name, fd):
+    """Is `name` in `dir_fd` still the inode `fd` holds?"""
+    try:
+        named = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)

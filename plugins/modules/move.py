@@ -172,7 +172,8 @@ options:
   special_files:
     description:
       - FIFOs and device nodes. V(skip) leaves them at the source, logged and reported; V(recreate) makes them
-        anew at the destination. Sockets are always skipped.
+        anew at the destination (their owner, mode and times are set through the new node's own file descriptor,
+        never through a name another process could have replaced). Sockets are always skipped.
     type: str
     choices: [skip, recreate]
     default: skip

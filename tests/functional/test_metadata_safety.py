@@ -181,8 +181,12 @@ def test_setid_bits_are_cleared_when_the_owner_cannot_be_kept(
     os.chown(layout.src / "own", NOBODY, NOBODY)
     os.chmod(layout.src / "own", 0o2755)                 # chown cleared the setgid bit
     os.setxattr(layout.src / "own" / "ro", "user.tag", b"kept")
+    os.mkfifo(layout.src / "own" / "fifo")               # recreated through its O_PATH fd, as nobody
+    os.chown(layout.src / "own" / "fifo", NOBODY, NOBODY)
+    os.chmod(layout.src / "own" / "fifo", 0o620)
     audit = layout.state / "audit.jsonl"
-    params = layout.params(audit_log=str(audit), processes=processes, batch_files=1 if processes > 1 else 256)
+    params = layout.params(audit_log=str(audit), processes=processes, batch_files=1 if processes > 1 else 256,
+                           special_files="recreate")
 
     run = _run_as_nobody(run_as_nobody, params)
     assert run.returncode == 0, run.describe()
@@ -203,6 +207,8 @@ def test_setid_bits_are_cleared_when_the_owner_cannot_be_kept(
     assert mode("own") == 0o2755
     assert mode("own/ro") == 0o400
     assert os.getxattr(dest / "own" / "ro", "user.tag") == b"kept"
+    assert stat.S_ISFIFO(os.lstat(dest / "own" / "fifo").st_mode) and mode("own/fifo") == 0o620
+    assert not os.path.lexists(layout.src / "own" / "fifo")
     assert mode("plain-other") == 0o644
     for rel, f in spec.files.items():
         assert read_regular(dest / rel) == f.data, rel
@@ -303,3 +309,95 @@ def test_without_mode_in_preserve_directories_are_made_as_before(tmp_path: Path)
     os.umask(umask)
     for path in (tmp_path / "dest", tmp_path / "dest" / "d"):
         assert stat.S_IMODE(os.lstat(path).st_mode) == 0o755 & ~umask, path
+
+
+# -- item 16: special_files=recreate and a symlink swapped in ----------------------------------------
+
+
+def _make_special(path: Path, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    os.chmod(path, 0o644)
+
+
+def _swap_for_link(dir_fd: int, name: str, victim: Path) -> None:
+    """What another process could do: replace the part with a link to a file of its choice."""
+    os.unlink(name, dir_fd=dir_fd)
+    os.symlink(str(victim), name, dir_fd=dir_fd)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("site", [EXT4], indirect=True)
+@pytest.mark.parametrize("kind", ["fifo", "chr"])
+@pytest.mark.parametrize("when", ["before_metadata", "after_mknod"])
+def test_recreate_never_changes_a_file_through_a_link_swapped_for_the_part(
+        site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, when: str) -> None:
+    (site.src / "dev").mkdir()
+    _make_special(site.src / "dev" / "node", kind)
+    write(b(site.src / "dev" / "plain"), b"a plain file beside it\n")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not to be touched\n")
+    os.chmod(victim, 0o600)
+    os.utime(victim, ns=(BASE_NS, BASE_NS))
+    victim_before = os.lstat(victim)
+    swapped: list[str] = []
+
+    def part_of_node(dir_fd: int) -> str:
+        names = [n for n in os.listdir(dir_fd) if n.startswith(".node.") and n.endswith(".part")]
+        assert len(names) == 1, names
+        return names[0]
+
+    if when == "before_metadata":
+        real_apply = _metadata.apply
+
+        def apply(st: os.stat_result, *args: t.Any, **kwargs: t.Any) -> t.Any:
+            if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
+                dest_dir = os.open(site.dest / "dev", os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    name = part_of_node(dest_dir)
+                    _swap_for_link(dest_dir, name, victim)
+                finally:
+                    os.close(dest_dir)
+                swapped.append(name)
+            return real_apply(st, *args, **kwargs)
+
+        monkeypatch.setattr(_metadata, "apply", apply)
+    else:
+        real_mknod = os.mknod
+
+        def mknod(path: t.Any, mode: int = 0o600, device: int = 0, *, dir_fd: int | None = None) -> None:
+            real_mknod(path, mode, device, dir_fd=dir_fd)
+            if dir_fd is not None and os.fsdecode(path).startswith(".node."):
+                _swap_for_link(dir_fd, path, victim)
+                swapped.append(os.fsdecode(path))
+
+        monkeypatch.setattr(os, "mknod", mknod)
+
+    result = _mover.run(site.params(special_files="recreate", processes=1, workers=1))
+    monkeypatch.undo()
+    assert swapped, "the part was never swapped: the test did not reach its instant"
+
+    after = os.lstat(victim)
+    assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid, after.st_mtime_ns) == \
+        (0o600, victim_before.st_uid, victim_before.st_gid, victim_before.st_mtime_ns), \
+        "the victim was changed through the link: mode %o" % stat.S_IMODE(after.st_mode)
+    assert result.get("failed") is True, result
+    failed = [f["path"] for f in result["failures"]]
+    assert failed == [str(site.src / "dev" / "node")], result["failures"]
+    assert "replaced by another entry" in result["failures"][0]["error"], result["failures"]
+    assert not os.path.lexists(site.dest / "dev" / "node")
+    src_st = os.lstat(site.src / "dev" / "node")
+    assert stat.S_ISFIFO(src_st.st_mode) if kind == "fifo" else stat.S_ISCHR(src_st.st_mode)
+    assert part_files(site.dest) == []
+    assert (site.dest / "dev" / "plain").read_bytes() == b"a plain file beside it\n"
+
+    # Nobody in the way: the rerun recreates it.
+    again = _ok(_mover.run(site.params(special_files="recreate", processes=1)))
+    assert again["complete"] is True
+    got = os.lstat(site.dest / "dev" / "node")
+    assert stat.S_IFMT(got.st_mode) == stat.S_IFMT(src_st.st_mode)
+    assert stat.S_IMODE(got.st_mode) == 0o644
+    assert got.st_mtime_ns == src_st.st_mtime_ns
+    assert stat.S_IMODE(os.lstat(victim).st_mode) == 0o600
