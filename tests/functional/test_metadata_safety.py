@@ -33,7 +33,7 @@ import pytest
 
 from ansible_collections.durable.mover.plugins.module_utils import _metadata, _mover
 
-from fstree import EXT4, XFS, Site, b, unique_dir, write
+from fstree import EXT4, XFS, Site, b, write
 from helpers_recovery import (
     BASE_NS,
     CLI,
