@@ -57,11 +57,12 @@ def open_dir_at(parent_fd, name, path_for_errors=None):
         raise os_error(exc, 'cannot open directory', path_for_errors or name)
 
 
-def open_root(path, create=False):
+def open_root(path, create=False, mode=0o755):
     """Open a root directory (the only place a full path is resolved).
 
     With `create`, missing directories are created and each creation made
-    durable by an fsync of its parent.
+    durable by an fsync of its parent: `path` itself with `mode`, those above
+    it 0755 (as mkdir -p).
     """
     try:
         return os.open(path, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -73,7 +74,7 @@ def open_root(path, create=False):
     parent = os.path.dirname(os.path.abspath(path)) or '/'
     parent_fd = open_root(parent, create=True)
     try:
-        make_dir(parent_fd, os.path.basename(path), 0o755, path)
+        make_dir(parent_fd, os.path.basename(path), mode, path)
         return open_dir_at(parent_fd, os.path.basename(path), path)
     finally:
         os.close(parent_fd)

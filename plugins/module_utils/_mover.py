@@ -462,6 +462,7 @@ class Runner:
         self.moved = 0
         self.bytes_moved = 0
         self.changes = 0
+        self.setid_cleared = 0         # entries that lost set-id/sticky bits with their owner
         self.errors = []
         self.fatal = False
         self.halted = False   # a transfer hit a fatal error: start no further file
@@ -496,9 +497,13 @@ class Runner:
                          resumed=resumed)
         src_root_fd = _durable.open_root(self.job.src_root)
         src_tree = _durable.DirTree(src_root_fd, self.job.src_root)
-        dst_root_fd = _durable.open_root(self.job.dest_root, create=True)
+        # The tree's directories are made private (0700) and get their source's
+        # mode in _finalize: a run that stops before never leaves one more open
+        # than its source. Above the tree, or for one file, 0755 (as mkdir -p).
+        dir_mode = 0o700 if 'mode' in opts.preserve and self.job.single is None else 0o755
+        dst_root_fd = _durable.open_root(self.job.dest_root, create=True, mode=dir_mode)
         _durable.sync_ancestors(self.job.dest_root)     # found existing: its name may not be durable
-        self.dst_tree = _durable.DirTree(dst_root_fd, self.job.dest_root, create=True)
+        self.dst_tree = _durable.DirTree(dst_root_fd, self.job.dest_root, create=True, mode=dir_mode)
         self.src_tree = src_tree
         try:
             excluded = _scan.Excluder(opts.exclude, part_suffix='.%s.part' % self.job.job_tag)
@@ -607,6 +612,7 @@ class Runner:
             self.moved += value['moved']
             self.bytes_moved += value['bytes']
             self.changes += value['changes']
+            self.setid_cleared += value['setid_cleared']
             self.errors.extend(value['errors'])
             self.fatal = self.fatal or value['fatal']
 
@@ -640,7 +646,7 @@ class Runner:
         self.stop.forward = None
         _hashing.single_threaded()
         self.journal = self.journal.reconnect()    # the parent's was closed before the fork
-        self.moved = self.bytes_moved = self.changes = 0
+        self.moved = self.bytes_moved = self.changes = self.setid_cleared = 0
         self.errors = []
         created = self.dst_tree.created
         try:
@@ -651,7 +657,7 @@ class Runner:
             self.journal.close()
         return {'moved': self.moved, 'bytes': self.bytes_moved,
                 'changes': self.changes + self.dst_tree.created - created,
-                'errors': self.errors, 'fatal': self.fatal}
+                'setid_cleared': self.setid_cleared, 'errors': self.errors, 'fatal': self.fatal}
 
     def _work_share(self, share, feed):
         """The batch loop over the rows of `share` (all rows if None). `feed`:
@@ -878,6 +884,8 @@ class Runner:
                 done = o.method == 'rename' or not self.moves
                 in_place.append(('done' if done else 'copied', o.digest, o.method, self.run_no,
                                  o.src_ident, o.row.id))
+                if o.setid_cleared:
+                    self._note_setid_cleared(o.row.path, o.setid_cleared)
                 if done and o.status == MOVED:
                     self._count_moved(o)
             else:
@@ -921,6 +929,13 @@ class Runner:
         elif o.status == SKIPPED:
             journal.update(row.id, state='skipped', error=str(o.error), run=self.run_no)
             self.audit.event('file_skipped', row.path, reason=str(o.error))
+
+    def _note_setid_cleared(self, rel, source_mode):
+        """An entry whose copy could not have its source's owner, so it got the
+        source's mode without set-id and sticky bits (_metadata.apply)."""
+        self.setid_cleared += 1
+        self.audit.event('setid_cleared', rel, source_mode='%04o' % source_mode,
+                         mode='%04o' % (source_mode & ~_metadata.SETID_BITS))
 
     def _count_moved(self, o):
         self.moved += 1
@@ -1001,8 +1016,9 @@ class Runner:
             current = os.fstat(dst_fd)
             have = _metadata.read_xattrs(fd=dst_fd) if xattrs else None
             if _metadata.differs(st, current, self.opts.preserve) or (xattrs and xattrs != have):
-                _metadata.apply(st, self.opts.preserve, fd=dst_fd, xattrs=xattrs,
-                                path_for_errors=self.dst_tree.full(rel))
+                if _metadata.apply(st, self.opts.preserve, fd=dst_fd, xattrs=xattrs,
+                                   path_for_errors=self.dst_tree.full(rel)):
+                    self._note_setid_cleared(rel, stat.S_IMODE(mode))
                 _durable.sync_dir(dst_fd, self.dst_tree.full(rel))   # the directory's own metadata
                 self.changes += 1
             done = True
@@ -1084,6 +1100,7 @@ class Runner:
         stats['resumed'] = bool(resumed)
         stats['hardlinks'] = journal.hardlink_count()
         stats['special_skipped'] = journal.special_skipped()
+        stats['setid_cleared'] = self.setid_cleared
         failures = [_result.failure(self.src_tree.full(p), e, a, q) for p, e, a, q in
                     journal.failures(self.opts.max_failures_reported)]
         meta = journal.meta()

@@ -14,7 +14,7 @@ from ansible_collections.durable.mover.plugins.module_utils._errors import displ
 
 STAT_KEYS = ('files_total', 'files_moved', 'files_already_done', 'files_skipped', 'files_failed',
              'files_quarantined', 'dirs', 'symlinks', 'hardlinks', 'special_skipped',
-             'mounts_skipped', 'bytes_total', 'bytes_moved')
+             'mounts_skipped', 'setid_cleared', 'bytes_total', 'bytes_moved')
 PLAN_KEYS = ('files', 'bytes', 'renames', 'copies', 'conflicts', 'already_done', 'skipped')
 
 

@@ -28,6 +28,7 @@ from ansible_collections.durable.mover.plugins.module_utils._errors import Mover
 from ansible_collections.durable.mover.plugins.module_utils._scan import special_name
 
 O_NOATIME = getattr(os, 'O_NOATIME', 0)
+O_PATH = getattr(os, 'O_PATH', 0)     # Linux: an fd that names an inode without opening it
 NAME_MAX = 255
 # Files larger than this many buffers are copied by a _copy.Pipeline, flushed
 # and read back every PIPELINE_FLUSH bytes while the rest is written, in
@@ -47,10 +48,11 @@ MOVED, IDENTICAL, FAILED, SKIPPED, INTERRUPTED, RETRY, STAGED = (
 
 
 class Outcome:
-    __slots__ = ('row', 'status', 'method', 'digest', 'error', 'bytes', 'fatal', 'src_ident', 'staged')
+    __slots__ = ('row', 'status', 'method', 'digest', 'error', 'bytes', 'fatal', 'src_ident', 'staged',
+                 'setid_cleared')
 
     def __init__(self, row, status, method=None, digest=None, error=None, nbytes=0, src_ident=None,
-                 staged=None):
+                 staged=None, setid_cleared=0):
         self.row = row
         self.status = status
         self.method = method
@@ -60,6 +62,8 @@ class Outcome:
         self.fatal = bool(getattr(error, 'fatal', False))
         self.src_ident = src_ident
         self.staged = staged      # STAGED: (reldir, name, dreldir, dname, part, st, sparse, replace)
+        # The source's mode, if the copy got it without its set-id/sticky bits (owner not kept)
+        self.setid_cleared = setid_cleared
 
 
 def open_read(dir_fd, name):
@@ -217,7 +221,7 @@ class Transfer:
                 return False, None
             if 'mode' in self.preserve or 'times' in self.preserve or 'owner' in self.preserve:
                 if _metadata.differs(src_st, dst_st, self.preserve):
-                    _metadata.apply(src_st, self.preserve, fd=dfd, path_for_errors=self._dfull(dname))
+                    self._apply(src_st, self.preserve, fd=dfd, path_for_errors=self._dfull(dname))
                     if durable:
                         _durable.sync_data(dfd, self._dfull(dname))
             return True, src_digest
@@ -297,11 +301,24 @@ class Transfer:
 
     # -- dispatch ----------------------------------------------------------------
 
+    def _apply(self, st, preserve, **where):
+        """_metadata.apply, noting for run() the mode whose set-id bits it left out."""
+        if _metadata.apply(st, preserve, **where):
+            self._local.setid_cleared = stat.S_IMODE(st.st_mode)
+
     def run(self, row, leader=None):
-        """Bring `row` to its final destination name. `leader`: (destination
-        path, source inode copied) of the first name of the row's hard-link
-        group, already in place: the row is linked to it if its name is still
-        that inode (else it was replaced since the scan, and is a file of its own)."""
+        """Bring `row` to its final destination name (see _run); the Outcome
+        says whether the copy lost set-id bits with its owner."""
+        self._local.setid_cleared = 0
+        outcome = self._run(row, leader)
+        outcome.setid_cleared = self._local.setid_cleared
+        return outcome
+
+    def _run(self, row, leader=None):
+        """`leader`: (destination path, source inode copied) of the first name
+        of the row's hard-link group, already in place: the row is linked to it
+        if its name is still that inode (else it was replaced since the scan,
+        and is a file of its own)."""
         rel = row.path
         path = self.src.full(rel)
         try:
@@ -455,8 +472,7 @@ class Transfer:
                 os.ftruncate(part_fd, st.st_size)     # a trailing hole
             _faults.point('after_part_write')
             xattrs = _metadata.read_xattrs(fd=fd) if 'xattrs' in self.preserve else None
-            _metadata.apply(st, self.preserve, fd=part_fd, xattrs=xattrs,
-                            path_for_errors=self._dfull(dname))
+            self._apply(st, self.preserve, fd=part_fd, xattrs=xattrs, path_for_errors=self._dfull(dname))
             if self.batch_flush is not None and pipeline is None and self.batch_flush.covers(dst_dir):
                 # Flushed with the rest of the batch (syncfs), then finish()ed.
                 staged = (split(row.path)[0], name, split(self.dest_rel(row.path))[0], dname, part, st, sparse,
@@ -555,7 +571,7 @@ class Transfer:
             _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname), replace=replace)
             _faults.point('after_rename')
             return Outcome(row, MOVED, method='copy', digest=outcome.digest, nbytes=outcome.bytes,
-                           src_ident=outcome.src_ident)
+                           src_ident=outcome.src_ident, setid_cleared=outcome.setid_cleared)
         except (MoverError, OSError, _copy.Interrupted) as exc:
             if dst_dir is not None:
                 _durable.remove_quietly(dst_dir, part)
@@ -722,13 +738,18 @@ class Transfer:
                 return self._conflict(row, path, 'the destination exists and is not the same special file')
         part = part_name(dname, self.job_tag)
         _durable.remove_quietly(dst_dir, part)
+        node = None
         try:
             os.mknod(part, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=dst_dir)
-            _metadata.apply(st, [p for p in self.preserve if p != 'mode'], dir_fd=dst_dir, name=part,
-                            path_for_errors=self._dfull(dname))
-            os.chmod(part, stat.S_IMODE(st.st_mode), dir_fd=dst_dir)
-            if 'times' in self.preserve:
-                os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_dir, follow_symlinks=False)
+            node = _open_node(dst_dir, part, st, self._dfull(dname))
+            # Through the node's fd, never its name (a link swapped in under it
+            # would be followed); the mode is always the source's.
+            self._apply(st, [p for p in self.preserve if p != 'mode'] + ['mode'], node_fd=node,
+                        path_for_errors=self._dfull(dname))
+            if not _still_named(dst_dir, part, node):
+                raise MoverError('the special file made at the destination was replaced by another entry before '
+                                 'it was renamed into place; it was removed and the source kept',
+                                 self._dfull(dname), errno.EEXIST)
             _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname),
                                        replace=self._may_replace(row))
         except OSError as exc:
@@ -737,5 +758,35 @@ class Transfer:
         except MoverError:
             _durable.remove_quietly(dst_dir, part)
             raise
+        finally:
+            if node is not None:
+                os.close(node)
         _faults.point('after_rename')
         return Outcome(row, MOVED, method='special', src_ident=ident(st))
+
+
+def _open_node(dir_fd, name, st, path_for_errors):
+    """O_PATH fd of the FIFO or device node just made as `name`: neither the node
+    itself is opened (a tape would rewind, a FIFO block) nor a link followed.
+    It must be the node made: the source's type and device number, ours, with
+    one name (not a link or another's node swapped in, nor a hard link to one)."""
+    if not O_PATH:
+        raise MoverError('special_files=recreate needs O_PATH (Linux)', path_for_errors, errno.ENOSYS)
+    fd = os.open(name, O_PATH | _durable.O_NOFOLLOW | _durable.O_CLOEXEC, dir_fd=dir_fd)
+    made = os.fstat(fd)
+    if (stat.S_IFMT(made.st_mode), made.st_rdev, made.st_uid, made.st_nlink) != \
+            (stat.S_IFMT(st.st_mode), st.st_rdev, os.geteuid(), 1):
+        os.close(fd)
+        raise MoverError('the special file made at the destination was replaced by another entry before its '
+                         'metadata was set; it was removed and the source kept', path_for_errors, errno.EEXIST)
+    return fd
+
+
+def _still_named(dir_fd, name, fd):
+    """Is `name` in `dir_fd` still the inode `fd` holds?"""
+    try:
+        named = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)

@@ -68,6 +68,10 @@ options:
       - Must not be reachable inside O(src) through any mount below O(src) (a bind mount of O(dest), of a
         directory above it, or its filesystem mounted again), whether or not the move would enter it; such a
         job is refused before anything is touched. The same holds for O(state_dir).
+      - Directories the move creates for a tree (O(dest) itself and those below it) are made with mode 0700 and
+        get their source's mode when the job's last file is in place, so a run that stops half-way never leaves a
+        private directory open to others. Directories created above O(dest), and for one file, are 0755. Without
+        V(mode) in O(preserve), all are 0755 (less the umask).
     type: path
     required: true
   mode:
@@ -162,7 +166,11 @@ options:
     default: fail
   preserve:
     description:
-      - Which metadata survives the move. Extended attributes include POSIX ACLs and SELinux labels.
+      - Which metadata survives the move. Extended attributes include POSIX ACLs, file capabilities and SELinux
+        labels.
+      - Set-id and sticky bits are kept only where the owner is. A copy that cannot have its source's owner and group
+        (a run as a user other than root, or without V(owner)) gets the source's mode without them, as C(cp -a)
+        does; see RV(stats.setid_cleared).
       - Without V(hardlinks), every name of a hard-link group becomes its own file at the destination.
     type: list
     elements: str
@@ -171,7 +179,8 @@ options:
   special_files:
     description:
       - FIFOs and device nodes. V(skip) leaves them at the source, logged and reported; V(recreate) makes them
-        anew at the destination. Sockets are always skipped.
+        anew at the destination (their owner, mode and times are set through the new node's own file descriptor,
+        never through a name another process could have replaced). Sockets are always skipped.
     type: str
     choices: [skip, recreate]
     default: skip
@@ -314,6 +323,11 @@ stats:
       type: int
     mounts_skipped:
       description: Mount points inside O(src) left alone (not entered), as listed in RV(mount_points).
+      type: int
+    setid_cleared:
+      description:
+        - Files and directories this run gave the source's mode without its set-id and sticky bits, because they
+          could not have the source's owner and group (see O(preserve)). Each is logged in O(audit_log).
       type: int
     bytes_total:
       description: Bytes of all regular files of the job.

@@ -217,3 +217,79 @@ def test_differs():
 def test_differs_owner_only_counts_for_root():
     base, other = fake(uid=1, gid=2), fake(uid=3, gid=2)
     assert _metadata.differs(base, other, ("owner",)) is (os.geteuid() == 0)
+
+
+# -- the order: owner, xattrs, mode, times (issue #10, items 9 and 10) --------------------
+
+
+def _capability(path):
+    try:
+        return os.getxattr(path, "security.capability")
+    except OSError as exc:
+        if exc.errno == getattr(errno, "ENODATA", None):
+            return None
+        raise
+
+
+def setcap(spec, path):
+    if shutil.which("setcap") is None:
+        pytest.skip("setcap not installed (apt-get install libcap2-bin)")
+    proc = subprocess.run(["setcap", spec, str(path)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip("setcap failed here (no security xattrs?): %s" % proc.stderr.strip())
+
+
+@pytest.mark.root
+def test_apply_keeps_file_capabilities_across_the_owner_change(tmp_path):
+    """chown(2) clears security.capability: the xattrs must be written after it."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(b"an executable")
+    dst.write_bytes(b"an executable")
+    os.chown(src, *OWNER)
+    os.chmod(src, 0o750)
+    setcap("cap_net_raw=ep", src)          # after the chown, which would clear it
+    want = _capability(src)
+    assert want is not None
+    sfd, dfd = open_fd(src), open_fd(dst, os.O_RDWR)
+    try:
+        xattrs = _metadata.read_xattrs(fd=sfd)
+        assert "security.capability" in [name for name, _v in xattrs]
+        _metadata.apply(os.lstat(src), _metadata.PRESERVE_ALL, fd=dfd, xattrs=xattrs, path_for_errors=str(dst))
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    got = os.lstat(dst)
+    assert (got.st_uid, got.st_gid, stat.S_IMODE(got.st_mode)) == (*OWNER, 0o750)
+    assert _capability(dst) == want
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("preserve, owner, mode, cleared", [
+    # owner not preserved: the copy stays root's, and a setuid-1234 file must not become setuid-root
+    (("mode", "times"), (0, 0), 0o755, 0o7000),
+    (_metadata.PRESERVE_ALL, OWNER, 0o7755, 0),
+], ids=["owner-not-kept", "owner-kept"])
+def test_apply_keeps_setid_and_sticky_bits_only_with_the_owner(tmp_path, preserve, owner, mode, cleared):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(b"x")
+    dst.write_bytes(b"x")
+    os.chown(src, *OWNER)
+    os.chmod(src, 0o7755)
+    fd = open_fd(dst, os.O_RDWR)
+    try:
+        left_out = _metadata.apply(os.lstat(src), preserve, fd=fd)
+    finally:
+        os.close(fd)
+    got = os.lstat(dst)
+    assert ((got.st_uid, got.st_gid), stat.S_IMODE(got.st_mode)) == (owner, mode)
+    assert left_out == cleared
+    assert not _metadata.differs(os.lstat(src), got, preserve)
+
+
+def test_differs_expects_no_setid_bits_on_a_copy_of_another_owner():
+    """A copy whose set-id bits were cleared for want of the owner is as it should be."""
+    src = fake(mode=0o4755, uid=0, gid=0)
+    cleared = fake(mode=0o755, uid=65534, gid=65534)
+    assert not _metadata.differs(src, cleared, ("mode", "times"))
+    assert _metadata.differs(src, fake(mode=0o4755, uid=65534, gid=65534), ("mode", "times"))
+    assert not _metadata.differs(src, fake(mode=0o4755, uid=0, gid=0), ("mode", "times"))
