@@ -284,6 +284,8 @@ class LogWriter:
         self.handle.write(HEADER.pack(kind, disk, mode, len(payload), offset, size))
         if payload:
             self.handle.write(payload)
+        if kind == DISK:
+            return -1           # declarations are not records of the parsed log
         self.records += 1
         return self.records - 1
 
