@@ -793,6 +793,16 @@ def set_autoclear(device: str) -> None:
         os.close(fd)
 
 
+def set_max_request(device: str, kib: int) -> None:
+    """The largest request the block layer sends the device (max_sectors_kb)."""
+    path = '/sys/block/%s/queue/max_sectors_kb' % os.path.basename(device)
+    with open(path, 'w', encoding='ascii') as handle:
+        handle.write(str(kib))
+    with open(path, encoding='ascii') as handle:
+        if int(handle.read()) != kib:
+            raise RuntimeError('%s: max_sectors_kb stays above %d' % (device, kib))
+
+
 def detach_loop(device: str, backing: str, timeout: float = 10.0) -> None:
     """``losetup -d`` the device if it is still ours (attached to `backing`), then
     check that it really is detached; raise if it is not."""
@@ -1021,13 +1031,16 @@ class Rig:
     ``disks``: {name: fstype} or {name: (fstype, size_mib)} (default size: the
     smallest mkfs accepts, ext4 16 MiB); fstype ``raw``: no filesystem, not
     mounted (read and write ``rig.devices[name]``). ``loop_direct_io``: attach with
-    ``--direct-io=on``. Mounts at ``base/mnt/<name>``; crash-state images go to
+    ``--direct-io=on``. ``max_request_kib``: the loop devices' ``max_sectors_kb``
+    (4: every request is one 4 KiB block, so a failing write fails that block
+    only, not the neighbours the block layer merged into its request). Mounts at ``base/mnt/<name>``; crash-state images go to
     ``rig.state_dir`` (a tmpfs) and are mounted under ``rig.state_mounts``.
     """
 
     def __init__(self, base: os.PathLike | str, disks: dict[str, t.Any], loop_direct_io: bool = True,
                  mkfs_args: dict[str, t.Sequence[str]] | None = None,
-                 mount_options: dict[str, t.Sequence[str]] | None = None, state_tmpfs: str = '1g'):
+                 mount_options: dict[str, t.Sequence[str]] | None = None, state_tmpfs: str = '1g',
+                 max_request_kib: int | None = None):
         self.base = Path(base)
         self.fstypes: dict[str, str] = {}
         sizes: dict[str, int] = {}
@@ -1042,6 +1055,7 @@ class Rig:
         self.mkfs_args = mkfs_args or {}
         self.mount_options = mount_options or {}
         self.state_tmpfs = state_tmpfs
+        self.max_request_kib = max_request_kib
         self.devices: dict[str, str] = {}
         self.dev: BlockDev | None = None
         self.state_dir = self.base / 'states'
@@ -1053,6 +1067,8 @@ class Rig:
             for name in self.sizes:
                 device = attach_loop(self.dev.image(name), self.loop_direct_io)
                 self.devices[name] = device
+                if self.max_request_kib is not None:
+                    set_max_request(device, self.max_request_kib)
                 if self.fstypes[name] != 'raw':
                     mkfs(self.fstypes[name], device, self.mkfs_args.get(name, ()))
                     self.mount(name)
