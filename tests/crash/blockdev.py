@@ -66,9 +66,12 @@ xfs's log recovery run as after a real power loss) and tears them down.
 Everything runs as root in a private mount namespace
 (:func:`powerfs_harness.enter_private_mount_namespace`): mounts never leak
 to the machine and vanish with the test process. Loop devices are global:
-:class:`Rig` detaches each one by its name and checks that it is gone, and
-marks every mounted loop autoclear, so that even a test process killed
-outright leaves none behind once its namespace (and so its mounts) is gone.
+each is held open by the test process and marked autoclear right after it
+is attached (:class:`LoopDevice`), so it detaches at its last close; a test
+process killed outright leaves none behind once its namespace (and so its
+mounts) is gone. Teardown unmounts, closes, and checks by name that each
+device is detached (``losetup -d`` if it is not), then unmounts the FUSE
+filesystem and ends the daemon by PID.
 
 Typical use::
 
@@ -526,7 +529,7 @@ def serve(argv: list[str]) -> int:
     if stray:
         raise RuntimeError('attributes named like FUSE ops: %s' % stray)
     mfusepy.FUSE(ops, args.mountpoint, foreground=True, nothreads=True, debug=args.debug,
-                  fsname='blockdev', subtype='blockdev', allow_other=True)
+                 fsname='blockdev', subtype='blockdev', allow_other=True)
     return 0
 
 
@@ -779,18 +782,44 @@ def loop_backing(device: str) -> str | None:
         return None
 
 
-def set_autoclear(device: str) -> None:
-    """LO_FLAGS_AUTOCLEAR: the device detaches itself at its last close (set it
-    while something holds it open, e.g. a mount; mkfs's close would detach it)."""
-    fd = os.open(device, os.O_RDONLY)
-    try:
-        info = bytearray(LOOP_INFO64_SIZE)
-        fcntl.ioctl(fd, LOOP_GET_STATUS64, info)
-        flags = struct.unpack_from('<I', info, LO_FLAGS_OFFSET)[0]
-        struct.pack_into('<I', info, LO_FLAGS_OFFSET, flags | LO_FLAGS_AUTOCLEAR)
-        fcntl.ioctl(fd, LOOP_SET_STATUS64, bytes(info))
-    finally:
-        os.close(fd)
+def set_autoclear(fd: int) -> None:
+    """LO_FLAGS_AUTOCLEAR on the loop device open as `fd`: it detaches itself at
+    its last close."""
+    info = bytearray(LOOP_INFO64_SIZE)
+    fcntl.ioctl(fd, LOOP_GET_STATUS64, info)
+    flags = struct.unpack_from('<I', info, LO_FLAGS_OFFSET)[0]
+    struct.pack_into('<I', info, LO_FLAGS_OFFSET, flags | LO_FLAGS_AUTOCLEAR)
+    fcntl.ioctl(fd, LOOP_SET_STATUS64, bytes(info))
+
+
+class LoopDevice:
+    """A loop device attached to `image` (``losetup -f --show``), held open here
+    and autoclear: it detaches at the last close, so once :meth:`detach` (or the
+    death of this process, and with it of its mount namespace's mounts) closes
+    the last user, it is gone. :meth:`detach` checks that it is."""
+
+    def __init__(self, image: os.PathLike | str, direct_io: bool = True):
+        self.image = str(image)
+        self.path = attach_loop(image, direct_io)
+        self.fd: int | None = None
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY)
+            set_autoclear(self.fd)
+        except BaseException:
+            self.detach()
+            raise
+
+    def __str__(self) -> str:
+        return self.path
+
+    def detach(self) -> None:
+        """Close our fd (the device then detaches unless something else holds it,
+        e.g. a mount: unmount first) and check that it is no longer attached to
+        our image; ``losetup -d`` it if it still is."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        detach_loop(self.path, self.image)
 
 
 def set_max_request(device: str, kib: int) -> None:
@@ -859,23 +888,23 @@ def mount_images(images: dict[str, Path], fstypes: dict[str, str], base: os.Path
     """Attach each image to a loop device and mount it (read-write: the journal
     or log is recovered as after a power loss) at ``base/<name>``; yield
     {name: mount point}; unmount and detach (checked) on the way out."""
-    attached: list[tuple[str, str, Path]] = []
+    attached: list[tuple[LoopDevice, Path]] = []
     try:
         for name, image in images.items():
-            device = attach_loop(image, direct_io)
+            device = LoopDevice(image, direct_io)
             mountpoint = Path(base) / name
-            attached.append((device, str(image), mountpoint))
+            attached.append((device, mountpoint))
             opts = list((options or {}).get(name, ()))
             if fstypes[name] == 'xfs':
                 opts.append('nouuid')       # the same filesystem's UUID may be mounted live
-            mount(device, mountpoint, fstypes[name], opts)
+            mount(device.path, mountpoint, fstypes[name], opts)
         yield {name: Path(base) / name for name in images}
     finally:
         errors = []
-        for device, image, mountpoint in reversed(attached):
+        for device, mountpoint in reversed(attached):
             try:
                 umount(mountpoint)
-                detach_loop(device, image)
+                device.detach()
             except (OSError, RuntimeError) as exc:
                 errors.append(str(exc))
         if errors:
@@ -1056,7 +1085,8 @@ class Rig:
         self.mount_options = mount_options or {}
         self.state_tmpfs = state_tmpfs
         self.max_request_kib = max_request_kib
-        self.devices: dict[str, str] = {}
+        self.loops: dict[str, LoopDevice] = {}
+        self.devices: dict[str, str] = {}       # name -> /dev/loopN
         self.dev: BlockDev | None = None
         self.state_dir = self.base / 'states'
         self.state_mounts = self.base / 'state-mnt'
@@ -1065,8 +1095,9 @@ class Rig:
         try:
             self.dev = BlockDev(self.base / 'blockdev', self.sizes)
             for name in self.sizes:
-                device = attach_loop(self.dev.image(name), self.loop_direct_io)
-                self.devices[name] = device
+                loop = LoopDevice(self.dev.image(name), self.loop_direct_io)
+                self.loops[name] = loop
+                device = self.devices[name] = loop.path
                 if self.max_request_kib is not None:
                     set_max_request(device, self.max_request_kib)
                 if self.fstypes[name] != 'raw':
@@ -1097,25 +1128,10 @@ class Rig:
 
     def mount(self, name: str) -> None:
         mount(self.devices[name], self.path(name), self.fstypes[name], self.mount_options.get(name, ()))
-        set_autoclear(self.devices[name])
 
     def unmount(self, name: str) -> None:
-        """Unmount disk `name`; its loop device stays attached (not autoclear now)."""
-        device = self.devices[name]
-        fd = os.open(device, os.O_RDONLY)        # hold it: the unmount must not detach it
-        try:
-            self._clear_autoclear(fd)
-            umount(self.path(name))
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _clear_autoclear(fd: int) -> None:
-        info = bytearray(LOOP_INFO64_SIZE)
-        fcntl.ioctl(fd, LOOP_GET_STATUS64, info)
-        flags = struct.unpack_from('<I', info, LO_FLAGS_OFFSET)[0]
-        struct.pack_into('<I', info, LO_FLAGS_OFFSET, flags & ~LO_FLAGS_AUTOCLEAR)
-        fcntl.ioctl(fd, LOOP_SET_STATUS64, bytes(info))
+        """Unmount disk `name` (its loop device stays: the rig holds it open)."""
+        umount(self.path(name))
 
     def remount(self, *names: str) -> None:
         """Unmount and mount again: what is read next comes from the device."""
@@ -1152,14 +1168,14 @@ class Rig:
     def close(self) -> None:
         """Unmount every disk, detach (and check) every loop device, end the daemon."""
         errors = []
-        for name, device in reversed(list(self.devices.items())):
+        for name, loop in reversed(list(self.loops.items())):
             try:
                 if self.fstypes[name] != 'raw':
                     umount(self.path(name))
-                if self.dev is not None:
-                    detach_loop(device, str(self.dev.image(name)))
+                loop.detach()
             except (OSError, RuntimeError) as exc:
                 errors.append(str(exc))
+        self.loops.clear()
         self.devices.clear()
         if is_mountpoint(self.state_dir):
             umount(self.state_dir)

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pytest
 
-from blockdev import blockdev_rig  # noqa: F401  (the fixture, by its name)
+import blockdev
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'functional'))
 # pylint: disable-next=wrong-import-position
@@ -69,6 +69,7 @@ from helpers_recovery import (  # noqa: E402
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.loop]
+blockdev_rig = blockdev.blockdev_rig      # the fixture, under its name
 TRACE_CALL = re.compile(r'^(\d+)\s+(syncfs|fdatasync|fsync)\((\d+)(?:<([^>]*)>)?(.*)$')
 TRACE_RESUMED = re.compile(r'^(\d+)\s+<\.\.\. (syncfs|fdatasync|fsync) resumed>.*=\s+(-?\d+)')
 TRACE_RETURN = re.compile(r'\)\s+=\s+(-?\d+)')
@@ -176,10 +177,10 @@ def test_write_errors_with_two_workers_fail_those_files_and_lose_nothing(
     first_failed = {rel for rel, row in rows.items() if row['state'] == 'failed'}
 
     problems = _lost_or_false(spec, layout)
+    processes = len({pid for pid, _ret in syncfs})
     assert not problems, (
         '%d write errors on the device (%d of %d syncfs calls in %d processes returned an error); '
-        'after a remount:\n  %s' % (failed_writes, errors_seen, len(syncfs), len({p for p, _r in syncfs}),
-                                     '\n  '.join(problems)))
+        'after a remount:\n  %s' % (failed_writes, errors_seen, len(syncfs), processes, '\n  '.join(problems)))
     assert part_files(layout.dest) == []
     reported = {f['path'] for f in result['failures']}
     for rel in poisoned:
