@@ -45,6 +45,7 @@ Faults, switched at run time through the control file (and cleared by
   contain these bytes fail (to hit a chosen file's data wherever the
   filesystem put it);
 * ``fail-flush DISK``: every fsync fails with EIO (a dying disk);
+* ``fail-flush-after DISK N``: the next N fsyncs succeed, all later ones fail;
 * ``rot DISK START END``: reads of [START, END) return every byte XOR 0x01;
 * ``rot-matching DISK HEX``: reads of any 4 KiB block that holds these bytes
   return them with the first byte of each occurrence XOR 0x01.
@@ -213,6 +214,7 @@ class Faults:
         self.write_after: dict[str, int] = {}
         self.write_patterns: list[tuple[str, bytes]] = []
         self.flush_fails: set[str] = set()
+        self.flush_after: dict[str, int] = {}
         self.rot_ranges: list[tuple[str, int, int]] = []
         self.rot_patterns: list[tuple[str, bytes]] = []
 
@@ -221,6 +223,7 @@ class Faults:
                 'fail_writes_after': dict(self.write_after),
                 'fail_writes_matching': [[d, p.hex()] for d, p in self.write_patterns],
                 'fail_flush': sorted(self.flush_fails),
+                'fail_flush_after': dict(self.flush_after),
                 'rot': [list(r) for r in self.rot_ranges],
                 'rot_matching': [[d, p.hex()] for d, p in self.rot_patterns]}
 
@@ -246,7 +249,15 @@ class Faults:
         return failed
 
     def flush_fails_on(self, disk: Disk) -> bool:
-        return '*' in self.flush_fails or disk.name in self.flush_fails
+        """Does this flush fail? (Counts it against fail-flush-after.)"""
+        failed = '*' in self.flush_fails or disk.name in self.flush_fails
+        for key in ('*', disk.name):
+            if key in self.flush_after:
+                if self.flush_after[key] > 0:
+                    self.flush_after[key] -= 1
+                else:
+                    failed = True
+        return failed
 
     def rot(self, disk: Disk, offset: int, out: bytearray) -> int:
         """Alter what a read of [offset, offset + len(out)) returns; count the blocks."""
@@ -494,6 +505,9 @@ class BlockDevFS:
             return {}
         if cmd == 'fail-flush' and len(args) == 1:
             self.faults.flush_fails.add(self._disk_arg(args[0]))
+            return {}
+        if cmd == 'fail-flush-after' and len(args) == 2:
+            self.faults.flush_after[self._disk_arg(args[0])] = int(args[1])
             return {}
         raise ValueError('unknown or malformed command %r' % line)
 
@@ -1007,9 +1021,13 @@ class BlockDev:
         if matching is not None:
             self.command('fail-writes-matching %s %s' % (disk, matching.hex()))
 
-    def fail_flush(self, disk: str = '*') -> None:
-        """Every fsync of the disk's image (a flush) fails with EIO."""
-        self.command('fail-flush ' + disk)
+    def fail_flush(self, disk: str = '*', after: int | None = None) -> None:
+        """Every fsync of the disk's image (a flush) fails with EIO; with `after`,
+        only once `after` more flushes have succeeded."""
+        if after is None:
+            self.command('fail-flush ' + disk)
+        else:
+            self.command('fail-flush-after %s %d' % (disk, after))
 
     def rot(self, disk: str = '*', start: int | None = None, end: int | None = None,
             matching: bytes | None = None) -> None:

@@ -229,6 +229,32 @@ def test_a_failed_flush_is_eio_to_fsync(blockdev_rig):
     rig.dev.heal()
 
 
+def test_faults_after_n_count_the_devices_requests(blockdev_rig):
+    rig = blockdev_rig({'r': ('raw', 1)})
+    start = rig.mark('start')
+    rig.dev.fail_writes('r', after=2)
+    rig.dev.fail_flush('r', after=1)
+    fd = os.open(rig.devices['r'], os.O_RDWR | os.O_DIRECT)
+    try:
+        _direct_write(fd, 0, b'1' * 4096)
+        _direct_write(fd, 4096, b'2' * 4096)
+        with pytest.raises(OSError) as failed:
+            _direct_write(fd, 8192, b'3' * 4096)
+        assert failed.value.errno == errno.EIO
+        os.fsync(fd)
+        with pytest.raises(OSError) as failed:
+            os.fsync(fd)
+        assert failed.value.errno == errno.EIO
+        rig.dev.heal()
+        _direct_write(fd, 8192, b'3' * 4096)
+        os.fsync(fd)
+        assert _direct_read(fd, 0, 3 * 4096) == b'1' * 4096 + b'2' * 4096 + b'3' * 4096
+    finally:
+        os.close(fd)
+    log = rig.log()
+    assert [chr(r.kind) for r in log.records[start + 1:]] == ['W', 'W', 'w', 'F', 'f', 'W', 'F']
+
+
 @pytest.mark.parametrize('fstype,loop_direct_io', [('ext4', True), ('ext4', False), ('xfs', True)],
                          ids=['ext4-loop-dio', 'ext4-loop-buffered', 'xfs-loop-dio'])
 def test_rot_reaches_direct_and_uncached_readers(blockdev_rig, fstype, loop_direct_io):

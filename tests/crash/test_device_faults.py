@@ -18,6 +18,11 @@ kernel never marks pages clean, never records a writeback error):
   at its source, and a rerun once the disk is healed completes. Also with
   ``verify_readback: false``: read-back can catch what the flush lost, and
   so hide the bug.
+* issue 11 item 4, a destination that dies mid-run (every write, or every
+  flush, fails after the first N, as a dying disk does; xfs then shuts down,
+  ext4 aborts its journal): the run ends with a result that says it failed,
+  the device (remounted once healed) holds every file the journal says is
+  there, nothing is lost, and a rerun once healed completes.
 * "a verification-mismatch test changes the computed hash instead of the
   bytes on disk": here the device returns other bytes than were written
   (rot) for a file, after its flush, on each copy path: a batch flushed by
@@ -282,6 +287,50 @@ def test_other_bytes_read_back_from_the_device_are_caught(blockdev_rig, tmp_path
         assert rows[rel]['state'] == 'done', '%s: %r' % (rel, rows[rel])
 
     rerun = run_cli(params)             # healed: the same files now read back whole
+    check_complete(spec, layout, rerun)
+    rig.remount('dest')
+    assert not _lost_or_false(spec, layout)
+
+
+# --------------------------------------------------------------------------
+# A destination that dies mid-run
+# --------------------------------------------------------------------------
+
+DYING = {
+    # name: (fstype, what fails, after how many device requests)
+    'xfs-writes-fail': ('xfs', 'writes', 40),
+    'ext4-flushes-fail': ('ext4', 'flushes', 11),
+}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize('case', sorted(DYING))
+def test_a_destination_that_dies_mid_run_with_two_workers(blockdev_rig, tmp_path, case):
+    fstype, what, after = DYING[case]
+    rig = blockdev_rig({'dest': fstype})
+    layout = _layout(rig, tmp_path)
+    spec, _none = _tree(files=64, poisoned_every=10 ** 6, marker=b'unused')
+    spec.files['d1/large.bin'] = FileSpec(pseudo_random(10 * BUFFER, 99), 0o644, BASE_NS)   # the pipeline
+    materialize(spec, layout.src)
+    params = layout.params(processes=2, batch_files=8, workers=1, hash='sha256', verify_readback=False,
+                           buffer_size=BUFFER, checkpoint_size=2 * BUFFER, max_failures_reported=1000)
+    if what == 'writes':
+        rig.dev.fail_writes('dest', after=after)
+    else:
+        rig.dev.fail_flush('dest', after=after)
+    run = run_cli(params)
+    counts = rig.dev.stats()['counts']
+    assert counts.get('failed_writes', 0) + counts.get('failed_flushes', 0) > 0, 'the disk never failed'
+    rig.dev.heal()
+    rig.remount('dest')                 # a dead filesystem comes back as after a reboot
+
+    problems = _lost_or_false(spec, layout)
+    assert not problems, 'after the disk died and came back:\n  ' + '\n  '.join(problems)
+    assert run.returncode == 1, run.describe()
+    result = run.result                 # a result, not a traceback
+    assert result.get('failed') is True and result.get('complete') is False, result
+
+    rerun = run_cli(params)
     check_complete(spec, layout, rerun)
     rig.remount('dest')
     assert not _lost_or_false(spec, layout)
