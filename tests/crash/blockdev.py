@@ -51,7 +51,10 @@ Faults, switched at run time through the control file (and cleared by
   return them with the first byte of each occurrence XOR 0x01.
 
 A failed write changes nothing on the medium and is logged as ``w`` (failed
-flush: ``f``), so a replay skips it. Rot never changes what is stored: only
+flush: ``f``), so a replay skips it. A fault applies to one FUSE write: the
+kernel usually sends a block request as one, but may split it (seen for an
+8 KiB O_DIRECT write to a raw loop device), and then only the pieces that
+hit the fault fail; ``Rig(max_request_kib=4)`` makes every request one block. Rot never changes what is stored: only
 reads lie. A pattern counts only where it lies wholly inside one 4 KiB block
 of the image (blocks are 4 KiB aligned in the image).
 

@@ -255,6 +255,30 @@ def test_faults_after_n_count_the_devices_requests(blockdev_rig):
     assert [chr(r.kind) for r in log.records[start + 1:]] == ['W', 'W', 'w', 'F', 'f', 'W', 'F']
 
 
+def test_write_and_rot_ranges_on_a_raw_disk(blockdev_rig):
+    rig = blockdev_rig({'r': ('raw', 1)})
+    data = os.urandom(16 * KIB)
+    fd = os.open(rig.devices['r'], os.O_RDWR | os.O_DIRECT)
+    try:
+        _direct_write(fd, 0, data)
+        os.fsync(fd)
+        rig.dev.fail_writes('r', start=20 * KIB, end=24 * KIB)
+        _direct_write(fd, 16 * KIB, b'a' * 4 * KIB)         # outside the range
+        with pytest.raises(OSError) as failed:
+            _direct_write(fd, 20 * KIB, b'b' * 4 * KIB)     # inside it
+        assert failed.value.errno == errno.EIO
+        rig.dev.rot('r', start=4 * KIB + 100, end=4 * KIB + 200)
+        got = _direct_read(fd, 0, 24 * KIB)
+        want = bytearray(data + b'a' * 4 * KIB + bytes(4 * KIB))
+        for pos in range(4 * KIB + 100, 4 * KIB + 200):
+            want[pos] ^= 0x01
+        assert got == bytes(want)
+        rig.dev.heal()
+        assert _direct_read(fd, 0, 24 * KIB) == data + b'a' * 4 * KIB + bytes(4 * KIB)
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize('fstype,loop_direct_io', [('ext4', True), ('ext4', False), ('xfs', True)],
                          ids=['ext4-loop-dio', 'ext4-loop-buffered', 'xfs-loop-dio'])
 def test_rot_reaches_direct_and_uncached_readers(blockdev_rig, fstype, loop_direct_io):
