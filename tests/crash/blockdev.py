@@ -77,20 +77,35 @@ mounts) is gone. Teardown unmounts, closes, and checks by name that each
 device is detached (``losetup -d`` if it is not), then unmounts the FUSE
 filesystem and ends the daemon by PID.
 
-Typical use::
+Typical use (in pytest, the ``blockdev_rig`` fixture makes and closes the
+rig, and skips where it cannot run)::
 
-    with Rig(tmp_path, {'src': 'ext4', 'dest': 'xfs'}) as rig:
-        build_tree(rig.path('src'))
-        rig.sync()                      # setup durable
+    with Rig(tmp_path, {'src': 'ext4', 'dest': ('xfs', 300)}) as rig:
+        build_tree(rig.path('src'))     # rig.path(disk): its mount point
+        rig.sync()                      # setup durable (syncfs of every disk)
         rig.mark('start')
         run_the_mover(rig.path('src'), rig.path('dest'))
         rig.mark('end')
-        log = rig.log()
-        replayer = Replayer(log)
+        log = rig.log()                 # every disk's writes/flushes, marks, in order
+        replayer = Replayer(log)        # forwards is cheap: keep k increasing
         for k in log.flushes(after='start', before='end'):
-            images = replayer.write_state(k, rig.state_dir)
-            with mount_images(images, rig.fstypes, rig.state_mounts) as mounts:
-                check(mounts['src'], mounts['dest'])
+            for seed in (None, k):      # the flush prefix, then a CrashMonkey subset
+                with rig.crash_state(log, replayer, k, subset_seed=seed) as mounts:
+                    check(mounts['src'], mounts['dest'])     # writable copies
+
+    rig.dev.fail_writes('dest', matching=b'marker')  # or start=, end=; or after=N
+    rig.dev.fail_flush('dest')                       # or after=N
+    rig.dev.rot('dest', matching=b'marker')          # or start=, end=
+    rig.dev.heal(); rig.remount('dest')              # what is read now is the medium
+    rig.dev.stats()['counts']                        # writes, flushes, failed_*, rotted_reads
+
+Measured (``python blockdev.py bench``, the 2-core VM shared with other
+work; a chain of 20 create/write/fdatasync/rename/fsync-dir steps, 80 flush
+points), median ms per crash state, replay + mount with recovery + read
+every file + unmount: ext4 12 (1 + 7 + 1 + 3) at load ~2 and 30-45 at load
+~6; xfs 21 (2 + 15 + 1 + 4) and 41-77; btrfs 52 and 31-58. Mounting is
+nearly all of it; the replay is 1-2 ms. A rig with one ext4 and one xfs
+disk is made in ~0.5 s and torn down in ~0.1 s.
 """
 
 from __future__ import annotations
