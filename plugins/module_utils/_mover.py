@@ -525,6 +525,11 @@ class Runner:
         except MoverError as exc:
             journal.commit()
             self.errors.append(exc)
+        except OSError as exc:
+            # an I/O error where none was expected (a disk that died mid-run):
+            # reported in the result like any other, never as a traceback
+            journal.commit()
+            self.errors.append(os_error(exc, 'the run stopped on an error', exc.filename))
         finally:
             if self.fan is not None:
                 # the scan failed with workers running: they stop after the file
@@ -1011,10 +1016,13 @@ class Runner:
             dst_fd = self.dst_tree.get(rel)
             st = types.SimpleNamespace(st_mode=mode, st_uid=uid, st_gid=gid, st_atime_ns=atime_ns,
                                        st_mtime_ns=mtime_ns)
-            xattrs = _metadata.read_xattrs(fd=src_fd) if src_fd is not None and \
-                'xattrs' in self.opts.preserve else None
-            current = os.fstat(dst_fd)
-            have = _metadata.read_xattrs(fd=dst_fd) if xattrs else None
+            try:
+                xattrs = _metadata.read_xattrs(fd=src_fd) if src_fd is not None and \
+                    'xattrs' in self.opts.preserve else None
+                current = os.fstat(dst_fd)
+                have = _metadata.read_xattrs(fd=dst_fd) if xattrs else None
+            except OSError as exc:        # e.g. EIO: the destination's filesystem shut down
+                raise os_error(exc, 'cannot read the metadata of directory', self.dst_tree.full(rel))
             if _metadata.differs(st, current, self.opts.preserve) or (xattrs and xattrs != have):
                 if _metadata.apply(st, self.opts.preserve, fd=dst_fd, xattrs=xattrs,
                                    path_for_errors=self.dst_tree.full(rel)):
