@@ -14,8 +14,11 @@ so sparse files stay sparse.
 from __future__ import annotations
 
 import errno
+import fcntl
+import mmap
 import os
 import queue
+import struct
 import threading
 
 from ansible_collections.durable.mover.plugins.module_utils import _durable
@@ -27,6 +30,22 @@ FADV_DONTNEED = getattr(os, 'POSIX_FADV_DONTNEED', None)
 FADV_SEQUENTIAL = getattr(os, 'POSIX_FADV_SEQUENTIAL', None)
 FADV_WILLNEED = getattr(os, 'POSIX_FADV_WILLNEED', None)
 WRITEBACK_EVERY = 8 * 1024 * 1024
+
+# Reading back from the device. O_DIRECT reads bypass the page cache; they
+# must be aligned (offset, length and buffer) to the device's logical block
+# size: 4096 covers 512- and 4096-byte devices.
+O_DIRECT = getattr(os, 'O_DIRECT', 0)
+RWF_NOWAIT = getattr(os, 'RWF_NOWAIT', None)
+DIRECT_ALIGN = 4096
+PAGE = mmap.PAGESIZE
+# FIEMAP (linux/fiemap.h): is a file's data stored inline in the metadata?
+FS_IOC_FIEMAP = 0xC020660B
+FIEMAP_EXTENT_DATA_INLINE = 0x200
+_FIEMAP = struct.Struct('=QQIIII')           # fm_start, fm_length, fm_flags, mapped, count, reserved
+_EXTENT_FLAGS = _FIEMAP.size + 40            # fe_flags of the first fiemap_extent
+# Why a file's read-back could not come from the device (None: it did).
+INLINE = 'its data is stored inline in the filesystem metadata, read from memory'
+NO_DIRECT = 'the filesystem refuses O_DIRECT; read through the page cache after dropping it'
 
 
 class SourceChanged(MoverError):
@@ -148,16 +167,102 @@ def drop_cache(fd):
     advise(fd, FADV_DONTNEED)
 
 
-def prefetch(fd, from_disk=False):
+def prefetch(fd):
     """Start reading a whole file into the page cache and return at once.
 
     Many small files' reads then overlap in the device queue instead of each
     waiting its turn (cold 4 KiB files: ~50 us each one by one, ~10 us
-    prefetched). `from_disk`: drop the file's clean pages first, so the pages
-    read next are what the disk holds (for a synced file's read-back)."""
-    if from_disk:
-        advise(fd, FADV_DONTNEED)
+    prefetched)."""
     advise(fd, FADV_WILLNEED)
+
+
+def aligned_buffer(size):
+    """A page-aligned buffer for O_DIRECT reads of up to `size` bytes at any offset."""
+    return mmap.mmap(-1, _round_up(size, DIRECT_ALIGN) + 2 * DIRECT_ALIGN)
+
+
+def _round_up(value, unit):
+    return -(-value // unit) * unit
+
+
+def open_direct(dir_fd, name):
+    """Open `name` to read it from the device (O_DIRECT, never following a
+    link, never blocking on a FIFO); None where the filesystem refuses O_DIRECT."""
+    if not O_DIRECT:
+        return None
+    flags = os.O_RDONLY | os.O_NONBLOCK | O_DIRECT | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0)
+    noatime = getattr(os, 'O_NOATIME', 0)     # a read must not undo the atime the copy was given
+    try:
+        try:
+            return os.open(name, flags | noatime, dir_fd=dir_fd)
+        except PermissionError:               # O_NOATIME needs ownership (or CAP_FOWNER)
+            if not noatime:
+                raise
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return None
+        raise
+
+
+def feed_direct(fd, start, end, hasher, buf, sparse=False, should_stop=None, source_path=None):
+    """feed() for an O_DIRECT fd: every read aligned (offset and length) to
+    DIRECT_ALIGN, into `buf` from aligned_buffer(); the bytes outside
+    [start, end) are read and not hashed."""
+    view = memoryview(buf)
+    size = len(buf) - 2 * DIRECT_ALIGN
+    zeros = None
+    for offset, length, is_data in data_segments(fd, start, end, sparse, source_path):
+        pos, stop = offset, offset + length
+        while pos < stop:
+            if should_stop is not None and should_stop():
+                raise Interrupted()
+            want = min(size, stop - pos)
+            if is_data:
+                base = pos - pos % DIRECT_ALIGN
+                got = os.preadv(fd, [view[:_round_up(pos + want, DIRECT_ALIGN) - base]], base)
+                got = min(got - (pos - base), want)
+                if got <= 0:
+                    raise SourceChanged('the copy shrank while it was read back', source_path, errno.EIO)
+                hasher.update(view[pos - base:pos - base + got])
+            else:
+                if zeros is None:
+                    zeros = _zeros(bytearray(min(size, 1 << 20)))
+                got = min(want, len(zeros))
+                hasher.update(zeros[:got])
+            pos += got
+    if sparse and end > start and os.fstat(fd).st_size < end:
+        raise SourceChanged('the copy shrank while it was read back', source_path, errno.EIO)
+
+
+def dropped(fd):
+    """After drop_cache(): is the file's first page really gone from the page
+    cache? (POSIX_FADV_DONTNEED is a hint: a page someone has mapped stays.)
+    A read that must not wait (RWF_NOWAIT) fails with EAGAIN exactly when the
+    page is not cached. False where that cannot be told."""
+    if RWF_NOWAIT is None or not hasattr(os, 'preadv'):
+        return False
+    try:
+        os.preadv(fd, [bytearray(1)], 0, RWF_NOWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def data_inline(fd):
+    """True if the file's data lives inline in the filesystem's metadata (ext4
+    inline_data, btrfs inline extents): no read of the file, O_DIRECT or not,
+    then reaches the device for it (FIEMAP says so; False where it cannot tell)."""
+    buf = bytearray(_EXTENT_FLAGS + 16)
+    _FIEMAP.pack_into(buf, 0, 0, 0xFFFFFFFFFFFFFFFF, 0, 0, 1, 0)
+    try:
+        fcntl.ioctl(fd, FS_IOC_FIEMAP, buf, True)
+    except OSError:
+        return False
+    mapped = _FIEMAP.unpack_from(buf)[3]
+    return bool(mapped) and bool(struct.unpack_from('=I', buf, _EXTENT_FLAGS)[0] & FIEMAP_EXTENT_DATA_INLINE)
 
 
 def is_sparse(st):
@@ -177,10 +282,11 @@ class Pipeline:
     """
 
     def __init__(self, src_fd, part_fd, read_fd, algorithm_new, buffer_size, flush_every,
-                 on_flush=None, verify=True, should_stop=None, source_path=None, pool=3):
+                 on_flush=None, verify=True, should_stop=None, source_path=None, pool=3, direct=False):
         self.src_fd = src_fd
         self.part_fd = part_fd
         self.read_fd = read_fd
+        self.direct = direct           # read_fd is O_DIRECT: its reads come from the device
         self.new_hasher = algorithm_new
         self.buffer_size = buffer_size
         self.flush_every = max(flush_every, buffer_size)
@@ -236,7 +342,7 @@ class Pipeline:
                 self._free.put(item[0])
 
     def _verifier_loop(self):
-        buf = bytearray(self.buffer_size)
+        buf = aligned_buffer(self.buffer_size) if self.direct else bytearray(self.buffer_size)
         try:
             while True:
                 upto = self._to_verify.get()
@@ -244,14 +350,18 @@ class Pipeline:
                     return
                 if self._error is not None or upto <= self._verified_to:
                     continue
-                if FADV_DONTNEED is not None and hasattr(os, 'posix_fadvise'):
-                    try:
-                        os.posix_fadvise(self.read_fd, self._verified_to, upto - self._verified_to,
-                                         FADV_DONTNEED)
-                    except OSError:
-                        pass
-                feed(self.read_fd, self._verified_to, upto, self.verify_hasher, buf,
-                     should_stop=self.should_stop, source_path=self.source_path)
+                if self.direct:
+                    feed_direct(self.read_fd, self._verified_to, upto, self.verify_hasher, buf,
+                                should_stop=self.should_stop, source_path=self.source_path)
+                else:
+                    if FADV_DONTNEED is not None and hasattr(os, 'posix_fadvise'):
+                        try:
+                            os.posix_fadvise(self.read_fd, self._verified_to, upto - self._verified_to,
+                                             FADV_DONTNEED)
+                        except OSError:
+                            pass
+                    feed(self.read_fd, self._verified_to, upto, self.verify_hasher, buf,
+                         should_stop=self.should_stop, source_path=self.source_path)
                 self._verified_to = upto
         except BaseException as exc:  # pylint: disable=broad-except
             self._fail(exc)

@@ -463,6 +463,7 @@ class Runner:
         self.bytes_moved = 0
         self.changes = 0
         self.setid_cleared = 0         # entries that lost set-id/sticky bits with their owner
+        self.readback_from_cache = []  # (rel, why) of files whose read-back could not reach the device
         self.errors = []
         self.fatal = False
         self.halted = False   # a transfer hit a fatal error: start no further file
@@ -618,6 +619,7 @@ class Runner:
             self.bytes_moved += value['bytes']
             self.changes += value['changes']
             self.setid_cleared += value['setid_cleared']
+            self.readback_from_cache.extend(value['readback_from_cache'])
             self.errors.extend(value['errors'])
             self.fatal = self.fatal or value['fatal']
 
@@ -652,6 +654,7 @@ class Runner:
         _hashing.single_threaded()
         self.journal = self.journal.reconnect()    # the parent's was closed before the fork
         self.moved = self.bytes_moved = self.changes = self.setid_cleared = 0
+        self.readback_from_cache = []
         self.errors = []
         created = self.dst_tree.created
         try:
@@ -662,7 +665,8 @@ class Runner:
             self.journal.close()
         return {'moved': self.moved, 'bytes': self.bytes_moved,
                 'changes': self.changes + self.dst_tree.created - created,
-                'setid_cleared': self.setid_cleared, 'errors': self.errors, 'fatal': self.fatal}
+                'setid_cleared': self.setid_cleared, 'readback_from_cache': self.readback_from_cache,
+                'errors': self.errors, 'fatal': self.fatal}
 
     def _work_share(self, share, feed):
         """The batch loop over the rows of `share` (all rows if None). `feed`:
@@ -891,6 +895,9 @@ class Runner:
                                  o.src_ident, o.row.id))
                 if o.setid_cleared:
                     self._note_setid_cleared(o.row.path, o.setid_cleared)
+                if o.readback:
+                    self.readback_from_cache.append((o.row.path, o.readback))
+                    self.audit.event('readback_from_cache', o.row.path, reason=o.readback)
                 if done and o.status == MOVED:
                     self._count_moved(o)
             else:
@@ -1109,6 +1116,9 @@ class Runner:
         stats['hardlinks'] = journal.hardlink_count()
         stats['special_skipped'] = journal.special_skipped()
         stats['setid_cleared'] = self.setid_cleared
+        stats['readback_from_cache'] = len(self.readback_from_cache)
+        cached = [_result.not_from_device(self.dst_tree.full(self.job.dest_rel(p)), why) for p, why in
+                  self.readback_from_cache[:self.opts.max_failures_reported]]
         failures = [_result.failure(self.src_tree.full(p), e, a, q) for p, e, a, q in
                     journal.failures(self.opts.max_failures_reported)]
         meta = journal.meta()
@@ -1118,7 +1128,8 @@ class Runner:
                   journal.mount_points(self.opts.max_failures_reported)]
         return _result.build(self.job.job_id, self.job.journal_path, self.algorithm, stats, failures,
                              time.monotonic() - started, self.changes > 0, complete, self.stop(),
-                             errors=self.errors, mode=self.opts.mode, mount_points=mounts)
+                             errors=self.errors, mode=self.opts.mode, mount_points=mounts,
+                             readback_from_cache=cached)
 
 
 # -- check mode and verify ---------------------------------------------------------

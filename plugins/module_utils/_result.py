@@ -14,7 +14,7 @@ from ansible_collections.durable.mover.plugins.module_utils._errors import displ
 
 STAT_KEYS = ('files_total', 'files_moved', 'files_already_done', 'files_skipped', 'files_failed',
              'files_quarantined', 'dirs', 'symlinks', 'hardlinks', 'special_skipped',
-             'mounts_skipped', 'setid_cleared', 'bytes_total', 'bytes_moved')
+             'mounts_skipped', 'setid_cleared', 'readback_from_cache', 'bytes_total', 'bytes_moved')
 PLAN_KEYS = ('files', 'bytes', 'renames', 'copies', 'conflicts', 'already_done', 'skipped')
 
 
@@ -33,10 +33,16 @@ def mount_point(path, reason):
     return {'path': display_path(path), 'reason': str(reason)}
 
 
+def not_from_device(path, reason):
+    return {'path': display_path(path), 'reason': str(reason)}
+
+
 def build(job_id, journal_path, hash_algorithm, stats, failures, elapsed, changed,
-          complete, interrupted, errors=(), plan=None, mode='move', mount_points=()):
+          complete, interrupted, errors=(), plan=None, mode='move', mount_points=(), readback_from_cache=()):
     """The module's result dict. `errors`: run-level errors (e.g. disk full).
-    `mount_points`: those inside src left alone (mount_point() each)."""
+    `mount_points`: those inside src left alone (mount_point() each).
+    `readback_from_cache`: files whose read-back could not come from the
+    device (not_from_device() each)."""
     result = {
         'changed': bool(changed),
         'job_id': job_id,
@@ -48,6 +54,7 @@ def build(job_id, journal_path, hash_algorithm, stats, failures, elapsed, change
         'stats': stats,
         'failures': list(failures),
         'mount_points': list(mount_points),
+        'readback_from_cache': list(readback_from_cache),
         'elapsed_seconds': round(elapsed, 3),
         'bytes_per_second': round(stats.get('bytes_moved', 0) / elapsed, 1) if elapsed > 0 else 0.0,
     }

@@ -49,7 +49,7 @@ MOVED, IDENTICAL, FAILED, SKIPPED, INTERRUPTED, RETRY, STAGED = (
 
 class Outcome:
     __slots__ = ('row', 'status', 'method', 'digest', 'error', 'bytes', 'fatal', 'src_ident', 'staged',
-                 'setid_cleared')
+                 'setid_cleared', 'readback')
 
     def __init__(self, row, status, method=None, digest=None, error=None, nbytes=0, src_ident=None,
                  staged=None, setid_cleared=0):
@@ -64,6 +64,8 @@ class Outcome:
         self.staged = staged      # STAGED: (reldir, name, dreldir, dname, part, st, sparse, replace)
         # The source's mode, if the copy got it without its set-id/sticky bits (owner not kept)
         self.setid_cleared = setid_cleared
+        # Why its read-back could not come from the device (_copy.INLINE, NO_DIRECT), or None
+        self.readback = None
 
 
 def open_read(dir_fd, name):
@@ -186,11 +188,56 @@ class Transfer:
                 raise MoverError('source was replaced by a symbolic link', path, exc.errno)
             raise os_error(exc, 'cannot open source', path)
 
-    def hash_from_disk(self, fd, size, sparse, algorithm=None):
-        """The digest of what the disk holds for a file that is durable (its
-        cached pages are dropped first, so they are read again from the disk)."""
-        _copy.drop_cache(fd)
-        return self.hash_fd(fd, size, sparse, algorithm)
+    def _aligned(self):
+        """This thread's buffer for O_DIRECT reads."""
+        buf = getattr(self._local, 'aligned', None)
+        if buf is None:
+            buf = self._local.aligned = _copy.aligned_buffer(self.buffer_size)
+        return buf
+
+    def hash_from_device(self, dst_dir, name, size, sparse, algorithm=None, read_fd=None, same_as=None):
+        """The digest of what the device holds for a flushed file (None if the
+        name is no longer the file of fd `same_as`).
+
+        O_DIRECT reads, past the page cache; `read_fd`: the file opened by
+        prefetch_read_back(), whose cached page was dropped and checked gone
+        (so what it reads comes from the device). Where the filesystem refuses
+        O_DIRECT, or keeps the data inline in its metadata, the read cannot come
+        from the device: noted for the result (self._local.readback)."""
+        algorithm = algorithm or self.algorithm
+        fd, direct = read_fd, False
+        if fd is None:
+            fd = _copy.open_direct(dst_dir, name)
+            direct = fd is not None
+            if fd is None:
+                fd = open_read(dst_dir, name)
+                _copy.drop_cache(fd)
+                self._local.readback = _copy.NO_DIRECT
+        try:
+            if same_as is not None and not os.path.samestat(os.fstat(fd), os.fstat(same_as)):
+                return None
+            if 0 < size <= _copy.PAGE and _copy.data_inline(fd):
+                self._local.readback = _copy.INLINE
+            if not direct:
+                return self.hash_fd(fd, size, sparse, algorithm)
+            hasher = _hashing.new(algorithm)
+            try:
+                _copy.feed_direct(fd, 0, size, hasher, self._aligned(), sparse=sparse,
+                                  should_stop=self.should_stop)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # an alignment the device refuses (logical blocks above DIRECT_ALIGN)
+                self._local.readback = _copy.NO_DIRECT
+                rfd = open_read(dst_dir, name)
+                try:
+                    _copy.drop_cache(rfd)
+                    return self.hash_fd(rfd, size, sparse, algorithm)
+                finally:
+                    os.close(rfd)
+            return _hashing.digest(algorithm, hasher)
+        finally:
+            os.close(fd)
 
     def same_content(self, src_fd, src_st, dst_dir, dname, dst_st, durable=False):
         """(True, digest) if the existing destination file has the source's content.
@@ -214,7 +261,8 @@ class Transfer:
             src_digest = self.hash_fd(src_fd, src_st.st_size, _copy.is_sparse(src_st), algorithm)
             if durable:
                 _durable.sync_data(dfd, self._dfull(dname))
-                dst_digest = self.hash_from_disk(dfd, dst_st.st_size, _copy.is_sparse(dst_st), algorithm)
+                dst_digest = self.hash_from_device(dst_dir, dname, dst_st.st_size, _copy.is_sparse(dst_st),
+                                                   algorithm, same_as=dfd)
             else:
                 dst_digest = self.hash_fd(dfd, dst_st.st_size, _copy.is_sparse(dst_st), algorithm)
             if src_digest != dst_digest:
@@ -283,7 +331,8 @@ class Transfer:
             if not durable:
                 return self.hash_fd(dfd, dst_st.st_size, sparse, algorithm) == recorded
             _durable.sync_data(dfd, self._dfull(dname))
-            return self.hash_from_disk(dfd, dst_st.st_size, sparse, algorithm) == recorded
+            return self.hash_from_device(dst_dir, dname, dst_st.st_size, sparse, algorithm,
+                                         same_as=dfd) == recorded
         finally:
             os.close(dfd)
 
@@ -310,8 +359,10 @@ class Transfer:
         """Bring `row` to its final destination name (see _run); the Outcome
         says whether the copy lost set-id bits with its owner."""
         self._local.setid_cleared = 0
+        self._local.readback = None
         outcome = self._run(row, leader)
         outcome.setid_cleared = self._local.setid_cleared
+        outcome.readback = self._local.readback
         return outcome
 
     def _run(self, row, leader=None):
@@ -518,20 +569,34 @@ class Transfer:
             if len(self._sources) >= self._prefetch_fds:
                 break
             if row.kind == 'file' and 0 < row.size <= SMALL_BUFFER:
-                fd = self._prefetch(self.src, *split(row.path), from_disk=False)
+                fd = self._prefetch(self.src, *split(row.path))
                 if fd is not None:
                     self._sources[row.id] = fd
 
     def prefetch_read_back(self, staged):
-        """After the batch's flush: drop every STAGED part's cached pages and start
-        reading them back from the disk, all at once, for finish() to verify."""
+        """After the batch's flush: drop the cached page of every STAGED part of
+        one page, check that it is gone (_copy.dropped), and start reading them
+        all back from the disk at once, for finish() to verify: many reads queued
+        at the device at once cost a fraction of one O_DIRECT read after another.
+        A part whose page stayed, and larger parts, are read with O_DIRECT."""
         if not self.read_back:
             return
-        for outcome in staged[:self._prefetch_fds]:
-            dreldir, part = outcome.staged[2], outcome.staged[4]
-            fd = self._prefetch(self.dst, dreldir, part, from_disk=True)
-            if fd is not None:
-                self._read_backs[outcome.row.id] = fd
+        for outcome in staged:
+            if len(self._read_backs) >= self._prefetch_fds:
+                break
+            dreldir, part, st = outcome.staged[2], outcome.staged[4], outcome.staged[5]
+            if not 0 < st.st_size <= _copy.PAGE:
+                continue
+            try:
+                fd = open_read(self.dst.get(dreldir), part)
+            except (OSError, MoverError):
+                continue          # finish() meets the problem, and reports it
+            _copy.drop_cache(fd)
+            if not _copy.dropped(fd):
+                os.close(fd)
+                continue
+            _copy.prefetch(fd)
+            self._read_backs[outcome.row.id] = fd
 
     def release(self):
         """Close the prefetched fds no transfer took (end of a batch)."""
@@ -540,12 +605,12 @@ class Transfer:
                 os.close(fds.popitem()[1])
 
     @staticmethod
-    def _prefetch(tree, reldir, name, from_disk):
+    def _prefetch(tree, reldir, name):
         try:
             fd = open_read(tree.get(reldir), name)
         except (OSError, MoverError):
             return None       # the transfer itself meets the problem, and reports it
-        _copy.prefetch(fd, from_disk)
+        _copy.prefetch(fd)
         return fd
 
     def finish(self, outcome):
@@ -553,6 +618,7 @@ class Transfer:
         row = outcome.row
         reldir, name, dreldir, dname, part, st, sparse, replace = outcome.staged
         self._local.dreldir = dreldir
+        self._local.readback = None
         path = self.src.full(row.path)
         dst_dir = None
         try:
@@ -570,8 +636,10 @@ class Transfer:
                                           'next run; the source was kept)', path, errno.EAGAIN)
             _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname), replace=replace)
             _faults.point('after_rename')
-            return Outcome(row, MOVED, method='copy', digest=outcome.digest, nbytes=outcome.bytes,
-                           src_ident=outcome.src_ident, setid_cleared=outcome.setid_cleared)
+            moved = Outcome(row, MOVED, method='copy', digest=outcome.digest, nbytes=outcome.bytes,
+                            src_ident=outcome.src_ident, setid_cleared=outcome.setid_cleared)
+            moved.readback = self._local.readback
+            return moved
         except (MoverError, OSError, _copy.Interrupted) as exc:
             if dst_dir is not None:
                 _durable.remove_quietly(dst_dir, part)
@@ -609,7 +677,13 @@ class Transfer:
         """An overlapped copy: flushes every PIPELINE_FLUSH bytes (read back meanwhile),
         journal checkpoints every checkpoint_size bytes."""
         verify = self.read_back
-        read_fd = open_read(dst_dir, part) if verify else None
+        read_fd, direct = None, False
+        if verify:
+            read_fd = _copy.open_direct(dst_dir, part)
+            direct = read_fd is not None
+            if not direct:
+                read_fd = open_read(dst_dir, part)
+                self._local.readback = _copy.NO_DIRECT
 
         flushed = self._checkpointer(row, src_ident, state)   # the pipeline flushed before calling it
         flush_every = min(PIPELINE_FLUSH, self.checkpoint_size) if self.checkpoint_size else PIPELINE_FLUSH
@@ -619,7 +693,7 @@ class Transfer:
         chunk = min(self.buffer_size, PIPELINE_CHUNK)
         return _copy.Pipeline(fd, part_fd, read_fd, lambda: _hashing.new(self.algorithm), chunk,
                               flush_every, on_flush=flushed, verify=verify, should_stop=self.should_stop,
-                              source_path=path, pool=PIPELINE_POOL)
+                              source_path=path, pool=PIPELINE_POOL, direct=direct)
 
     def _verify(self, part_fd, dst_dir, part, st, sparse, digest, rel, path, read_back=None,
                 read_fd=None):
@@ -640,14 +714,7 @@ class Transfer:
         if read_back is not None:
             actual = read_back
         else:
-            rfd = read_fd
-            if rfd is None:
-                rfd = open_read(dst_dir, part)
-                _copy.drop_cache(rfd)          # read from the disk, not from the page cache
-            try:
-                actual = self.hash_fd(rfd, st.st_size, sparse)
-            finally:
-                os.close(rfd)
+            actual = self.hash_from_device(dst_dir, part, st.st_size, sparse, read_fd=read_fd)
         if _faults.corrupt(rel):
             actual = 'corrupt:' + actual
         if actual != digest:

@@ -110,7 +110,8 @@ def _traced(trace: Path) -> list[tuple[int, str, str, int]]:
 def _tree(files: int, poisoned_every: int, marker: bytes, size: int = 8 * KIB,
           dirs: int = 4) -> tuple[TreeSpec, set[str]]:
     """`files` files of `size` bytes over `dirs` directories; every
-    `poisoned_every`-th holds `marker` at the start of its second 4 KiB block."""
+    `poisoned_every`-th holds `marker` at the start of its second 4 KiB block
+    (of its first, if it has only one)."""
     spec, poisoned = TreeSpec(), set()
     for index in range(dirs):
         spec.dirs['d%d' % index] = (0o755, BASE_NS + 100 + index)
@@ -118,7 +119,8 @@ def _tree(files: int, poisoned_every: int, marker: bytes, size: int = 8 * KIB,
         rel = 'd%d/f%03d' % (index % dirs, index)
         data = bytearray(pseudo_random(size, index))
         if index % poisoned_every == poisoned_every - 1:
-            data[4 * KIB:4 * KIB + len(marker)] = marker
+            at = 4 * KIB if size > 4 * KIB else 100
+            data[at:at + len(marker)] = marker
             poisoned.add(rel)
         spec.files[rel] = FileSpec(bytes(data), 0o644, BASE_NS + index)
     return spec, poisoned
@@ -208,34 +210,49 @@ def test_write_errors_with_two_workers_fail_those_files_and_lose_nothing(
 MARKER_ROT = b'\x00BLOCKDEV-ROT-THIS-BLOCK\x00'
 BUFFER = 64 * KIB
 
-# The flush path of a destination without a batch flush (FUSE, NFS, tmpfs; and
-# what issue 10 item 5 asks for on kernels whose syncfs loses errors): every
-# file is flushed with its own fdatasync and read back on its own. No block
-# filesystem here takes it, so the mover is told syncfs is not available.
-_PER_FILE_FLUSH = '''
-import sys
+# The mover run by a child that changes what the environment does:
+# - per-file-flush: the flush path of a destination without a batch flush
+#   (FUSE, NFS, tmpfs; and kernels whose syncfs may lose errors): every file
+#   is flushed with its own fdatasync and read back on its own. No block
+#   filesystem here takes it, so the mover is told syncfs is not available;
+# - drop-ignored: POSIX_FADV_DONTNEED is a hint the kernel may ignore (it
+#   keeps a page someone has mapped): here it keeps every page, so a read
+#   through the page cache sees what was written, not what the device holds.
+_RUNNER = '''
+import os, sys
 sys.path.insert(0, %r)
 import mover_cli
 from ansible_collections.durable.mover.plugins.module_utils import _durable
-_durable.syncfs_supported = lambda fd: False
-sys.exit(mover_cli.main(sys.argv))
+if 'per-file-flush' in sys.argv[2:]:
+    _durable.syncfs_supported = lambda fd: False
+if 'drop-ignored' in sys.argv[2:]:
+    fadvise = os.posix_fadvise
+    os.posix_fadvise = lambda fd, offset, length, advice: (
+        None if advice == os.POSIX_FADV_DONTNEED else fadvise(fd, offset, length, advice))
+sys.exit(mover_cli.main(sys.argv[:2]))
 ''' % str(CLI.parent)
 
 CASES = {
-    # name: (fstype, files, file size, per-file flush)
-    'batch-ext4': ('ext4', 24, 8 * KIB, False),
-    'batch-xfs': ('xfs', 24, 8 * KIB, False),
-    'per-file-flush-ext4': ('ext4', 6, 8 * KIB, True),
-    'pipelined-ext4': ('ext4', 2, 16 * BUFFER, False),      # > 4 x buffer_size: the pipeline
+    # name: (fstype, files, file size, per-file flush, DONTNEED ignored)
+    'batch-ext4': ('ext4', 24, 8 * KIB, False, False),
+    'batch-xfs': ('xfs', 24, 8 * KIB, False, False),
+    'batch-one-page-ext4': ('ext4', 24, 4 * KIB, False, False),
+    'per-file-flush-ext4': ('ext4', 6, 8 * KIB, True, False),
+    'pipelined-ext4': ('ext4', 2, 16 * BUFFER, False, False),      # > 4 x buffer_size: the pipeline
+    'batch-xfs-drop-ignored': ('xfs', 24, 8 * KIB, False, True),
+    'batch-one-page-ext4-drop-ignored': ('ext4', 24, 4 * KIB, False, True),
+    'per-file-flush-ext4-drop-ignored': ('ext4', 6, 8 * KIB, True, True),
+    'pipelined-ext4-drop-ignored': ('ext4', 2, 16 * BUFFER, False, True),
 }
 
 
-def _run_mover(params: dict, per_file_flush: bool, trace: Path) -> t.Any:
+def _run_mover(params: dict, per_file_flush: bool, trace: Path, drop_ignored: bool = False) -> t.Any:
     prefix = [_strace(), '-f', '-qq', '-y', '--seccomp-bpf', '-e', 'trace=syncfs,fdatasync,fsync', '-o', str(trace)]
-    if not per_file_flush:
+    if not per_file_flush and not drop_ignored:
         return run_cli(params, prefix=prefix)
     started = time.monotonic()
-    proc = subprocess.run(prefix + [sys.executable, '-c', _PER_FILE_FLUSH, json.dumps(params)], env=cli_env(),
+    flags = [flag for flag, on in (('per-file-flush', per_file_flush), ('drop-ignored', drop_ignored)) if on]
+    proc = subprocess.run(prefix + [sys.executable, '-c', _RUNNER, json.dumps(params)] + flags, env=cli_env(),
                           capture_output=True, text=True, timeout=120, check=False)
     return CliRun(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
 
@@ -243,7 +260,7 @@ def _run_mover(params: dict, per_file_flush: bool, trace: Path) -> t.Any:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_other_bytes_read_back_from_the_device_are_caught(blockdev_rig, tmp_path, case):
-    fstype, files, size, per_file_flush = CASES[case]
+    fstype, files, size, per_file_flush, drop_ignored = CASES[case]
     rig = blockdev_rig({'dest': fstype})
     layout = _layout(rig, tmp_path)
     spec, rotted = _tree(files=files, poisoned_every=3 if files > 2 else 2, marker=MARKER_ROT, size=size,
@@ -252,7 +269,7 @@ def test_other_bytes_read_back_from_the_device_are_caught(blockdev_rig, tmp_path
     params = layout.params(buffer_size=BUFFER, checkpoint_size=4 * BUFFER, hash='sha256')
     rig.dev.rot('dest', matching=MARKER_ROT)      # what is written is stored; reads of it lie
     trace = tmp_path / 'run1.trace'
-    run = _run_mover(params, per_file_flush, trace)
+    run = _run_mover(params, per_file_flush, trace, drop_ignored)
     rotted_reads = rig.dev.stats()['counts'].get('rotted_reads', 0)
     rig.dev.heal()
     rig.remount('dest')
@@ -334,3 +351,41 @@ def test_a_destination_that_dies_mid_run_with_two_workers(blockdev_rig, tmp_path
     check_complete(spec, layout, rerun)
     rig.remount('dest')
     assert not _lost_or_false(spec, layout)
+
+
+# --------------------------------------------------------------------------
+# Data the filesystem keeps inline in its metadata: no read reaches the device
+# --------------------------------------------------------------------------
+
+INLINE = {
+    # name: (fstype, mkfs arguments, file sizes stored inline, a size stored in blocks)
+    'ext4-inline_data': ('ext4', ('-O', 'inline_data', '-I', '1024'), (1, 40, 100), 8 * KIB),
+    'btrfs': ('btrfs', (), (1, 40, 1500), 8 * KIB),
+}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize('case', sorted(INLINE))
+def test_files_stored_inline_are_reported_as_not_read_from_the_device(blockdev_rig, tmp_path, case):
+    """ext4 with inline_data and btrfs keep a small file's bytes inside the
+    filesystem's metadata: a read-back, O_DIRECT or not, is served from the
+    metadata in memory. Such files cannot be verified from the device, and
+    the result says which (readback_from_cache, with the reason); the files
+    stored in blocks are read from the device (the rot on them is caught)."""
+    fstype, mkfs_args, inline_sizes, block_size = INLINE[case]
+    rig = blockdev_rig({'dest': fstype}, mkfs_args={'dest': mkfs_args})
+    layout = _layout(rig, tmp_path)
+    spec = TreeSpec()
+    for index, size in enumerate(inline_sizes):
+        spec.files['small%d' % index] = FileSpec(pseudo_random(size, index), 0o644, BASE_NS + index)
+    spec.files['large'] = FileSpec(pseudo_random(block_size, 99), 0o644, BASE_NS + 99)
+    materialize(spec, layout.src)
+    run = run_cli(layout.params(buffer_size=BUFFER, hash='sha256'))
+    result = run.result
+    assert run.returncode == 0 and result['complete'] is True, run.describe()
+    named = {os.path.basename(entry['path']): entry['reason'] for entry in result['readback_from_cache']}
+    assert set(named) == {'small%d' % index for index in range(len(inline_sizes))}, result['readback_from_cache']
+    assert all('inline' in reason for reason in named.values()), named
+    assert result['stats']['readback_from_cache'] == len(inline_sizes)
+    rig.remount('dest')
+    check_complete(spec, layout, run_cli(layout.params(buffer_size=BUFFER, hash='sha256')))
