@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -22,9 +24,13 @@ from helpers_recovery import (
     BASE_NS,
     KIB,
     MIB,
+    TIMEOUT,
+    CliRun,
     FileSpec,
     assert_invariant,
     check_complete,
+    cli_argv,
+    cli_env,
     crash_tree_spec,
     finish,
     journal_rows,
@@ -168,6 +174,51 @@ def test_signal_to_the_parent_stops_every_worker(signum, tmp_path, request):
     assert_invariant(spec, layout, "after %s" % signal.Signals(signum).name)
     rows = journal_rows(layout.journal())
     assert {rows["big1.bin"]["state"], rows["big2.bin"]["state"]} <= {"pending", "copying"}, rows
+    rerun = run_cli(params)
+    check_complete(spec, layout, rerun)
+
+
+# The core run by the CLI, with os.fork wrapped: right after the first worker
+# is forked, before the parent returns from the fork, a SIGTERM for the parent
+# arrives (a third party's `kill`, at that instant).
+_TERM_AT_FIRST_FORK = """
+import os, runpy, signal, sys
+real_fork = os.fork
+def fork():
+    pid = real_fork()
+    if pid:
+        os.fork = real_fork
+        os.kill(os.getpid(), signal.SIGTERM)
+    return pid
+os.fork = fork
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_signal_while_a_worker_is_forked_reaches_it(tmp_path, request):
+    """A SIGTERM that reaches the parent while it forks a worker stops that
+    worker too. The parent's handler runs between two bytecodes: if it runs
+    after the fork but before the parent has noted the new pid, it passes the
+    signal on to the workers noted so far only, and the new worker (forked
+    before the stop flag was set, its copy of the signal state cleared by
+    Python after the fork) never hears of it: it moves its whole share
+    while the run reports itself interrupted. Each worker waits for the
+    parent's first word before it starts, so with the signal passed on it
+    moves nothing."""
+    layout = make_layout("ext4", tmp_path, request)
+    spec = _spec()
+    materialize(spec, layout.src)
+    params = layout.params(**TUNING)
+    proc = subprocess.run([sys.executable, "-c", _TERM_AT_FIRST_FORK, *cli_argv(params)[1:]], env=cli_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    run = CliRun(proc.returncode, proc.stdout, proc.stderr, 0.0)
+    assert run.returncode == 1, run.describe()
+    result = run.result
+    assert result["interrupted"] is True and result["complete"] is False, result
+    assert result["stats"]["files_moved"] == 0, \
+        "a worker forked as the parent got SIGTERM went on moving: %s" % result["stats"]
+    assert_invariant(spec, layout, "after SIGTERM at the first fork")
     rerun = run_cli(params)
     check_complete(spec, layout, rerun)
 
