@@ -34,7 +34,7 @@ from test_crash_sweep import (
 )
 
 pytestmark = [pytest.mark.root]
-ERROR_SYSCALLS = {'write', 'pwrite64', 'fsync', 'fdatasync', 'rename', 'renameat', 'renameat2'}
+ERROR_SYSCALLS = frozenset({'write', 'pwrite64', 'fsync', 'fdatasync', 'rename', 'renameat', 'renameat2'})
 
 
 def _claims_success(proc) -> bool:
