@@ -33,6 +33,7 @@ from ansible_collections.durable.mover.plugins.module_utils import _durable
 from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError
 
 PR_SET_PDEATHSIG = 1
+PASSED_ON = {signal.SIGTERM, signal.SIGINT}
 
 
 class WorkerDied(MoverError):
@@ -47,6 +48,13 @@ def default_count():
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
     return max(1, min(4, cpus))
+
+
+def _hold(signals, how=signal.SIG_BLOCK):
+    """Block `signals` (or set the mask to them); the mask before."""
+    if not hasattr(signal, 'pthread_sigmask'):
+        return set()
+    return signal.pthread_sigmask(how, signals)
 
 
 def _die_with(parent):
@@ -117,16 +125,25 @@ class Workers:
         for index in range(self.count):
             read_fd, write_fd = os.pipe()
             feed_read, feed_write = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                for fd in [read_fd, feed_write] + self._pipes + self._feeds:
-                    os.close(fd)
-                _child(work, index, Feed(feed_read), write_fd, parent)
-            os.close(write_fd)
-            os.close(feed_read)
-            self.pids.append(pid)
-            self._pipes.append(read_fd)
-            self._feeds.append(feed_write)
+            # The signals passed on wait while a worker is forked and noted: a
+            # handler run in between would pass one on to the workers noted so
+            # far only, and the new worker, forked before the stop was set,
+            # would never hear of it. Held, it is handled once the pid is noted.
+            held = _hold(PASSED_ON)
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    _hold(held, signal.SIG_SETMASK)
+                    for fd in [read_fd, feed_write] + self._pipes + self._feeds:
+                        os.close(fd)
+                    _child(work, index, Feed(feed_read), write_fd, parent)
+                os.close(write_fd)
+                os.close(feed_read)
+                self.pids.append(pid)
+                self._pipes.append(read_fd)
+                self._feeds.append(feed_write)
+            finally:
+                _hold(held, signal.SIG_SETMASK)
 
     def tell(self, value):
         """Tell every worker `value` (an integer); the last one told counts."""

@@ -107,6 +107,23 @@ def journal_rows(state_dir: Path) -> list:
         conn.close()
 
 
+def journal_details(state_dir: Path) -> dict:
+    """path -> {state, attempts, checkpoint, size} of every file row ({} without a journal)."""
+    journals = list(state_dir.glob('*/journal.sqlite'))
+    if not journals:
+        return {}
+    conn = sqlite3.connect(str(journals[0]))
+    try:
+        return {os.fsdecode(bytes(p)): {'state': s, 'attempts': a, 'checkpoint': c, 'size': z}
+                for p, s, a, c, z in conn.execute('SELECT path, state, attempts, checkpoint, size FROM files')}
+    except sqlite3.DatabaseError as exc:
+        if 'no such table' in str(exc):
+            return {}
+        raise
+    finally:
+        conn.close()
+
+
 def check_invariant(original: dict, src: Path, dest: Path, state_dir: Path) -> list:
     """Violations of the invariant (empty list: all good)."""
     problems = []

@@ -251,3 +251,41 @@ def check(text: str, src_root: str, dest_root: str) -> tuple:
             chain.append('unlinked')
         checked += 1
     return checked, problems
+
+
+def part_flushes(text: str, dest_root: str) -> dict:
+    """How the last write to each part renamed into place under `dest_root`
+    was flushed before the rename: {final path: (how, path of the flush's
+    fd)}, `how` being 'fsync' (of the part itself), 'syncfs' or None. A
+    failed call (an injected error) flushes nothing."""
+    trace = Trace(text)
+    found = {}
+    for rename, old, new in trace.renames:
+        if not new.startswith(dest_root.rstrip('/') + '/') or not old.endswith('.part'):
+            continue
+        writes = [w for w in trace.writes.get(old, ()) if w.end < rename.start]
+        after = writes[-1].end if writes else -1
+        own = [s for s in trace.syncs.get(old, ()) if after < s.start and s.end < rename.start]
+        fs = [(c, p) for c, p in trace.fs_syncs if after < c.start and c.end < rename.start]
+        found[new] = ('fsync', old) if own else ('syncfs', fs[0][1]) if fs else (None, None)
+    return found
+
+
+def batch_flushed(text: str, dest_root: str, small: set) -> list:
+    """Problems with the batch path of a run: each small file (relative path
+    in `small`) reached its final name under `dest_root` after one syncfs of
+    the destination's filesystem (checked by device) covered its part, not
+    after an fsync of its own; at least one syncfs was of that filesystem."""
+    problems = []
+    dev = os.stat(dest_root).st_dev
+    syncfs = [p for c, p in Trace(text).fs_syncs]
+    if not any(os.path.exists(p) and os.stat(p).st_dev == dev for p in syncfs):
+        problems.append('no syncfs of the destination filesystem (syncfs calls: %s)' % syncfs)
+    flushes = part_flushes(text, dest_root)
+    for rel in sorted(small):
+        how, path = flushes.get(os.path.join(dest_root, rel), ('not renamed from a part', None))
+        if how != 'syncfs':
+            problems.append('%s: flushed by %s, not by the batch syncfs' % (rel, how))
+        elif os.stat(path).st_dev != dev:
+            problems.append('%s: the syncfs that covered it was of another filesystem (%s)' % (rel, path))
+    return problems

@@ -19,6 +19,8 @@ the journal commit) lose files, and the sweep reports it.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import time
@@ -30,6 +32,7 @@ from powerfs_harness import PowerRig, powerfs_unavailable
 from test_crash_sweep import SYSCALLS, _strace, crash_points
 
 pytestmark = [pytest.mark.root]
+LIBC = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
 
 
 @pytest.fixture(scope='module')
@@ -115,13 +118,27 @@ def test_power_cut_catches_each_broken_chain(rig, tmp_path, variant):
     assert losses, 'the power-cut sweep did not catch the broken chain %s' % variant
 
 
-def test_sync_and_syncfs_make_nothing_durable_here(rig):
+@pytest.mark.parametrize('flush', ['sync', 'syncfs'])
+def test_sync_and_syncfs_make_nothing_durable_here(rig, flush):
     """The suite's premise: on powerfs only fsync/fdatasync count (so the core's
-    durability cannot rest on sync()/syncfs(), which never reach a FUSE daemon)."""
+    durability cannot rest on sync()/syncfs(), which never reach a FUSE
+    daemon). Each is called on its own, and returns success; the file written
+    before it is gone after the cut."""
     rig, _original = rig
     rig.restore_all('base')
     path = rig['dest'] / 'unsynced'
     path.write_bytes(b'not durable')
-    os.sync()
+    before = rig.mounts['dest'].stats()['ops']
+    if flush == 'sync':
+        os.sync()
+    else:
+        fd = os.open(rig['dest'], os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert LIBC.syncfs(fd) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            os.close(fd)
+    after = rig.mounts['dest'].stats()['ops']
+    assert after.get('fsync', 0) == before.get('fsync', 0), (before, after)
+    assert after.get('fsyncdir', 0) == before.get('fsyncdir', 0), (before, after)
     rig.cut_all()
     assert not path.exists()
