@@ -92,7 +92,14 @@ options:
     default: auto
   verify_readback:
     description:
-      - Drop the copy's pages from the cache and read it back from disk to compare its hash with the source's.
+      - Read each copy back from the device after it is flushed and compare its hash with the source's, with
+        C(O_DIRECT), past the page cache; a batch's one-page files by a read queued after their cached page was
+        dropped and checked gone (C(RWF_NOWAIT)).
+      - A file whose read-back cannot reach the device (its data kept inline in the filesystem's metadata, as
+        ext4 C(inline_data) and btrfs do for small files, or a filesystem that refuses C(O_DIRECT)) is still
+        compared, and is named in RV(readback_from_cache).
+      - An identical file found at the destination is flushed and read back the same way before its source is
+        removed (even when false, it is compared through the page cache after its flush).
       - When false, the hash is computed while copying only, which catches read errors of the source but not
         what the destination disk stored.
     type: bool
@@ -161,6 +168,9 @@ options:
         with identical content always counts as already moved.
       - V(fail) keeps the source and records the conflict as a failure; V(skip) keeps the source and records it
         as skipped; V(overwrite) replaces the destination.
+      - An entry another process creates under the destination name while the file is being moved is never
+        replaced (the final rename uses C(RENAME_NOREPLACE)); it is a conflict like one found before, unless
+        V(overwrite).
     type: str
     choices: [fail, skip, overwrite]
     default: fail
@@ -324,6 +334,9 @@ stats:
     mounts_skipped:
       description: Mount points inside O(src) left alone (not entered), as listed in RV(mount_points).
       type: int
+    readback_from_cache:
+      description: Files of this run whose read-back could not come from the device (see RV(readback_from_cache)).
+      type: int
     setid_cleared:
       description:
         - Files and directories this run gave the source's mode without its set-id and sticky bits, because they
@@ -356,6 +369,21 @@ failures:
     quarantined:
       description: True when it will not be retried until O(retry_failed=true).
       type: bool
+readback_from_cache:
+  description:
+    - Files whose read-back could not come from the device, with why (data inline in the filesystem's metadata,
+      or no C(O_DIRECT) on that filesystem), at most O(max_failures_reported); RV(stats.readback_from_cache)
+      counts them all.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: The file at the destination (non-UTF-8 bytes shown as backslash escapes).
+      type: str
+    reason:
+      description: Why its read-back could not reach the device.
+      type: str
 mount_points:
   description:
     - Mount points inside O(src) that were left alone, with why, at most O(max_failures_reported). Empty with
