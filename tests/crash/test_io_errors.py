@@ -174,7 +174,7 @@ def _after_failed_syncfs(sweep, text, proc, charge=True):
         if not again:
             problems.append('%s: renamed into place after its batch flush failed, without being written again'
                             % batch[old])
-        elif not trace.flushed_between(old, again[-1].end, rename.start, dest):
+        elif not trace.flushed_between(old, again[-1].end, rename.start):
             problems.append('%s: written again after the failed syncfs but not flushed before its rename'
                             % batch[old])
     problems.extend(check(text, str(sweep.src), dest)[1])
