@@ -83,6 +83,7 @@ CREATE TRIGGER files_upd AFTER UPDATE OF state, size ON files BEGIN
 END;
 """
 
+
 def _connect(path):
     """A read-write connection (writers wait up to 30 s for SQLite's lock)."""
     return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
