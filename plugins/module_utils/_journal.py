@@ -296,9 +296,21 @@ class Journal:
         """
         with self._lock:
             if self._in_tx:
-                self._conn.execute('COMMIT')
-                self._in_tx = False
-                self._release_writers()
+                try:
+                    self._conn.execute('COMMIT')
+                except BaseException:
+                    # Nothing of the transaction is durable: roll it back, and let
+                    # the other writers (worker processes) go on to meet the error
+                    # themselves. Held, the writers' lock would keep them waiting
+                    # while this process waits for them to end.
+                    try:
+                        self._conn.execute('ROLLBACK')
+                    except sqlite3.Error:
+                        pass
+                    raise
+                finally:
+                    self._in_tx = False
+                    self._release_writers()
             self.last_commit = time.monotonic()
 
     def rollback(self):
