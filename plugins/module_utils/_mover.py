@@ -633,6 +633,9 @@ class Runner:
         parallel = opts.workers > 1 and not transfer.batch_sync
         pool = ThreadPoolExecutor(max_workers=opts.workers) if parallel else None
         upto, scanning = None, False
+        # The directory fds a batch asks for stay open until its end (DirTree.trim):
+        # a batch touches at most as many directories as a tree keeps open.
+        max_dirs = min(self.src_tree.budget, self.dst_tree.budget)
         if feed is not None:
             upto, ended = feed.wait()
             scanning = not ended
@@ -641,12 +644,16 @@ class Runner:
             while not self.stop() and not self.fatal:
                 rows = self.journal.fetch_work(after, opts.batch_files, share, upto if scanning else None)
                 size = 0
+                dirs = set()
                 for index, row in enumerate(rows):
                     size += row.size
-                    if size >= opts.batch_bytes:
+                    dirs.add(row.path.rpartition('/')[0])
+                    if row.leader is not None:
+                        dirs.add(('leader', row.leader))      # a link asks for its first name's too
+                    if size >= opts.batch_bytes or len(dirs) >= max_dirs:
                         rows = rows[:index + 1]
                         break
-                if scanning and len(rows) < opts.batch_files and size < opts.batch_bytes:
+                if scanning and len(rows) < opts.batch_files and size < opts.batch_bytes and len(dirs) < max_dirs:
                     # less than a batch while the scan goes on: wait for more
                     upto, ended = feed.wait()
                     if ended:
@@ -890,6 +897,7 @@ class Runner:
         dirs = self.journal.dirs_for_finalize()
         for _id, rel, *_rest in dirs:
             self.dst_tree.get(rel)
+            self.dst_tree.trim(1024)
         self.changes += self.dst_tree.created
         for dir_id, rel, mode, uid, gid, atime_ns, mtime_ns in reversed(dirs):
             self._clean_parts(rel)
@@ -1049,6 +1057,8 @@ class _Planner:
         try:
             for rel, _name, st in self.entries(src_tree):
                 self._one(rel, st, transfer, src_tree, dst_tree, dest_dev)
+                if dst_tree is not None:
+                    dst_tree.trim()          # (the walk trims src_tree after each directory)
         except MoverError as exc:
             self.failures.append(_result.failure(exc.path or job.src_root, exc))
         finally:
@@ -1157,6 +1167,7 @@ def verify(job, started):
                 continue
             stats['files_total'] += 1
             error = _verify_one(transfer, src_tree, dst_tree, job.dest_rel(rel), rel, st, kind)
+            dst_tree.trim()
             if error:
                 report(src_tree.full(rel), error)
         if os.path.exists(job.journal_path):
@@ -1168,6 +1179,8 @@ def verify(job, started):
                         continue      # a source still there was compared by the walk above
                     stats['files_total'] += 1
                     error = _verify_recorded(transfer, dst_tree, job.dest_rel(row.path), row)
+                    src_tree.trim()
+                    dst_tree.trim()
                     if error:
                         report(dst_tree.full(job.dest_rel(row.path)), error)
             finally:
