@@ -1148,7 +1148,9 @@ def verify(job, started):
     hash: none, or a link whose target was not recorded) is checked for type
     and size and reported as unverifiable; `complete` only when all were verified.
     """
-    job.check(writing=False)
+    moved_away = job.single is not None and not job.src_exists and os.path.exists(job.journal_path)
+    if not moved_away:                   # (a one-file job whose file was moved: the journal has it)
+        job.check(writing=False)
     algorithm = _hashing.resolve(job.opts.hash if job.opts.hash != 'none' else 'auto')
     if not os.path.isdir(job.dest_root):
         raise InputError('dest does not exist', job.dest_root, errno.ENOENT)
@@ -1158,7 +1160,7 @@ def verify(job, started):
                         0, (), 'fail', job.opts.special_files, job.job_tag, None, None)
     found = _Verified(job.opts.max_failures_reported)
     try:
-        for rel, _name, st in _Planner(job, algorithm, None).entries(src_tree):
+        for rel, _name, st in _Planner(job, algorithm, None).entries(src_tree) if not moved_away else ():
             kind = _scan.kind_of(st)
             if kind in ('dir', 'special'):
                 continue

@@ -363,6 +363,21 @@ def test_verify_after_a_move_counts_links_it_cannot_check(site: Site) -> None:
     assert result["complete"] is False
 
 
+@only_cross
+def test_verify_a_one_file_job_after_its_file_was_moved(site: Site) -> None:
+    """src is one file, moved away: the journal's hash is the reference (verify
+    used to refuse: 'src does not exist')."""
+    os.makedirs(site.src, exist_ok=True)
+    write(os.path.join(b(site.src), b"only"), os.urandom(5000))
+    params = dict(src=os.path.join(str(site.src), "only"), dest=os.path.join(str(site.dest), "renamed"))
+    ok(run(site, **params))
+    result = ok(run(site, mode="verify", **params))
+    assert result["complete"] is True and result["stats"]["files_verified"] == 1, result["msg"]
+    _flip_a_byte(os.path.join(b(site.dest), b"renamed"), 100)
+    result = run(site, mode="verify", **params)
+    assert result["failed"] is True and result["stats"]["files_failed"] == 1, result["msg"]
+
+
 # -- on_conflict -------------------------------------------------------------------------
 
 
