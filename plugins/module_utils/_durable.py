@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
+import sys
 import threading
 
 from ansible_collections.durable.mover.plugins.module_utils._errors import (
@@ -465,22 +467,61 @@ def sync_filesystem(fd, path_for_errors=None, data=False):
         raise MoverError('syncfs failed (the batch is discarded, not retried)', path_for_errors, err)
 
 
+# -- directory fds ------------------------------------------------------------
+#
+# A DirTree hands out directory fds (get) and keeps a bounded number open. An
+# fd handed out must stay open, and name the same directory, for as long as its
+# caller uses it: a closed fd whose number an open() elsewhere reused would
+# make a rename or unlink act in the wrong directory. So every fd handed out is
+# *held* until the next trim() or clear() of its tree, and never closed before.
+# The owner calls those only where nothing got from the tree is in use any
+# more: between batches (the worker threads are idle then), and between the
+# steps of the loops over directories and files (prepare, finalize, check mode,
+# verify). A batch is cut so that it touches at most `budget` directories
+# (Runner._work_share): the fds held at once stay bounded however the files are
+# spread.
+#
+# Beyond `budget` fds, the oldest not held are closed: the cache exceeds its
+# budget by at most what a batch holds. Looking up a cached fd takes no lock
+# (the small-file path asks for several per file): the thread first records
+# its hold, then checks that the fd is still cached; the closer first takes the
+# fd out of the cache, then looks for a hold (and puts it back if it finds
+# one). Under the GIL these steps are sequentially consistent, so one of the two
+# sees the other; an interpreter without the GIL takes the lock for the lookup.
+
+_GIL = getattr(sys, '_is_gil_enabled', lambda: True)()
+
+
+def dir_fd_budget():
+    """How many directory fds one DirTree keeps open for reuse: an eighth of
+    the soft RLIMIT_NOFILE, between 16 and 256. A run has two trees, each
+    with at most twice its budget open (its cache, and a batch's directories
+    held beyond it), and a batch's prefetched files take up to a quarter."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(16, min(256, soft // 8))
+
+
 class DirTree:
     """Directory file descriptors of one root, opened component by component.
 
     Each component is opened with O_NOFOLLOW|O_DIRECTORY relative to its parent,
     so no symbolic link inside the tree is ever followed. With `create`, missing
-    directories are made durable as they are created. Thread-safe; the cache is
-    emptied (all fds closed) by `clear`, between batches.
+    directories are made durable as they are created. get() is thread-safe; an
+    fd it returns stays open until the next trim() or clear(), which their
+    callers make only where no fd of the tree is in use (see above).
     """
 
-    def __init__(self, root_fd, root_path, create=False, mode=0o755):
+    def __init__(self, root_fd, root_path, create=False, mode=0o755, budget=None):
         self.root_fd = root_fd
         self.root_path = root_path
         self.create = create
         self.mode = mode
+        self.budget = budget or dir_fd_budget()
         self._prefix = root_path if root_path.endswith('/') else root_path + '/'
-        self._fds = {'': root_fd}
+        self._fds = {}                 # rel -> fd, oldest first
+        self._held = set()             # fds handed out since the last trim
         self._lock = threading.Lock()
         self.created = 0
 
@@ -488,43 +529,108 @@ class DirTree:
         """The full path of `rel` (for messages; called for every file, so kept cheap)."""
         return self._prefix + rel if rel else self.root_path
 
+    def open_count(self):
+        """Directory fds of this tree open now, the root's excepted."""
+        with self._lock:
+            return len(self._fds)
+
     def get(self, reldir):
-        """The fd of directory `reldir` ('' is the root)."""
-        fd = self._fds.get(reldir)      # no lock to read: the dict is only replaced between batches
+        """The fd of directory `reldir` ('' is the root); open until the next trim or clear."""
+        if not reldir:
+            return self.root_fd
+        fd = self._fds.get(reldir) if _GIL else None
         if fd is not None:
+            self._held.add(fd)                  # 1. hold it,
+            if self._fds.get(reldir) == fd:     # 2. then make sure it is still cached
+                return fd
+        with self._lock:
+            fd = self._fds.get(reldir)
+            if fd is None:
+                fd = self._open(reldir)
+            self._held.add(fd)
+            if len(self._fds) - len(self._held) > self.budget:
+                self._evict(self.budget)
             return fd
+
+    def dup(self, reldir):
+        """An fd of its own on directory `reldir` (not held: the caller closes it)."""
+        if not reldir:
+            return os.dup(self.root_fd)
         with self._lock:
             fd = self._fds.get(reldir)
-            if fd is not None:
-                return fd
-            parent, _sep, name = reldir.rpartition('/')
-        parent_fd = self.get(parent)
-        with self._lock:
-            fd = self._fds.get(reldir)
-            if fd is not None:
-                return fd
+            if fd is None:
+                fd = self._open(reldir)
+            fd = os.dup(fd)
+            if len(self._fds) - len(self._held) > self.budget:
+                self._evict(self.budget)
+            return fd
+
+    def _open(self, reldir):
+        """Open `reldir` from its nearest cached ancestor down, caching each
+        directory on the way. Requires: the lock is held."""
+        parent_fd, start = self.root_fd, 0
+        cut = len(reldir)
+        while cut > 0:
+            cut = reldir.rfind('/', 0, cut)
+            ancestor = self._fds.get(reldir[:cut]) if cut > 0 else None
+            if ancestor is not None:
+                parent_fd, start = ancestor, cut + 1
+                break
+        while True:
+            end = reldir.find('/', start)
+            rel = reldir if end < 0 else reldir[:end]
+            name = rel[start:]
             try:
-                fd = open_dir_at(parent_fd, name, self.full(reldir))
+                fd = open_dir_at(parent_fd, name, self._prefix + rel)
             except MoverError as exc:
                 if not (self.create and exc.errno == errno.ENOENT):
                     raise
-                if make_dir(parent_fd, name, self.mode, self.full(reldir)):
+                if make_dir(parent_fd, name, self.mode, self._prefix + rel):
                     self.created += 1
-                fd = open_dir_at(parent_fd, name, self.full(reldir))
-            self._fds[reldir] = fd
-            return fd
+                fd = open_dir_at(parent_fd, name, self._prefix + rel)
+            self._fds[rel] = fd
+            if end < 0:
+                return fd
+            parent_fd, start = fd, end + 1
 
-    def trim(self, limit=256):
-        """Close cached fds if there are many (single-threaded callers only)."""
-        if len(self._fds) > limit:
-            self.clear()
+    def _evict(self, keep):
+        """Close the oldest cached fds not held, beyond `keep` (and a quarter
+        more, so that this is seldom done). Requires: the lock is held."""
+        fds, held = self._fds, self._held
+        excess = len(fds) - len(held) - keep
+        if excess <= 0:
+            return
+        excess += keep // 4
+        victims = []
+        for rel, fd in fds.items():             # oldest first
+            if fd not in held:
+                victims.append(rel)
+                if len(victims) == excess:
+                    break
+        for rel in victims:
+            fd = fds.pop(rel)                   # 1. out of the cache,
+            if fd in held:                      # 2. then look for a hold (got meanwhile)
+                fds[rel] = fd
+            else:
+                os.close(fd)
+
+    def trim(self, limit=None):
+        """Requires: no fd got from this tree is in use (by any thread). Every
+        fd is let go; the cache is cut to `limit` (at most the budget)."""
+        keep = self.budget if limit is None or limit > self.budget else limit
+        with self._lock:
+            if self._held:
+                self._held = set()
+            if len(self._fds) > keep:
+                self._evict(keep)
 
     def clear(self):
+        """Requires, as trim: no fd got from this tree is in use. Every cached fd is closed."""
         with self._lock:
-            for rel, fd in self._fds.items():
-                if rel:
-                    os.close(fd)
-            self._fds = {'': self.root_fd}
+            self._held = set()
+            fds, self._fds = self._fds, {}
+            for fd in fds.values():
+                os.close(fd)
 
     def close(self):
         self.clear()

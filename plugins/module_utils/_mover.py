@@ -42,7 +42,7 @@ import time
 import types
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.durable.mover.plugins.module_utils import _durable, _faults, _hashing
+from ansible_collections.durable.mover.plugins.module_utils import _copy, _durable, _faults, _hashing
 from ansible_collections.durable.mover.plugins.module_utils import _metadata, _procs, _result, _scan
 from ansible_collections.durable.mover.plugins.module_utils._audit import AuditLog
 from ansible_collections.durable.mover.plugins.module_utils._errors import (
@@ -688,6 +688,9 @@ class Runner:
         parallel = opts.workers > 1 and transfer.batch_flush is None
         pool = ThreadPoolExecutor(max_workers=opts.workers) if parallel else None
         upto, scanning = None, False
+        # The directory fds a batch asks for stay open until its end (DirTree.trim):
+        # a batch touches at most as many directories as a tree keeps open.
+        max_dirs = min(self.src_tree.budget, self.dst_tree.budget)
         if feed is not None:
             upto, ended = feed.wait()
             scanning = not ended
@@ -696,12 +699,16 @@ class Runner:
             while not self.stop() and not self.fatal:
                 rows = self.journal.fetch_work(after, opts.batch_files, share, upto if scanning else None)
                 size = 0
+                dirs = set()
                 for index, row in enumerate(rows):
                     size += row.size
-                    if size >= opts.batch_bytes:
+                    dirs.add(row.path.rpartition('/')[0])
+                    if row.leader is not None:
+                        dirs.add(('leader', row.leader))      # a link asks for its first name's too
+                    if size >= opts.batch_bytes or len(dirs) >= max_dirs:
                         rows = rows[:index + 1]
                         break
-                if scanning and len(rows) < opts.batch_files and size < opts.batch_bytes:
+                if scanning and len(rows) < opts.batch_files and size < opts.batch_bytes and len(dirs) < max_dirs:
                     # less than a batch while the scan goes on: wait for more
                     upto, ended = feed.wait()
                     if ended:
@@ -1012,6 +1019,7 @@ class Runner:
         mounts = _scan.Boundary(self.job.src_root)     # mounted now (cross_filesystems, or since the scan)
         for _id, rel, *_rest in dirs:
             self.dst_tree.get(rel)
+            self.dst_tree.trim(1024)
         self.changes += self.dst_tree.created
         for dir_id, rel, mode, uid, gid, atime_ns, mtime_ns in reversed(dirs):
             self._clean_parts(rel)
@@ -1199,6 +1207,8 @@ class _Planner:
         try:
             for rel, _name, st in self.entries(src_tree):
                 self._one(rel, st, transfer, src_tree, dst_tree, dest_dev)
+                if dst_tree is not None:
+                    dst_tree.trim()          # (the walk trims src_tree after each directory)
         except MoverError as exc:
             self.failures.append(_result.failure(exc.path or job.src_root, exc))
         finally:
@@ -1280,60 +1290,116 @@ class _Planner:
 
 
 def verify(job, started):
-    """mode=verify: compare the destination with the source and the journal; change nothing."""
-    job.check(writing=False)
+    """mode=verify: compare the destination with the source and the journal; change nothing.
+
+    Every file (and symbolic link) is counted, once: a source still there is
+    compared with its destination (both hashed, the destination read from the
+    disk); a file whose source is gone is compared with the hash the journal
+    recorded. What has nothing to be compared with (moved by a rename, or with
+    hash: none, or a link whose target was not recorded) is checked for type
+    and size and reported as unverifiable; `complete` only when all were verified.
+    """
+    moved_away = job.single is not None and not job.src_exists and os.path.exists(job.journal_path)
+    if not moved_away:                   # (a one-file job whose file was moved: the journal has it)
+        job.check(writing=False)
     algorithm = _hashing.resolve(job.opts.hash if job.opts.hash != 'none' else 'auto')
-    failures = []
-    stats = _result.empty_stats()
     if not os.path.isdir(job.dest_root):
         raise InputError('dest does not exist', job.dest_root, errno.ENOENT)
     src_tree = _durable.DirTree(_durable.open_root(job.src_root), job.src_root)
     dst_tree = _durable.DirTree(_durable.open_root(job.dest_root), job.dest_root)
     transfer = Transfer(src_tree, dst_tree, job.dest_rel, None, algorithm, True, job.opts.buffer_size,
                         0, (), 'fail', job.opts.special_files, job.job_tag, None, None)
+    found = _Verified(job.opts.max_failures_reported)
     planner = _Planner(job, algorithm, None)
-    limit = job.opts.max_failures_reported
-    failed = 0
-
-    def report(path, error):
-        nonlocal failed
-        failed += 1
-        if len(failures) < limit:
-            failures.append(_result.failure(path, error))
-
     try:
-        for rel, _name, st in planner.entries(src_tree):
+        for rel, _name, st in planner.entries(src_tree) if not moved_away else ():
             kind = _scan.kind_of(st)
             if kind in ('dir', 'special'):
                 continue
-            stats['files_total'] += 1
-            error = _verify_one(transfer, src_tree, dst_tree, job.dest_rel(rel), rel, st, kind)
-            if error:
-                report(src_tree.full(rel), error)
+            outcome = _checked(_verify_one, transfer, src_tree, dst_tree, job.dest_rel(rel), rel, st, kind)
+            if outcome is not _GONE:     # (one removed meanwhile is for the journal, below)
+                found.file(src_tree.full(rel), outcome)
+            dst_tree.trim()              # (the walk trims src_tree after each directory)
         if os.path.exists(job.journal_path):
             journal = Journal.open(job.journal_path, job.identity, create=False, readonly=True)
             try:
                 for row in _done_rows(journal):
-                    if row.kind != 'file' or not row.hash or row.hash.startswith('size:') or \
-                            ':' not in row.hash or _source_exists(src_tree, row.path):
-                        continue      # a source still there was compared by the walk above
-                    stats['files_total'] += 1
-                    error = _verify_recorded(transfer, dst_tree, job.dest_rel(row.path), row)
-                    if error:
-                        report(dst_tree.full(job.dest_rel(row.path)), error)
+                    if row.kind not in ('file', 'symlink') or _source_exists(src_tree, row.path):
+                        continue         # a source still there was compared by the walk above
+                    dest_rel = job.dest_rel(row.path)
+                    found.file(dst_tree.full(dest_rel),
+                               _checked(_verify_recorded, transfer, dst_tree, dest_rel, row, journal))
+                    src_tree.trim()
+                    dst_tree.trim()
             finally:
                 journal.close()
-    except MoverError as exc:
-        report(exc.path or job.src_root, exc)
+    except MoverError as exc:            # the walk or the journal could not go on
+        found.error(exc.path or job.src_root, exc)
     finally:
         mounts = planner.mount_points(src_tree)
         src_tree.close()
         dst_tree.close()
-    stats['files_failed'] = failed
-    stats['mounts_skipped'] = planner.stats['mounts_skipped']
-    return _result.build(job.job_id, job.journal_path, algorithm, stats,
-                         failures[:job.opts.max_failures_reported], time.monotonic() - started,
-                         False, not failures, False, mode='verify', mount_points=mounts)
+    stats = _result.empty_stats()
+    stats.update(files_total=found.total, files_failed=found.failed, files_verified=found.verified,
+                 files_unverifiable=found.unverifiable, mounts_skipped=planner.stats['mounts_skipped'])
+    complete = not found.failed and not found.unverifiable
+    return _result.build(job.job_id, job.journal_path, algorithm, stats, found.failures,
+                         time.monotonic() - started, False, complete, False, mode='verify',
+                         mount_points=mounts, unverifiable=found.unverifiable_files, reasons=found.reasons)
+
+
+# Why a file could not be verified (`unverifiable`; the msg counts each).
+_RENAMED = 'a move by rename (on one filesystem) records no hash'
+_SIZE_ONLY = 'hash: none records only the size'
+_NO_HASH = 'no hash was recorded'
+_LINK_TARGET = "a symbolic link's target is not recorded"
+
+
+_GONE = object()                        # the source was removed while verify ran
+
+
+class _Unverifiable:
+    """A file that was checked as far as it could be, and why not further."""
+
+    def __init__(self, reason):
+        self.reason = reason
+
+
+class _Verified:
+    """What verify found: counts of all, the failures and unverifiable files up to `limit`."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.total = self.verified = self.failed = self.unverifiable = 0
+        self.failures, self.unverifiable_files, self.reasons = [], [], {}
+
+    def file(self, path, outcome):
+        """One file: `outcome` None (verified), an _Unverifiable or an error."""
+        self.total += 1
+        if outcome is None:
+            self.verified += 1
+        elif isinstance(outcome, _Unverifiable):
+            self.unverifiable += 1
+            self.reasons[outcome.reason] = self.reasons.get(outcome.reason, 0) + 1
+            if len(self.unverifiable_files) < self.limit:
+                self.unverifiable_files.append(_result.unverifiable(path, outcome.reason))
+        else:
+            self.error(path, outcome)
+
+    def error(self, path, error):
+        self.failed += 1
+        if len(self.failures) < self.limit:
+            self.failures.append(_result.failure(path, error))
+
+
+def _checked(check, *args):
+    """check(*args), an error it raises as its outcome (the others are checked still)."""
+    try:
+        return check(*args)
+    except MoverError as exc:
+        return exc
+    except OSError as exc:
+        return os_error(exc, 'cannot verify', exc.filename)
 
 
 def _source_exists(src_tree, rel):
@@ -1359,12 +1425,40 @@ def _done_rows(journal):
         after = rows[-1][0]
 
 
-def _verify_one(transfer, src_tree, dst_tree, dest_rel, rel, st, kind):
+def hash_from_disk(transfer, dir_fd, name, algorithm):
+    """(digest, lstat) of a destination file as the device holds it
+    (Transfer.hash_from_device: O_DIRECT, past the page cache). The one place
+    verify reads a destination's content."""
+    fd = open_read(dir_fd, name)
+    try:
+        st = os.fstat(fd)
+        digest = transfer.hash_from_device(dir_fd, name, st.st_size, _copy.is_sparse(st), algorithm,
+                                           same_as=fd)
+        if digest is None:
+            raise MoverError('the destination was replaced while it was verified', name, errno.EAGAIN)
+        return digest, st
+    finally:
+        os.close(fd)
+
+
+def _dest_entry(dst_tree, dest_rel):
+    """(dir fd, name, lstat) of a destination entry; lstat None if it is missing."""
     dreldir, dname = split(dest_rel)
     try:
         dst_dir = dst_tree.get(dreldir)
-        dst_st = os.lstat(dname, dir_fd=dst_dir)
-    except (OSError, MoverError):
+        return dst_dir, dname, os.lstat(dname, dir_fd=dst_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, dname, None
+    except MoverError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None, dname, None
+        raise
+
+
+def _verify_one(transfer, src_tree, dst_tree, dest_rel, rel, st, kind):
+    """A source still there against its destination: None if they match, else why not."""
+    dst_dir, dname, dst_st = _dest_entry(dst_tree, dest_rel)
+    if dst_st is None:
         return 'missing at the destination'
     reldir, name = split(rel)
     if kind == 'symlink':
@@ -1372,31 +1466,59 @@ def _verify_one(transfer, src_tree, dst_tree, dest_rel, rel, st, kind):
                 os.readlink(name, dir_fd=src_tree.get(reldir)) != os.readlink(dname, dir_fd=dst_dir):
             return 'symbolic link differs at the destination'
         return None
-    fd = transfer._open_src(src_tree.get(reldir), name, src_tree.full(rel))
+    if not stat.S_ISREG(dst_st.st_mode):
+        return 'not a regular file at the destination'
+    if dst_st.st_size != st.st_size:
+        return 'size differs at the destination (%d bytes, the source %d)' % (dst_st.st_size, st.st_size)
+    if (dst_st.st_dev, dst_st.st_ino) == (st.st_dev, st.st_ino):
+        return None                     # one file under both names
     try:
-        same = transfer.same_content(fd, st, dst_dir, dname, dst_st)[0]
+        fd = transfer._open_src(src_tree.get(reldir), name, src_tree.full(rel))
+    except MoverError as exc:
+        if exc.errno == errno.ENOENT:
+            return _GONE
+        raise
+    try:
+        source = transfer.hash_fd(fd, st.st_size, _copy.is_sparse(st))
     finally:
         os.close(fd)
-    return None if same else 'content differs at the destination'
+    dest, _st = hash_from_disk(transfer, dst_dir, dname, transfer.algorithm)
+    return None if dest == source else 'content differs at the destination'
 
 
-def _verify_recorded(transfer, dst_tree, dest_rel, row):
-    dreldir, dname = split(dest_rel)
-    try:
-        dst_dir = dst_tree.get(dreldir)
-        fd = open_read(dst_dir, dname)
-    except (OSError, MoverError):
+def _verify_recorded(transfer, dst_tree, dest_rel, row, journal):
+    """A file whose source is gone against what the journal recorded: None if
+    it matches the recorded hash, an _Unverifiable if there is no hash to compare
+    with (type and size checked), else why not."""
+    dst_dir, dname, st = _dest_entry(dst_tree, dest_rel)
+    if st is None:
         return 'recorded as moved but missing at the destination'
-    try:
-        st = os.fstat(fd)
-        algorithm = recorded_algorithm(row.hash)
-        if algorithm is None:
-            return 'recorded with %s, which is not installed here: cannot verify' % row.hash.partition(':')[0]
-        if st.st_size != row.size:
-            return 'size differs from the journal (%d, recorded %d)' % (st.st_size, row.size)
-        digest = transfer.hash_fd(fd, st.st_size, False, algorithm)
-    finally:
-        os.close(fd)
-    if digest != row.hash:
+    if row.kind == 'symlink':
+        if not stat.S_ISLNK(st.st_mode):
+            return 'recorded as a symbolic link, but the destination is not one'
+        return _Unverifiable(_LINK_TARGET)
+    if not stat.S_ISREG(st.st_mode):
+        return 'recorded as a regular file, but the destination is not one'
+    if st.st_size != row.size:
+        return 'size differs from the journal (%d bytes, recorded %d)' % (st.st_size, row.size)
+    recorded = row.hash
+    if not recorded and row.leader is not None:           # a further name of a hard link
+        leader = journal.get(row.leader)
+        recorded = leader.hash if leader is not None else None
+    algorithm = recorded_algorithm(recorded)
+    if algorithm is None:
+        return _Unverifiable(_why_no_hash(row, recorded))
+    digest, _st = hash_from_disk(transfer, dst_dir, dname, algorithm)
+    if digest != recorded:
         return 'content differs from the hash recorded in the journal (%s)' % display_path(row.path)
     return None
+
+
+def _why_no_hash(row, recorded):
+    if recorded and recorded.startswith('size:'):
+        return _SIZE_ONLY
+    if recorded and ':' in recorded:
+        return '%s (the recorded hash) is not installed here' % recorded.partition(':')[0]
+    if row.method == 'rename':
+        return _RENAMED
+    return _NO_HASH

@@ -37,12 +37,20 @@ def not_from_device(path, reason):
     return {'path': display_path(path), 'reason': str(reason)}
 
 
+def unverifiable(path, reason):
+    """A file verify counted but could not check (its content has nothing to be compared with)."""
+    return {'path': display_path(path), 'reason': str(reason)}
+
+
 def build(job_id, journal_path, hash_algorithm, stats, failures, elapsed, changed,
-          complete, interrupted, errors=(), plan=None, mode='move', mount_points=(), readback_from_cache=()):
+          complete, interrupted, errors=(), plan=None, mode='move', mount_points=(), readback_from_cache=(),
+          unverifiable=None, reasons=None):
     """The module's result dict. `errors`: run-level errors (e.g. disk full).
     `mount_points`: those inside src left alone (mount_point() each).
     `readback_from_cache`: files whose read-back could not come from the
-    device (not_from_device() each)."""
+    device (not_from_device() each). In verify mode: `unverifiable` (the
+    files that could not be checked, at most max_failures_reported) and
+    `reasons` ({why: how many}, of all)."""
     result = {
         'changed': bool(changed),
         'job_id': job_id,
@@ -60,6 +68,9 @@ def build(job_id, journal_path, hash_algorithm, stats, failures, elapsed, change
     }
     if plan is not None:
         result['plan'] = plan
+    if mode == 'verify':
+        result['unverifiable'] = list(unverifiable or ())
+        result['unverifiable_reasons'] = dict(reasons or {})
     messages = [str(e) for e in errors]
     if stats.get('files_failed'):
         messages.append('%d file(s) failed (%d quarantined); see failures'
@@ -68,6 +79,8 @@ def build(job_id, journal_path, hash_algorithm, stats, failures, elapsed, change
         messages.append('interrupted by a signal; the journal is consistent: run again to resume')
     if messages:
         result['failed'] = True
+        if mode == 'verify':
+            messages.append(summary(result))
         result['msg'] = '; '.join(messages)
     else:
         result['msg'] = summary(result)
@@ -91,8 +104,18 @@ def _summary(result):
                 % (plan['files'], plan['bytes'], plan['renames'], plan['copies'], plan['conflicts'],
                    plan['already_done']))
     if result.get('mode') == 'verify':
-        return 'verified %d file(s): all match' % stats.get('files_total', 0)
+        return verify_summary(stats, result.get('unverifiable_reasons') or {})
     if not result['changed']:
         return 'nothing to do: %d file(s) already at the destination' % stats['files_already_done']
     return '%s %d file(s), %d bytes' % ('copied' if result.get('mode') == 'copy' else 'moved',
                                         stats['files_moved'], stats['bytes_moved'])
+
+
+def verify_summary(stats, reasons):
+    """'verified N of M files', and why the others could not be, if any were not."""
+    text = 'verified %d of %d files' % (stats.get('files_verified', 0), stats.get('files_total', 0))
+    if stats.get('files_unverifiable'):
+        why = ['%s (%d)' % (reason, count) for reason, count in sorted(reasons.items(), key=lambda r: -r[1])]
+        why = ' and '.join([', '.join(why[:-1]), why[-1]]) if len(why) > 1 else ''.join(why)
+        text += '; %d could not be verified because %s; see unverifiable' % (stats['files_unverifiable'], why)
+    return text

@@ -212,39 +212,47 @@ class Boundary:
 def list_dir(tree, reldir, excluded):
     """Yield (rel, name, lstat) of one directory, sorted in chunks.
 
-    Raises MoverError if the directory cannot be opened or listed.
+    Raises MoverError if the directory cannot be opened or listed. The listing
+    has an fd of its own: the consumer may trim the tree meanwhile.
     """
-    fd = tree.get(reldir)
     path = tree.full(reldir)
+    try:
+        fd = tree.dup(reldir)
+    except OSError as exc:
+        raise os_error(exc, 'cannot list directory', path)
     try:
         scandir = os.scandir(fd)
     except OSError as exc:
+        os.close(fd)
         raise os_error(exc, 'cannot list directory', path)
     chunk = []
-    with scandir:
-        while True:
-            try:
-                entry = next(scandir, None)
-            except OSError as exc:
-                raise os_error(exc, 'cannot list directory', path)
-            if entry is not None:
-                rel = join(reldir, entry.name)
-                if excluded(rel, entry.name):
-                    continue
+    try:
+        with scandir:
+            while True:
                 try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
+                    entry = next(scandir, None)
                 except OSError as exc:
-                    raise os_error(exc, 'cannot stat', tree.full(rel))
-                chunk.append((entry.name, rel, st))
-            if entry is None or len(chunk) >= SORT_CHUNK:
-                chunk.sort(key=lambda item: item[0])
-                for name, rel, st in chunk:
-                    yield rel, name, st
-                chunk = []
-            if entry is None:
-                return
+                    raise os_error(exc, 'cannot list directory', path)
+                if entry is not None:
+                    rel = join(reldir, entry.name)
+                    if excluded(rel, entry.name):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        raise os_error(exc, 'cannot stat', tree.full(rel))
+                    chunk.append((entry.name, rel, st))
+                if entry is None or len(chunk) >= SORT_CHUNK:
+                    chunk.sort(key=lambda item: item[0])
+                    for name, rel, st in chunk:
+                        yield rel, name, st
+                    chunk = []
+                if entry is None:
+                    return
+    finally:
+        os.close(fd)
 
 
 def walk(tree, excluded, boundary=None):

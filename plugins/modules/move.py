@@ -79,6 +79,13 @@ options:
       - V(move) removes each source after its copy is durable and verified.
       - V(copy) keeps the sources.
       - V(verify) compares the destination with the source (and with the hashes in the journal) and changes nothing.
+        Every file and symbolic link is counted once. A file still at its source is compared with its destination,
+        both hashed; a file whose source is gone is compared with the hash the journal recorded. Destinations are
+        read from the disk (their cached pages are dropped first).
+      - Files with nothing to compare with (moved by a rename on one filesystem, which records no hash; moved with
+        O(hash=none), which records only sizes; symbolic links whose source is gone, whose targets are not
+        recorded) are checked for type and size and reported in RV(unverifiable). They do not fail the task, but
+        RV(complete) is true in verify mode only when every file was verified.
     type: str
     choices: [move, copy, verify]
     default: move
@@ -284,7 +291,9 @@ mode:
   type: str
   sample: move
 complete:
-  description: True when every file of the job is at its destination (or skipped by decision) and none failed.
+  description:
+    - True when every file of the job is at its destination (or skipped by decision) and none failed.
+    - In verify mode, true only when every file was verified (none failed, none unverifiable).
   returned: always
   type: bool
 interrupted:
@@ -351,6 +360,14 @@ stats:
     resumed:
       description: True when this run continued an interrupted one.
       type: bool
+    files_verified:
+      description: In verify mode, files whose destination matched their source or their recorded hash.
+      type: int
+      returned: verify mode
+    files_unverifiable:
+      description: In verify mode, files that could be checked only for type and size (see RV(unverifiable)).
+      type: int
+      returned: verify mode
 failures:
   description: Failed entries, at most O(max_failures_reported).
   returned: always
@@ -398,6 +415,24 @@ mount_points:
     reason:
       description: Why it is a mount point, and what was done.
       type: str
+unverifiable:
+  description: In verify mode, files that could not be verified, at most O(max_failures_reported).
+  returned: verify mode
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: The destination path (non-UTF-8 bytes shown as backslash escapes).
+      type: str
+    reason:
+      description: Why it could not be verified.
+      type: str
+      sample: a move by rename (on one filesystem) records no hash
+unverifiable_reasons:
+  description: In verify mode, how many files could not be verified, by reason.
+  returned: verify mode
+  type: dict
+  sample: {"a move by rename (on one filesystem) records no hash": 3}
 plan:
   description: In check mode, what a run would do.
   returned: check mode
@@ -433,9 +468,12 @@ bytes_per_second:
   returned: always
   type: float
 msg:
-  description: A one-line summary, or what failed.
+  description:
+    - A one-line summary, or what failed.
+    - In verify mode it says how many files were verified, and why the others could not be.
   returned: always
   type: str
+  sample: "verified 40 of 43 files; 3 could not be verified because hash: none records only the size (3); see unverifiable"
 """
 
 import traceback

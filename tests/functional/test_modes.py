@@ -20,7 +20,7 @@ import pytest
 from ansible_collections.durable.mover.plugins.module_utils import _mover
 
 from fstree import (
-    COMPARED, XFS, Site, all_names, assert_clean_move, assert_same_tree, b, build_many,
+    COMPARED, SAMEFS, XFS, Site, all_names, assert_clean_move, assert_same_tree, b, build_many,
     build_small, file_hash, part_files, read_journal, set_times, snapshot, state_snapshot, write,
 )
 
@@ -196,6 +196,10 @@ def test_verify_after_copy(site: Site) -> None:
     assert result["complete"] is True
     assert result["stats"]["files_failed"] == 0
     assert result["stats"]["files_total"] == info.entries
+    # every file compared with its source, the destination read from the disk
+    assert result["stats"]["files_verified"] == info.entries, result["msg"]
+    assert result["stats"]["files_unverifiable"] == 0 and result["unverifiable"] == []
+    assert result["msg"] == "verified %d of %d files" % (info.entries, info.entries)
 
     # one byte flipped at the destination, same size
     victim = os.path.join(b(site.dest), b"d/e/two")
@@ -243,6 +247,142 @@ def test_verify_after_move_uses_recorded_hashes(site: Site) -> None:
     os.unlink(os.path.join(b(site.dest), b"d/one"))
     result = _verify_changes_nothing(site)
     assert [f for f in result["failures"] if f["path"].endswith("d/one")], result["failures"]
+
+
+def _flip_a_byte(path: bytes, offset: int) -> None:
+    """Other bytes, same size and times: only a hash can tell."""
+    st = os.lstat(path)
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.lstat(path).st_size == st.st_size
+
+
+def _assert_accounted(result: dict[str, t.Any], entries: int) -> None:
+    """Every file is counted once: verified, failed or unverifiable, and msg says how many were checked."""
+    stats = result["stats"]
+    assert stats["files_total"] == entries, stats
+    assert stats["files_verified"] + stats["files_failed"] + stats["files_unverifiable"] == entries, stats
+    assert len(result["unverifiable"]) == stats["files_unverifiable"]
+    assert "verified %d of %d files" % (stats["files_verified"], entries) in result["msg"], result["msg"]
+
+
+def _named(entries: list[dict[str, t.Any]], rel: str) -> list[dict[str, t.Any]]:
+    return [e for e in entries if e["path"].endswith("/" + rel)]
+
+
+def _meanwhile(monkeypatch: pytest.MonkeyPatch, at: str, act: t.Callable[[], None]) -> None:
+    """Another process acts on the source just before verify looks at `at`."""
+    real = _mover._verify_one
+
+    def acted(transfer: t.Any, src_tree: t.Any, dst_tree: t.Any, dest_rel: str, rel: str,
+              st: os.stat_result, kind: str) -> t.Any:
+        if rel == at:
+            act()
+        return real(transfer, src_tree, dst_tree, dest_rel, rel, st, kind)
+
+    monkeypatch.setattr(_mover, "_verify_one", acted)
+
+
+def test_verify_goes_on_after_a_file_it_cannot_read(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source replaced by a symbolic link while verify runs fails that file;
+    the files after it are still verified (one error used to end the walk)."""
+    info = build_small(site.src)
+    ok(run(site, mode="copy"))
+    two = os.path.join(b(site.src), b"d/e/two")
+    _meanwhile(monkeypatch, "d/e/two", lambda: (os.unlink(two), os.symlink(b"zero", two)))
+    result = run(site, mode="verify")
+    assert result["failed"] is True and result["complete"] is False
+    _assert_accounted(result, info.entries)
+    assert (result["stats"]["files_failed"], result["stats"]["files_verified"]) == (1, info.entries - 1)
+    (failure,) = _named(result["failures"], "d/e/two")
+    assert "symbolic link" in failure["error"], failure
+
+
+def test_verify_counts_a_source_removed_meanwhile_once(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source removed while verify runs is compared with its recorded hash, and counted once."""
+    info = build_small(site.src)
+    ok(run(site, mode="copy"))
+    _meanwhile(monkeypatch, "d/e/two", lambda: os.unlink(os.path.join(b(site.src), b"d/e/two")))
+    result = ok(run(site, mode="verify"))
+    _assert_accounted(result, info.entries)
+    assert result["stats"]["files_verified"] == info.entries and result["complete"] is True
+
+
+@pytest.mark.parametrize("site", [SAMEFS], indirect=True)
+def test_verify_after_a_move_by_rename_does_not_claim_it_verified(site: Site) -> None:
+    """On one filesystem a move renames: no hash is recorded and the source is
+    gone. Verify counts every file, checks what it can (type, size) and says
+    that it could not verify the content; a corrupted file is never called verified."""
+    info = build_small(site.src)
+    ok(run(site))
+    _flip_a_byte(os.path.join(b(site.dest), b"d/e/two"), 1234)
+    result = _verify_changes_nothing(site)
+    assert result["complete"] is False, result["msg"]
+    assert not result.get("failed"), result["msg"]       # unverifiable is not a failure
+    _assert_accounted(result, info.entries)
+    assert result["stats"]["files_verified"] == 0
+    (two,) = _named(result["unverifiable"], "d/e/two")
+    assert "rename" in two["reason"], two
+    assert "could not be verified because" in result["msg"] and "rename" in result["msg"], result["msg"]
+
+    # what can be checked is: a file cut short fails
+    with open(os.path.join(b(site.dest), b"d/one"), "r+b") as handle:
+        handle.truncate(10)
+    result = _verify_changes_nothing(site)
+    assert result["failed"] is True and result["complete"] is False
+    _assert_accounted(result, info.entries)
+    (one,) = _named(result["failures"], "d/one")
+    assert "size" in one["error"], one
+
+
+@only_cross
+def test_verify_after_a_move_with_hash_none_does_not_claim_it_verified(site: Site) -> None:
+    """hash: none records only sizes: verify cannot tell other bytes of the same
+    size, so it says so for each file instead of reporting them verified."""
+    info = build_small(site.src)
+    ok(run(site, hash="none"))
+    _flip_a_byte(os.path.join(b(site.dest), b"d/e/two"), 1234)
+    result = _verify_changes_nothing(site, hash="none")
+    assert result["complete"] is False, result["msg"]
+    assert not result.get("failed"), result["msg"]
+    _assert_accounted(result, info.entries)
+    assert result["stats"]["files_verified"] == 0
+    (two,) = _named(result["unverifiable"], "d/e/two")
+    assert "hash: none" in two["reason"], two
+    assert "could not be verified because" in result["msg"], result["msg"]
+
+
+@only_cross
+def test_verify_after_a_move_counts_links_it_cannot_check(site: Site) -> None:
+    """After a move across filesystems the files are checked against the hashes
+    in the journal; a symbolic link's target is not recorded: counted, not verified."""
+    info = build_small(site.src)
+    ok(run(site))
+    result = ok(_verify_changes_nothing(site))
+    _assert_accounted(result, info.entries)
+    assert result["stats"]["files_verified"] == info.entries - 1
+    (link,) = result["unverifiable"]
+    assert link["path"].endswith("/d/to-top") and "symbolic link" in link["reason"], link
+    assert result["complete"] is False
+
+
+@only_cross
+def test_verify_a_one_file_job_after_its_file_was_moved(site: Site) -> None:
+    """src is one file, moved away: the journal's hash is the reference (verify
+    used to refuse: 'src does not exist')."""
+    os.makedirs(site.src, exist_ok=True)
+    write(os.path.join(b(site.src), b"only"), os.urandom(5000))
+    params = dict(src=os.path.join(str(site.src), "only"), dest=os.path.join(str(site.dest), "renamed"))
+    ok(run(site, **params))
+    result = ok(run(site, mode="verify", **params))
+    assert result["complete"] is True and result["stats"]["files_verified"] == 1, result["msg"]
+    _flip_a_byte(os.path.join(b(site.dest), b"renamed"), 100)
+    result = run(site, mode="verify", **params)
+    assert result["failed"] is True and result["stats"]["files_failed"] == 1, result["msg"]
 
 
 # -- on_conflict -------------------------------------------------------------------------

@@ -14,6 +14,9 @@ With read-back off the same run reads next to nothing: the measure can tell.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 import typing as t
 from pathlib import Path
 
@@ -103,3 +106,45 @@ def test_a_batch_larger_than_the_fd_limit_allows(loopfs: t.Callable[..., Path], 
     assert result["stats"]["files_moved"] == 600, result.get("failures")
     assert result["complete"] is True
     assert_same_tree(expected, snapshot(dest_fs / "many"))
+
+
+def _backing_file(device: str) -> str:
+    with open("/sys/block/%s/loop/backing_file" % device, encoding="utf-8") as handle:
+        return handle.read().strip()
+
+
+def _device_offset(path: Path) -> int:
+    """Where on its device the first byte of `path` is (its first extent, from FIEMAP)."""
+    out = subprocess.run(["filefrag", "-v", "-b512", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    found = re.search(r"^\s*0:\s*0\.\.\s*\d+:\s*(\d+)\.\.", out, re.M)
+    assert found, out
+    return int(found.group(1)) * 512
+
+
+@pytest.mark.skipif(shutil.which("filefrag") is None, reason="needs filefrag (e2fsprogs)")
+def test_verify_reads_the_destination_from_the_disk(loopfs: t.Callable[..., Path], tmp_path: Path) -> None:
+    """Bytes changed on the device under a copy whose pages are cached: a read
+    through the page cache still sees the old bytes, verify must see the new."""
+    dest_fs = loopfs("xfs")
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(256 * 1024)
+    (src / "f.bin").write_bytes(data)
+    params = dict(src=str(src), dest=str(dest_fs / "d"), state_dir=str(tmp_path / "state"), mode="copy")
+    assert not _mover.run(params).get("failed")
+    copy = dest_fs / "d" / "f.bin"
+    assert copy.read_bytes() == data                        # its pages are in the cache now
+    offset = _device_offset(copy) + 4096
+    fd = os.open(_backing_file(_device_of(dest_fs)), os.O_RDWR)
+    try:
+        assert os.pread(fd, 16, offset) == data[4096:4112]    # the extent is where FIEMAP says
+        os.pwrite(fd, bytes(byte ^ 0xFF for byte in data[4096:4112]), offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert copy.read_bytes() == data                        # the cache still shows the old bytes
+    result = _mover.run(dict(params, mode="verify"))
+    assert result.get("failed") is True and result["complete"] is False, result["msg"]
+    (failure,) = result["failures"]
+    assert failure["path"].endswith("/f.bin") and "content differs" in failure["error"], failure

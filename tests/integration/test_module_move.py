@@ -190,7 +190,8 @@ def return_doc(module: t.Any) -> dict[str, t.Any]:
     return yaml.safe_load(module.RETURN)
 
 
-def check_value(value: t.Any, doc: dict[str, t.Any], where: str, nullable: set[str]) -> list[str]:
+def check_value(value: t.Any, doc: dict[str, t.Any], where: str, nullable: set[str],
+                returned: t.Callable[[str], bool] = lambda _r: True) -> list[str]:
     """Problems of `value` against one RETURN entry (type, contains, elements)."""
     if value is None and where in nullable:
         return []
@@ -200,7 +201,7 @@ def check_value(value: t.Any, doc: dict[str, t.Any], where: str, nullable: set[s
     problems = []
     contains = doc.get("contains")
     if contains and doc["type"] == "dict":
-        problems += check_mapping(value, contains, where, nullable, exact=True)
+        problems += check_mapping(value, contains, where, nullable, exact=True, returned=returned)
     if doc["type"] == "list" and "elements" in doc:
         for index, element in enumerate(value):
             problems += check_value(element, {"type": doc["elements"], "contains": contains},
@@ -218,7 +219,7 @@ def check_mapping(result: dict[str, t.Any], spec: dict[str, t.Any], prefix: str,
             if returned(doc.get("returned", "always")):
                 problems.append(f"{where}: documented, missing")
             continue
-        problems += check_value(result[key], doc, where, nullable)
+        problems += check_value(result[key], doc, where, nullable, returned)
     if exact:
         extra = set(result) - set(spec)
         if extra:
@@ -226,8 +227,9 @@ def check_mapping(result: dict[str, t.Any], spec: dict[str, t.Any], prefix: str,
     return problems
 
 
-def move_returned(check_mode: bool) -> t.Callable[[str], bool]:
-    return lambda returned: returned == "always" or (check_mode and returned == "check mode")
+def move_returned(check_mode: bool, verify: bool = False) -> t.Callable[[str], bool]:
+    return lambda returned: returned == "always" or (check_mode and returned == "check mode") or \
+        (verify and returned == "verify mode")
 
 
 def info_returned(exists: bool) -> t.Callable[[str], bool]:
@@ -687,6 +689,12 @@ def test_copy_and_verify_modes(tmp_path: Path, xdev: Path) -> None:
     assert {row["state"] for row in rows.values()} == {"done"}
 
     # mode=verify: the copy matches, nothing changes.
+    spec = return_doc(move_module)
+    for name in ("verify_copy", "verify_tampered", "journal_verify", "journal_tampered"):
+        problems = check_mapping(res[name], spec, "", NULLABLE["move"], exact=False,
+                                 returned=move_returned(False, verify=True))
+        assert problems == [], (name, problems)
+        assert not set(res[name]) - set(spec) - ANSIBLE_RESULT_KEYS, name
     verify = res["verify_copy"]
     assert verify["changed"] is False and not verify.get("failed") and verify["complete"] is True
     assert verify["mode"] == "verify" and verify["stats"]["files_total"] == TREE_ENTRIES
@@ -705,7 +713,12 @@ def test_copy_and_verify_modes(tmp_path: Path, xdev: Path) -> None:
     assert res["journal_move"]["complete"] is True and listing(journal_src) == set()
     journal_verify = res["journal_verify"]
     assert journal_verify["changed"] is False and not journal_verify.get("failed")
-    assert journal_verify["stats"]["files_total"] == len(TREE_FILES)    # regular files carry hashes
+    assert journal_verify["stats"]["files_total"] == TREE_ENTRIES
+    assert journal_verify["stats"]["files_verified"] == len(TREE_FILES)  # regular files carry hashes
+    assert journal_verify["stats"]["files_unverifiable"] == len(TREE_LINKS)   # link targets are not recorded
+    assert journal_verify["complete"] is False
+    assert {u["reason"] for u in journal_verify["unverifiable"]} == {"a symbolic link's target is not recorded"}
+    assert verify["stats"]["files_verified"] == TREE_ENTRIES and verify["unverifiable"] == []
     journal_tampered = res["journal_tampered"]
     assert journal_tampered["failed"] is True and journal_tampered["changed"] is False
     (failure,) = journal_tampered["failures"]

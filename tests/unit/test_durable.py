@@ -8,9 +8,13 @@ and of _transfer.part_name."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import random
+import shutil
 import stat
 import subprocess
+import threading
 
 import pytest
 
@@ -115,6 +119,167 @@ def test_dirtree_clear_closes_fds(tmp_path):
     assert info.value.errno == errno.EBADF
     assert os.path.samestat(os.fstat(tree.get("a/b")), os.stat(root / "a" / "b"))
     tree.close()
+
+
+WALK_UNDER_A_LIMIT = """
+import json, os, sys
+from ansible_collections.durable.mover.plugins.module_utils import _durable, _scan
+root = sys.argv[1]
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+tree = _durable.DirTree(_durable.open_root(root), root)
+base = open_fds()
+most = entries = 0
+for _rel, _name, _st in _scan.walk(tree, _scan.Excluder([])):
+    entries += 1
+    most = max(most, open_fds() - base)
+tree.close()
+print(json.dumps({"entries": entries, "most": most, "after": open_fds() - base}))
+"""
+
+
+def many_dirs(root, flat=700, chain=300, tops=10, per_top=30):
+    """`flat` directories side by side, one chain `chain` deep, and `tops` x `per_top` nested."""
+    for index in range(flat):
+        os.makedirs(os.path.join(root, "flat", "d%04d" % index))
+    os.makedirs(os.path.join(root, *(["c"] * chain)))
+    for top in range(tops):
+        for sub in range(per_top):
+            os.makedirs(os.path.join(root, "t%02d" % top, "s%02d" % sub))
+    return 1 + flat + chain + tops * (1 + per_top)
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_walk_keeps_a_bounded_number_of_directories_open(tmp_path):
+    """1,311 directories (side by side, 300 deep, nested) under a soft limit of
+    128: the walk (check mode's and verify's) never holds more than a quarter
+    of the limit, counted in /proc/self/fd at every entry."""
+    root = str(tmp_path / "root")
+    count = many_dirs(root)
+    proc = run_python(WALK_UNDER_A_LIMIT, root, prefix=["prlimit", "--nofile=128:"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout)
+    assert seen["entries"] == count
+    assert seen["most"] <= 128 // 4, seen
+    assert seen["after"] <= 0, seen
+
+
+def open_fd_count():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_dirtree_keeps_at_most_its_budget_open(tmp_path):
+    """Trimmed between steps (as the loops over directories do), a tree keeps
+    its budget; within a step (a batch: nothing let go), it holds what the step
+    asked for on top of its budget, and no more."""
+    root = tmp_path / "root"
+    rels = ["d%03d/e" % index for index in range(150)]
+    for rel in rels:
+        (root / rel).mkdir(parents=True)
+    base = open_fd_count()
+    tree = _durable.DirTree(_durable.open_root(str(root)), str(root), budget=8)
+    most = 0
+    try:
+        for rel in rels:
+            fd = tree.get(rel)
+            assert os.path.samestat(os.fstat(fd), os.stat(root / rel))
+            tree.trim()
+            most = max(most, open_fd_count() - base - 1)     # the root's fd
+        assert most <= 8 + 2, most
+        for step in range(0, 150, 8):
+            for rel in rels[step:step + 8]:                   # a batch over 8 directories
+                tree.get(rel)
+            most = max(most, open_fd_count() - base - 1)
+            tree.trim()
+        assert most <= 2 * 8 + 2, most
+    finally:
+        tree.close()
+    assert open_fd_count() == base
+
+
+def test_a_held_fd_is_closed_only_once_let_go(tmp_path):
+    """An fd handed out is never closed before the next trim (its number could
+    be reused by another open): the cache goes over its budget rather."""
+    root = tmp_path / "root"
+    for index in range(40):
+        (root / ("d%02d" % index)).mkdir(parents=True)
+    tree = _durable.DirTree(_durable.open_root(str(root)), str(root), budget=4)
+    try:
+        first, second = tree.get("d00"), tree.get("d01")       # two at once, as a link does
+        for index in range(2, 40):                              # the oldest cached, and not held
+            os.close(tree.dup("d%02d" % index))                # are closed: never these two
+            assert os.path.samestat(os.fstat(first), os.stat(root / "d00"))
+            assert os.path.samestat(os.fstat(second), os.stat(root / "d01"))
+        assert tree.open_count() <= 2 + 4
+        for index in range(2, 40):                              # held too: the cache grows
+            tree.get("d%02d" % index)
+        assert tree.open_count() == 40
+        tree.trim()
+        assert tree.open_count() <= 4
+        for fd in (first, second):
+            with pytest.raises(OSError) as info:
+                os.fstat(fd)
+            assert info.value.errno == errno.EBADF
+        own = tree.dup("d05")                                   # an fd of its own: not held
+        tree.clear()
+        assert tree.open_count() == 0
+        assert os.path.samestat(os.fstat(own), os.stat(root / "d05"))
+        os.close(own)
+    finally:
+        tree.close()
+
+
+def test_threads_never_use_a_closed_or_reused_dir_fd(tmp_path):
+    """Batches of four threads, each asking for many directories of a tree
+    whose cache keeps 4 fds, while opening files (which would take a closed
+    fd's number): every fd handed out names its directory until the trim
+    between batches."""
+    root = tmp_path / "root"
+    names = ["d%02d/e%d" % (index // 3, index % 3) for index in range(60)]
+    idents = {}
+    for rel in names:
+        (root / rel).mkdir(parents=True)
+        (root / rel / "marker").write_bytes(rel.encode())
+        st = os.stat(root / rel)
+        idents[rel] = (st.st_dev, st.st_ino)
+    base = open_fd_count()
+    tree = _durable.DirTree(_durable.open_root(str(root)), str(root), budget=4)
+    wrong = []
+
+    def check(rel, fd):
+        try:
+            st = os.fstat(fd)
+            marker = os.open("marker", os.O_RDONLY, dir_fd=fd)
+        except OSError as exc:
+            wrong.append((rel, str(exc)))
+            return
+        try:
+            if (st.st_dev, st.st_ino) != idents[rel] or os.read(marker, 100) != rel.encode():
+                wrong.append((rel, "another directory"))
+        finally:
+            os.close(marker)
+
+    def work(seed):
+        rng = random.Random(seed)
+        got = []
+        for rel in rng.sample(names, 12):
+            got.append((rel, tree.get(rel)))
+            churn = os.open(root / rel / "marker", os.O_RDONLY)
+            for earlier in got:
+                check(*earlier)
+            os.close(churn)
+
+    for batch in range(60):
+        threads = [threading.Thread(target=work, args=(batch * 4 + seed,)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        tree.trim()
+        assert tree.open_count() <= 4
+    tree.close()
+    assert not wrong, wrong[:10]
+    assert open_fd_count() == base
 
 
 def current_umask():
