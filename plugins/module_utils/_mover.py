@@ -68,6 +68,7 @@ from ansible_collections.durable.mover.plugins.module_utils._transfer import (
     STAGED,
     Outcome,
     Transfer,
+    link_digest,
     open_read,
     recorded_algorithm,
     split,
@@ -1352,7 +1353,7 @@ def verify(job, started):
 _RENAMED = 'a move by rename (on one filesystem) records no hash'
 _SIZE_ONLY = 'hash: none records only the size'
 _NO_HASH = 'no hash was recorded'
-_LINK_TARGET = "a symbolic link's target is not recorded"
+_LINK_TARGET = "a symbolic link's target is not recorded (moved by an older version)"
 
 
 _GONE = object()                        # the source was removed while verify ran
@@ -1496,7 +1497,11 @@ def _verify_recorded(transfer, dst_tree, dest_rel, row, journal):
     if row.kind == 'symlink':
         if not stat.S_ISLNK(st.st_mode):
             return 'recorded as a symbolic link, but the destination is not one'
-        return _Unverifiable(_LINK_TARGET)
+        if not (row.hash or '').startswith('link:'):
+            return _Unverifiable(_LINK_TARGET)
+        if link_digest(os.readlink(dname, dir_fd=dst_dir)) != row.hash:
+            return 'symbolic link target differs from the one recorded in the journal'
+        return None
     if not stat.S_ISREG(st.st_mode):
         return 'recorded as a regular file, but the destination is not one'
     if st.st_size != row.size:

@@ -82,6 +82,12 @@ def open_read(dir_fd, name):
     return os.open(name, flags, dir_fd=dir_fd)
 
 
+def link_digest(target):
+    """What the journal records of a symbolic link: its target's digest
+    ('link:<sha256>'), so that verify can check a link whose source is gone."""
+    return 'link:' + hashlib.sha256(os.fsencode(target)).hexdigest()
+
+
 def recorded_algorithm(recorded):
     """The algorithm of a recorded hash ('blake3:..', 'sha256:..') if it can be computed here."""
     algorithm = (recorded or '').partition(':')[0]
@@ -441,8 +447,10 @@ class Transfer:
                 if same:
                     return Outcome(row, IDENTICAL, method='identical', digest=digest, src_ident=ident(st))
             elif row.kind == 'symlink' and stat.S_ISLNK(dst_st.st_mode):
-                if os.readlink(name, dir_fd=src_dir) == os.readlink(dname, dir_fd=dst_dir):
-                    return Outcome(row, IDENTICAL, method='identical', src_ident=ident(st))
+                target = os.readlink(dname, dir_fd=dst_dir)
+                if os.readlink(name, dir_fd=src_dir) == target:
+                    return Outcome(row, IDENTICAL, method='identical', digest=link_digest(target),
+                                   src_ident=ident(st))
             if self.on_conflict != 'overwrite':
                 return self._conflict(row, path, 'the destination exists with different content')
         try:
@@ -455,7 +463,10 @@ class Transfer:
                 return None          # a mount point inside the tree: copy instead
             raise
         _faults.point('after_rename')
-        return Outcome(row, MOVED, method='rename', nbytes=st.st_size if row.kind == 'file' else 0)
+        # a link's target is recorded as found at its new name (what was moved)
+        digest = link_digest(os.readlink(dname, dir_fd=dst_dir)) if row.kind == 'symlink' else None
+        return Outcome(row, MOVED, method='rename', digest=digest, nbytes=st.st_size if row.kind == 'file' else 0,
+                       src_ident=ident(st))
 
     # -- across filesystems ------------------------------------------------------
 
@@ -769,7 +780,8 @@ class Transfer:
         dst_st = self._lstat_dest(dst_dir, dname)
         if dst_st is not None:
             if stat.S_ISLNK(dst_st.st_mode) and os.readlink(dname, dir_fd=dst_dir) == target:
-                return Outcome(row, IDENTICAL, method='identical', src_ident=ident(st))
+                return Outcome(row, IDENTICAL, method='identical', digest=link_digest(target),
+                               src_ident=ident(st))
             if stat.S_ISDIR(dst_st.st_mode) or not self._may_replace(row):
                 return self._conflict(row, path, 'the destination exists and is not the same link')
         part = part_name(dname, self.job_tag)
@@ -793,7 +805,7 @@ class Transfer:
             _durable.remove_quietly(dst_dir, part)
             raise
         _faults.point('after_rename')
-        return Outcome(row, MOVED, method='symlink', src_ident=ident(st))
+        return Outcome(row, MOVED, method='symlink', digest=link_digest(target), src_ident=ident(st))
 
     def _special(self, row, st, src_dir, name, dst_dir, dname, path):
         """special_files=recreate: a FIFO or device node made anew at the destination."""

@@ -80,12 +80,12 @@ options:
       - V(copy) keeps the sources.
       - V(verify) compares the destination with the source (and with the hashes in the journal) and changes nothing.
         Every file and symbolic link is counted once. A file still at its source is compared with its destination,
-        both hashed; a file whose source is gone is compared with the hash the journal recorded. Destinations are
-        read from the disk (their cached pages are dropped first).
-      - Files with nothing to compare with (moved by a rename on one filesystem, which records no hash; moved with
-        O(hash=none), which records only sizes; symbolic links whose source is gone, whose targets are not
-        recorded) are checked for type and size and reported in RV(unverifiable). They do not fail the task, but
-        RV(complete) is true in verify mode only when every file was verified.
+        both hashed; a file whose source is gone is compared with the hash the journal recorded, a symbolic link
+        with the digest of its target. Destinations are read from the device (C(O_DIRECT)).
+      - Files with nothing to compare with (moved by a rename on one filesystem, which records no hash of the
+        content; moved with O(hash=none), which records only sizes) are checked for type and size and reported in
+        RV(unverifiable). They do not fail the task, but RV(complete) is true in verify mode only when every file
+        was verified.
     type: str
     choices: [move, copy, verify]
     default: move
