@@ -269,6 +269,14 @@ def is_sparse(st):
     return st.st_blocks * 512 < st.st_size
 
 
+def data_size(fd, st):
+    """The bytes of the open file `fd` (stat `st`) that hold data: its size
+    less its holes, as data_segments finds them (what a copy writes)."""
+    if not is_sparse(st):
+        return st.st_size
+    return sum(length for _offset, length, is_data in data_segments(fd, 0, st.st_size, True) if is_data)
+
+
 class Pipeline:
     """A large copy with reading, writing and read-back verification overlapped.
 

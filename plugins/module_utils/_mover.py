@@ -1135,8 +1135,11 @@ class Runner:
 # -- check mode and verify ---------------------------------------------------------
 
 
-def plan(params):
-    """Check mode: what a run would do, changing nothing (not even the journal)."""
+def plan(params, on_entry=None):
+    """Check mode: what a run would do, changing nothing (not even the journal).
+    `on_entry(rel, st, action)`: called for each directory below the root
+    ('dir') and each entry the run would bring to the destination ('rename'
+    or 'copy'), e.g. to estimate the space it takes (_preflight)."""
     started = time.monotonic()
     opts = Options.from_params(params)
     job = Job(opts)
@@ -1157,15 +1160,16 @@ def plan(params):
                 raise
             journal = None       # created by a run killed at once: it holds nothing
     try:
-        return _Planner(job, algorithm, journal).run(started)
+        return _Planner(job, algorithm, journal, on_entry).run(started)
     finally:
         if journal is not None:
             journal.close()
 
 
 class _Planner:
-    def __init__(self, job, algorithm, journal):
+    def __init__(self, job, algorithm, journal, on_entry=None):
         self.job = job
+        self.on_entry = on_entry
         self.algorithm = algorithm
         self.journal = journal
         self.plan = dict.fromkeys(_result.PLAN_KEYS, 0)
@@ -1227,6 +1231,8 @@ class _Planner:
         kind = _scan.kind_of(st)
         if kind == 'dir':
             self.stats['dirs'] += 1
+            if self.on_entry is not None:
+                self.on_entry(rel, st, 'dir')
             return
         if kind == 'symlink':
             self.stats['symlinks'] += 1
@@ -1273,10 +1279,10 @@ class _Planner:
                 return
         self.plan['files'] += 1
         self.plan['bytes'] += size
-        if st.st_dev == dest_dev and self.job.opts.mode == 'move':
-            self.plan['renames'] += 1
-        else:
-            self.plan['copies'] += 1
+        action = 'rename' if st.st_dev == dest_dev and self.job.opts.mode == 'move' else 'copy'
+        self.plan['renames' if action == 'rename' else 'copies'] += 1
+        if self.on_entry is not None:
+            self.on_entry(rel, st, action)
 
 
 def verify(job, started):
