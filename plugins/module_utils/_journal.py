@@ -34,6 +34,14 @@ SCHEMA_VERSION = 1
 JOURNAL_NAME = 'journal.sqlite'
 STATES = ('pending', 'copying', 'copied', 'done', 'failed', 'skipped')
 WORK_STATES = ('pending', 'copying', 'copied')
+# Why an entry was skipped, from its kind and the reason recorded (see
+# _transfer: 'conflict skipped (on_conflict=skip): ...'); mount points apart.
+CONFLICT_SKIPPED = 'conflict skipped'
+SKIP_KINDS = (
+    ('special_file', "kind = 'special'"),
+    ('conflict', "kind IN ('file', 'symlink') AND error LIKE '%s%%'" % CONFLICT_SKIPPED),
+    ('vanished', "kind IN ('file', 'symlink') AND coalesce(error, '') NOT LIKE '%s%%'" % CONFLICT_SKIPPED),
+)
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
@@ -67,6 +75,7 @@ CREATE INDEX files_work ON files(id) WHERE state IN ('pending', 'copying', 'copi
 CREATE INDEX files_failed ON files(id) WHERE state = 'failed';
 CREATE INDEX files_inode ON files(dev, ino) WHERE nlink > 1;
 CREATE INDEX dirs_unscanned ON dirs(id) WHERE scanned = 0;
+CREATE INDEX files_skipped ON files(id) WHERE state = 'skipped';
 CREATE TABLE counts (state TEXT PRIMARY KEY, files INTEGER NOT NULL, bytes INTEGER NOT NULL);
 INSERT INTO counts (state, files, bytes) VALUES
     ('pending', 0, 0), ('copying', 0, 0), ('copied', 0, 0),
@@ -258,6 +267,13 @@ class Journal:
             if problems != ['ok']:
                 raise sqlite3.DatabaseError('quick_check: %s' % '; '.join(problems))
             self._pragmas()
+            self._upgrade()
+
+    def _upgrade(self):
+        """What journals made by earlier versions lack, added in place (same schema
+        version: an earlier version still reads and writes the result)."""
+        conn = self._conn
+        conn.execute("CREATE INDEX IF NOT EXISTS files_skipped ON files(id) WHERE state = 'skipped'")
 
     # -- transactions --------------------------------------------------------
 
@@ -436,6 +452,38 @@ class Journal:
             self._conn.executemany("DELETE FROM files WHERE path = ? AND kind = 'mount'",
                                    ((_blob(rel),) for rel in rels))
 
+    def reconsider(self):
+        """Entries skipped by earlier runs become pending, to be decided again
+        (the options changed). Mount points aside: the scan decides those."""
+        with self._lock:
+            self._tx()
+            return self._conn.execute("UPDATE files SET state = 'pending', error = NULL "
+                                      "WHERE state = 'skipped' AND kind != 'mount'").rowcount
+
+    def unstarted(self, after_id, limit):
+        """(id, path) of the rows not copied yet (pending, or a copy in progress) after `after_id`."""
+        with self._lock:
+            return [(i, _text(p)) for i, p in self._conn.execute(
+                "SELECT id, path FROM files WHERE state IN ('pending', 'copying') AND id > ? "
+                'ORDER BY id LIMIT ?', (after_id, limit))]
+
+    def forget(self, file_ids, dir_ids=()):
+        """Rows that are no longer part of the job (its options now leave them out):
+        removed, as if never listed. A hard-link group loses a name: its first
+        remaining name leads the others."""
+        with self._lock:
+            self._tx()
+            conn = self._conn
+            for file_id in file_ids:
+                followers = [r[0] for r in conn.execute('SELECT id FROM files WHERE leader = ? ORDER BY id',
+                                                        (file_id,))]
+                conn.execute('DELETE FROM files WHERE id = ?', (file_id,))
+                if followers:
+                    conn.execute('UPDATE files SET leader = NULL WHERE id = ?', (followers[0],))
+                    conn.executemany('UPDATE files SET leader = ? WHERE id = ?',
+                                     ((followers[0], i) for i in followers[1:]))
+            conn.executemany('DELETE FROM dirs WHERE id = ?', ((i,) for i in dir_ids))
+
     def add_failed_entry(self, rel, kind, error):
         """Record an entry that could not even be listed (e.g. an unreadable directory)."""
         with self._lock:
@@ -584,6 +632,21 @@ class Journal:
         with self._lock:
             return self._conn.execute("SELECT count(*) FROM files WHERE kind = 'special' "
                                       "AND state = 'skipped'").fetchone()[0]
+
+    def skipped(self, limit):
+        """Entries skipped by decision, mount points aside (see mount_points), by
+        kind: {kind: (count, [(path, reason), ...at most `limit`])} for each kind
+        of SKIP_KINDS that has any."""
+        found = {}
+        with self._lock:
+            for kind, where in SKIP_KINDS:
+                count = self._conn.execute("SELECT count(*) FROM files WHERE state = 'skipped' AND "
+                                           + where).fetchone()[0]
+                if count:
+                    found[kind] = (count, [(_text(p), e) for p, e in self._conn.execute(
+                        "SELECT path, error FROM files WHERE state = 'skipped' AND " + where +
+                        ' ORDER BY id LIMIT ?', (limit,))])
+        return found
 
     def mount_points(self, limit):
         """(path, reason) of the mount points inside the source left alone."""

@@ -25,7 +25,7 @@ import threading
 from ansible_collections.durable.mover.plugins.module_utils import _copy, _durable, _faults, _hashing
 from ansible_collections.durable.mover.plugins.module_utils import _metadata
 from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError, os_error
-from ansible_collections.durable.mover.plugins.module_utils._scan import special_name
+from ansible_collections.durable.mover.plugins.module_utils._scan import entry_state, special_name
 
 O_NOATIME = getattr(os, 'O_NOATIME', 0)
 O_PATH = getattr(os, 'O_PATH', 0)     # Linux: an fd that names an inode without opening it
@@ -389,7 +389,7 @@ class Transfer:
                     'source changed type since it was scanned (%s)' % special_name(st.st_mode)
                     if kind == 'special' else 'source changed type since it was scanned', path))
             if kind == 'special' and (self.special_files == 'skip' or stat.S_ISSOCK(st.st_mode)):
-                return Outcome(row, SKIPPED, error='%s skipped (special_files=skip)' % special_name(st.st_mode))
+                return Outcome(row, SKIPPED, error=entry_state(kind, st, self.special_files)[1])
             dst_dir = self.dst.get(dreldir)
             if st.st_dev == self.same_device:
                 outcome = self._rename(row, st, src_dir, name, dst_dir, dname, path)
