@@ -43,7 +43,7 @@ SKIP_KINDS = (
     ('vanished', "kind IN ('file', 'symlink') AND coalesce(error, '') NOT LIKE '%s%%'" % CONFLICT_SKIPPED),
 )
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE dirs (
     id INTEGER PRIMARY KEY,
@@ -69,7 +69,8 @@ CREATE TABLE files (
     checkpoint INTEGER NOT NULL DEFAULT 0,
     ident TEXT,
     run INTEGER NOT NULL DEFAULT 0,
-    method TEXT
+    method TEXT,
+    data INTEGER
 );
 CREATE INDEX files_work ON files(id) WHERE state IN ('pending', 'copying', 'copied');
 CREATE INDEX files_failed ON files(id) WHERE state = 'failed';
@@ -80,17 +81,26 @@ CREATE TABLE counts (state TEXT PRIMARY KEY, files INTEGER NOT NULL, bytes INTEG
 INSERT INTO counts (state, files, bytes) VALUES
     ('pending', 0, 0), ('copying', 0, 0), ('copied', 0, 0),
     ('done', 0, 0), ('failed', 0, 0), ('skipped', 0, 0);
+"""
+_TRIGGERS = """
 CREATE TRIGGER files_ins AFTER INSERT ON files BEGIN
-    UPDATE counts SET files = files + 1, bytes = bytes + NEW.size WHERE state = NEW.state;
+    UPDATE counts SET files = files + 1, bytes = bytes + {new} WHERE state = NEW.state;
 END;
 CREATE TRIGGER files_del AFTER DELETE ON files BEGIN
-    UPDATE counts SET files = files - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
+    UPDATE counts SET files = files - 1, bytes = bytes - {old} WHERE state = OLD.state;
 END;
-CREATE TRIGGER files_upd AFTER UPDATE OF state, size ON files BEGIN
-    UPDATE counts SET files = files - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
-    UPDATE counts SET files = files + 1, bytes = bytes + NEW.size WHERE state = NEW.state;
+CREATE TRIGGER files_upd AFTER UPDATE OF state, size, data, leader ON files BEGIN
+    UPDATE counts SET files = files - 1, bytes = bytes - {old} WHERE state = OLD.state;
+    UPDATE counts SET files = files + 1, bytes = bytes + {new} WHERE state = NEW.state;
 END;
 """
+# The bytes a row counts (what a move carries): its data (`data`, set where the
+# file has holes; else its size), and nothing for a further name of a
+# hard-linked file (`leader`): a file with several names counts once.
+_COUNTED = 'CASE WHEN {row}.leader IS NULL THEN coalesce({row}.data, {row}.size) ELSE 0 END'
+_TRIGGERS = _TRIGGERS.format(new=_COUNTED.format(row='NEW'), old=_COUNTED.format(row='OLD'))
+_SCHEMA = _TABLES + _TRIGGERS
+
 
 def _connect(path):
     """A read-write connection (writers wait up to 30 s for SQLite's lock)."""
@@ -271,9 +281,27 @@ class Journal:
 
     def _upgrade(self):
         """What journals made by earlier versions lack, added in place (same schema
-        version: an earlier version still reads and writes the result)."""
+        version: an earlier version still reads and writes the result): the
+        index of skipped rows; the `data` column and the triggers that count
+        bytes as a move carries them (the totals are counted again once)."""
         conn = self._conn
         conn.execute("CREATE INDEX IF NOT EXISTS files_skipped ON files(id) WHERE state = 'skipped'")
+        if 'data' in {row[1] for row in conn.execute('PRAGMA table_info(files)')}:
+            return
+        conn.execute('BEGIN IMMEDIATE')
+        try:
+            conn.execute('ALTER TABLE files ADD COLUMN data INTEGER')
+            for name in ('files_ins', 'files_del', 'files_upd'):
+                conn.execute('DROP TRIGGER IF EXISTS %s' % name)
+            for statement in _TRIGGERS.split('END;')[:-1]:
+                conn.execute(statement + 'END;')
+            conn.execute('UPDATE counts SET files = (SELECT count(*) FROM files WHERE state = counts.state), '
+                         'bytes = (SELECT coalesce(sum(%s), 0) FROM files WHERE state = counts.state)'
+                         % _COUNTED.format(row='files'))
+            conn.execute('COMMIT')
+        except BaseException:
+            conn.execute('ROLLBACK')
+            raise
 
     # -- transactions --------------------------------------------------------
 
@@ -394,8 +422,10 @@ class Journal:
     def add_files(self, entries, moves_source):
         """Insert scanned entries; a known path is reset to pending only if it changed.
 
-        `entries`: (rel, kind, stat, state, error). In move mode a path recorded
-        done that is back at the source is a new file and is moved again.
+        `entries`: (rel, kind, stat, state, error[, data]); `data`: the bytes of a
+        file with holes that hold data (_copy.data_size), None or absent for
+        any other entry. In move mode a path recorded done that is back at the
+        source is a new file and is moved again.
         """
         changed = "(files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns " \
                   "OR files.ino != excluded.ino OR files.kind != excluded.kind)"
@@ -410,18 +440,20 @@ class Journal:
         else:
             condition = "files.state IN ('done', 'skipped', 'pending') AND %s" % changed
         sql = ('INSERT INTO files (path, kind, size, mtime_ns, ctime_ns, mode, uid, gid, dev, ino, '
-               'nlink, leader, state, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) '
+               'nlink, leader, state, error, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) '
                'ON CONFLICT(path) DO UPDATE SET kind = excluded.kind, size = excluded.size, '
                'mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, mode = excluded.mode, '
                'uid = excluded.uid, gid = excluded.gid, dev = excluded.dev, ino = excluded.ino, '
                'nlink = excluded.nlink, leader = excluded.leader, state = excluded.state, '
-               'error = excluded.error, hash = ' + keep_hash + ', checkpoint = 0, ident = NULL, method = NULL, '
-               'attempts = 0, quarantined = 0 WHERE ' + condition)
+               'error = excluded.error, data = excluded.data, hash = ' + keep_hash + ', checkpoint = 0, '
+               'ident = NULL, method = NULL, attempts = 0, quarantined = 0 WHERE ' + condition)
         with self._lock:
             self._tx()
             conn = self._conn
             plain = []           # a run of rows without a hard-link leader to look up: one executemany
-            for rel, kind, st, state, error in entries:
+            for entry in entries:
+                rel, kind, st, state, error = entry[:5]
+                data = entry[5] if len(entry) > 5 and kind == 'file' else None
                 leader = None
                 if kind == 'file' and st.st_nlink > 1:
                     if plain:
@@ -440,7 +472,7 @@ class Journal:
                         leader = found[0]
                 plain.append((_blob(rel), kind, st.st_size if kind == 'file' else 0,
                               st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid,
-                              st.st_dev, st.st_ino, st.st_nlink, leader, state, error))
+                              st.st_dev, st.st_ino, st.st_nlink, leader, state, error, data))
             if plain:
                 conn.executemany(sql, plain)
 

@@ -43,7 +43,7 @@ import time
 import types
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.durable.mover.plugins.module_utils import _durable, _faults, _hashing
+from ansible_collections.durable.mover.plugins.module_utils import _copy, _durable, _faults, _hashing
 from ansible_collections.durable.mover.plugins.module_utils import _metadata, _procs, _result, _scan
 from ansible_collections.durable.mover.plugins.module_utils._audit import AuditLog
 from ansible_collections.durable.mover.plugins.module_utils._errors import (
@@ -1025,7 +1025,8 @@ class Runner:
     def _count_moved(self, o):
         self.moved += 1
         self.changes += 1
-        self.bytes_moved += o.bytes
+        # a further name of a hard-linked file counts no bytes, as in the journal's totals
+        self.bytes_moved += o.bytes if o.row.leader is None else 0
         self.audit.event('file_moved', o.row.path, method=o.method, bytes=o.bytes)
 
     def _unlink(self, copied):
@@ -1254,6 +1255,7 @@ class _Planner:
         self.stats = _result.empty_stats()
         self.failures = []
         self.skipped = []
+        self.linked = set()            # (dev, ino) of the files with several names counted
         self.boundary = _scan.Boundary(job.src_root, cross=job.opts.cross_filesystems)
 
     def entries(self, src_tree):
@@ -1263,6 +1265,17 @@ class _Planner:
             return
         excluded = _scan.Excluder(self.job.opts.exclude, part_suffix='.%s.part' % self.job.job_tag)
         yield from _scan.walk(src_tree, excluded, self.boundary)
+
+    def _counted(self, src_tree, rel, st):
+        """The bytes a file counts, as the journal counts them: its data (holes
+        excluded), once for all its names."""
+        if st.st_nlink > 1:
+            if (st.st_dev, st.st_ino) in self.linked:
+                return 0
+            self.linked.add((st.st_dev, st.st_ino))
+        reldir, name = split(rel)
+        counted = _copy.data_size_at(src_tree.get(reldir), name, st)
+        return st.st_size if counted is None else counted
 
     def _skip(self, src_tree, rel, kind, count, reason):
         """An entry a run would skip: listed while its kind has fewer than max_failures_reported."""
@@ -1326,7 +1339,7 @@ class _Planner:
             self._skip(src_tree, rel, 'special_file', self.stats['special_skipped'],
                        _scan.entry_state(kind, st, self.job.opts.special_files)[1])
             return
-        size = st.st_size if kind == 'file' else 0
+        size = self._counted(src_tree, rel, st) if kind == 'file' else 0
         self.stats['bytes_total'] += size
         dreldir, dname = split(self.job.dest_rel(rel))
         dst_st = None

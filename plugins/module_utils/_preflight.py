@@ -177,19 +177,9 @@ class SpaceEstimate:
         self._names = 0
 
     def _data_size(self, rel, st):
-        if not _copy.is_sparse(st):
-            return st.st_size
         path = os.path.join(self.src_root, rel) if rel else self.src_root
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return min(st.st_size, st.st_blocks * 512)
-        try:
-            return _copy.data_size(fd, os.fstat(fd))
-        except (OSError, MoverError):
-            return min(st.st_size, st.st_blocks * 512)
-        finally:
-            os.close(fd)
+        found = _copy.data_size_at(None, path, st)
+        return min(st.st_size, st.st_blocks * 512) if found is None else found
 
     def result(self):
         self._flush()

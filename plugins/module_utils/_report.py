@@ -692,13 +692,18 @@ def progress_line(info, name="") -> str:
     parts.append("bytes %s/%s (%s)" % (human_bytes(bytes_done), human_bytes(bytes_total),
                                        _percent(bytes_done, bytes_total)))
     parts.append(human_rate(progress.get("bytes_per_second")))
+    if progress.get("files_per_second") is not None:
+        parts.append("%.1f files/s" % _as_float(progress.get("files_per_second")))
     failed = _as_int(progress.get("files_failed"))
     if failed:
         parts.append("%d failed" % failed)
     running = _as_bool(info.get("running", False))
     eta = progress.get("eta_seconds")
+    at_least = progress.get("eta_lower_bound_seconds")
     if running and eta is not None:
         parts.append("ETA %s" % human_duration(eta))
+    elif running and at_least is not None:
+        parts.append("ETA at least %s (a lower bound until listed)" % human_duration(at_least))
     elif running:
         parts.append("ETA unknown")
     else:

@@ -445,6 +445,9 @@ class Transfer:
                     return Outcome(row, IDENTICAL, method='identical', src_ident=ident(st))
             if self.on_conflict != 'overwrite':
                 return self._conflict(row, path, 'the destination exists with different content')
+        # what the file counts (its data: holes are not bytes moved), read before it is renamed
+        counted = _copy.data_size_at(src_dir, name, st) if row.kind == 'file' else 0
+        counted = st.st_size if counted is None else counted
         try:
             _durable.rename_into_place(src_dir, name, dst_dir, dname, self._dfull(dname),
                                        replace=self._may_replace(row))
@@ -455,7 +458,7 @@ class Transfer:
                 return None          # a mount point inside the tree: copy instead
             raise
         _faults.point('after_rename')
-        return Outcome(row, MOVED, method='rename', nbytes=st.st_size if row.kind == 'file' else 0)
+        return Outcome(row, MOVED, method='rename', nbytes=counted)
 
     # -- across filesystems ------------------------------------------------------
 
@@ -521,6 +524,7 @@ class Transfer:
                 raise
             if sparse and os.fstat(part_fd).st_size != st.st_size:
                 os.ftruncate(part_fd, st.st_size)     # a trailing hole
+            copied = _copy.data_size(fd, st, resume_at)     # the bytes written: holes are not
             _faults.point('after_part_write')
             xattrs = _metadata.read_xattrs(fd=fd) if 'xattrs' in self.preserve else None
             self._apply(st, self.preserve, fd=part_fd, xattrs=xattrs, path_for_errors=self._dfull(dname))
@@ -530,7 +534,7 @@ class Transfer:
                           replace)
                 part = None
                 return Outcome(row, STAGED, method='copy', digest=_hashing.digest(self.algorithm, hasher),
-                               nbytes=st.st_size - resume_at, src_ident=src_ident, staged=staged)
+                               nbytes=copied, src_ident=src_ident, staged=staged)
             _durable.sync_data(part_fd, self._dfull(part))
             _faults.point('after_part_sync')
             digest = _hashing.digest(self.algorithm, hasher)
@@ -548,8 +552,7 @@ class Transfer:
             _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname), replace=replace)
             part = None
             _faults.point('after_rename')
-            return Outcome(row, MOVED, method='copy', digest=digest, nbytes=st.st_size - resume_at,
-                           src_ident=src_ident)
+            return Outcome(row, MOVED, method='copy', digest=digest, nbytes=copied, src_ident=src_ident)
         except MoverError as exc:
             if isinstance(exc, _copy.SourceChanged):
                 return Outcome(row, RETRY, error=exc)

@@ -352,10 +352,14 @@ stats:
           could not have the source's owner and group (see O(preserve)). Each is logged in O(audit_log).
       type: int
     bytes_total:
-      description: Bytes of all regular files of the job.
+      description: >-
+        Bytes of all regular files of the job, as a move carries them: a file's data (the holes of a sparse file are
+        not bytes) and a file with several names once.
       type: int
     bytes_moved:
-      description: Bytes moved by this run.
+      description: >-
+        Bytes moved by this run, counted the same way (a large copy resumed from a checkpoint counts what this run
+        wrote; a further name of a hard-linked file counts nothing).
       type: int
     resumed:
       description: True when this run continued an interrupted one.
@@ -436,7 +440,7 @@ plan:
       description: Entries that would be moved.
       type: int
     bytes:
-      description: Bytes that would be moved.
+      description: Bytes that would be moved, counted as RV(stats.bytes_total) counts them.
       type: int
     renames:
       description: Entries that would be renamed (same filesystem).

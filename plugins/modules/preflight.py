@@ -213,7 +213,7 @@ findings:
       type: dict
     space:
       description: >-
-        C(same_filesystem), C(files_to_move), C(bytes_to_move) (the files' sizes, as a listing shows them),
+        C(same_filesystem), C(files_to_move), C(bytes_to_move) (their data: holes excluded, a file with several names once),
         C(bytes_needed) (what the destination will allocate, RV(findings.space.estimate.bytes), plus the journal
         estimate when it shares the destination's filesystem; 0 in V(verify) mode), C(free_bytes), C(inodes_needed),
         C(free_inodes), C(journal_bytes_estimate), C(estimate). Missing when no plan could be made.
