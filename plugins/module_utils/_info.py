@@ -13,6 +13,7 @@ import os
 import time
 
 from ansible_collections.durable.mover.plugins.module_utils import _lock, _mover, _result
+from ansible_collections.durable.mover.plugins.module_utils._errors import display_path
 from ansible_collections.durable.mover.plugins.module_utils._journal import JOURNAL_NAME, STATES, Journal
 
 
@@ -83,8 +84,8 @@ def job_info(params):
     info.update(
         running=running,
         pid=pid if pid and pid > 0 else None,
-        source=meta.get('src'),
-        destination=meta.get('dest'),
+        source=display_path(meta['src']) if meta.get('src') else meta.get('src'),
+        destination=display_path(meta['dest']) if meta.get('dest') else meta.get('dest'),
         runs=int(meta.get('run', '0')),
         scan_complete=scan_complete,
         complete=scan_complete and pending == 0 and failed == 0,

@@ -137,6 +137,17 @@ Row = collections.namedtuple('Row', ROW_FIELDS)
 _SELECT = 'SELECT %s FROM files' % ', '.join(ROW_FIELDS)
 
 
+def _meta_text(value):
+    """A meta value as SQLite text: a path's bytes that are not UTF-8 (str
+    surrogates) written as backslash escapes, as display_path writes them."""
+    text = str(value)
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode('utf-8', 'backslashreplace')
+    return text
+
+
 def _blob(rel):
     return sqlite3.Binary(os.fsencode(rel))
 
@@ -249,7 +260,7 @@ class Journal:
             meta['run'] = '0'
             meta['scan_complete'] = '0'
             conn.executemany('INSERT INTO meta (key, value) VALUES (?, ?)',
-                             [(k, str(v)) for k, v in meta.items()])
+                             [(k, _meta_text(v)) for k, v in meta.items()])
             conn.execute('COMMIT')
             # The journal's own directory entries (database, -wal) must be durable
             # before anything relies on a commit in it.
@@ -266,7 +277,7 @@ class Journal:
             raise JournalError('journal schema %s is not supported (this version reads %d)'
                                % (meta.get('schema'), SCHEMA_VERSION), self.path)
         for key in ('job_id', 'src', 'dest'):
-            if key in identity and meta.get(key) != str(identity[key]):
+            if key in identity and meta.get(key) != _meta_text(identity[key]):
                 raise JournalError(
                     'the journal belongs to another job (its %s is %r, this run\'s is %r); '
                     'use another state_dir or job_id' % (key, meta.get(key), identity[key]), self.path)
@@ -386,7 +397,7 @@ class Journal:
         with self._lock:
             self._tx()
             self._conn.executemany('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)',
-                                   [(k, str(v)) for k, v in values.items()])
+                                   [(k, _meta_text(v)) for k, v in values.items()])
 
     # -- scanning --------------------------------------------------------------
 

@@ -541,7 +541,8 @@ class Runner:
             journal.rescan()          # a finished job: look for what is new at the source
         journal.commit()
         self.audit = AuditLog(opts.audit_log, self.job.job_id, self.run_no)
-        self.audit.event('run_start', mode=opts.mode, src=self.job.src_real, dest=self.job.dest_real,
+        self.audit.event('run_start', mode=opts.mode, src=display_path(self.job.src_real),
+                         dest=display_path(self.job.dest_real),
                          resumed=resumed)
         src_root_fd = _durable.open_root(self.job.src_root)
         src_tree = _durable.DirTree(src_root_fd, self.job.src_root)

@@ -371,7 +371,10 @@ failures:
   elements: dict
   contains:
     path:
-      description: The source path (non-UTF-8 bytes shown as backslash escapes).
+      description:
+        - The source path, as one line of text. A byte that is not UTF-8 and a control character (newline, tab,
+          escape, DEL, C1) are written C(\xNN), here, in RV(failures.error) and every other message, in the audit log,
+          in M(durable.mover.move_info) and in the reports, so that a name reads the same everywhere.
       type: str
     error:
       description: Why it failed.
@@ -392,7 +395,7 @@ readback_from_cache:
   elements: dict
   contains:
     path:
-      description: The file at the destination (non-UTF-8 bytes shown as backslash escapes).
+      description: The file at the destination (see RV(failures.path) for how names are written).
       type: str
     reason:
       description: Why its read-back could not reach the device.
@@ -407,7 +410,7 @@ skipped_entries:
   elements: dict
   contains:
     path:
-      description: The source path (control characters and non-UTF-8 bytes shown as backslash escapes).
+      description: The source path (see RV(failures.path) for how names are written).
       type: str
     kind:
       description: >-
@@ -426,7 +429,7 @@ mount_points:
   elements: dict
   contains:
     path:
-      description: The mount point (non-UTF-8 bytes shown as backslash escapes).
+      description: The mount point (see RV(failures.path) for how names are written).
       type: str
     reason:
       description: Why it is a mount point, and what was done.
