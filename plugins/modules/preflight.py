@@ -28,7 +28,7 @@ description:
     nothing; a symbolic link of 60 bytes or more a block. Every new inode takes 512 bytes on xfs (inodes are
     allocated from free space), 1 KiB on btrfs (its metadata, written twice), nothing on ext2/3/4 (a fixed
     inode table, whose free inodes are checked), 256 bytes elsewhere; every new directory a block, and more as
-    its names fill it. A move within one filesystem renames: no data, no inode. A margin of 5% (at least 1 MiB
+    its names fill it. A move within one filesystem renames (no data, no inode). A margin of 5% (at least 1 MiB
     when files are copied) is added. Not enough space or inodes is a problem, with both numbers and how the
     estimate was made in the message; RV(findings.space.estimate) has each part.
   - When O(preserve) includes V(xattrs) and the source has extended attributes (the source root and its first
@@ -122,7 +122,7 @@ options:
 notes:
   - Free space is what an unprivileged writer may use (C(f_bavail)); the estimate adds about 1 KiB per entry for
     the journal when O(state_dir) is on the destination's filesystem.
-  - The estimate is an estimate: a filesystem that compresses or deduplicates may take less, and a destination
+  - The estimate is an estimate. A filesystem that compresses or deduplicates may take less, and a destination
     filled by someone else during the move may still fill up; the move then stops cleanly with
     C(No space left on device) and a rerun resumes.
 seealso:
@@ -214,7 +214,7 @@ findings:
     space:
       description: >-
         C(same_filesystem), C(files_to_move), C(bytes_to_move) (their data: holes excluded, a file with several names once),
-        C(bytes_needed) (what the destination will allocate, RV(findings.space.estimate.bytes), plus the journal
+        C(bytes_needed) (what the destination will allocate, C(bytes) of RV(findings.space.estimate), plus the journal
         estimate when it shares the destination's filesystem; 0 in V(verify) mode), C(free_bytes), C(inodes_needed),
         C(free_inodes), C(journal_bytes_estimate), C(estimate). Missing when no plan could be made.
       type: dict
