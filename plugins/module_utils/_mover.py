@@ -607,13 +607,13 @@ class Runner:
         reopened = journal.reconsider()
         scope = _Scope(self.job.src_root, excluded, self.opts.cross_filesystems)
         files, after = [], 0
-        while True:
+        while self.job.single is None:      # (one file: exclude and mounts do not apply)
             rows = journal.unstarted(after, 1000)
             if not rows:
                 break
             after = rows[-1][0]
             files.extend(i for i, rel in rows if scope.leaves_out(rel))
-        dirs = [i for i, rel in journal.dirs_after(0) if rel and scope.leaves_out(rel)]
+        dirs = [i for i, rel in journal.dirs_after(0) if rel and self.job.single is None and scope.leaves_out(rel)]
         journal.forget(files, dirs)
         journal.commit()
         self.audit.event('options_changed', before=before, now=now, reconsidered=reopened,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import typing as t
 import xml.etree.ElementTree as ET
 
 from ansible_collections.durable.mover.plugins.module_utils import _mover

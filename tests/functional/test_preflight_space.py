@@ -153,7 +153,7 @@ def test_a_sparse_file_that_fits_on_btrfs_is_accepted_and_moves(tmp_path, loopfs
         handle.write(os.urandom(4 * KiB))
         handle.truncate(GiB)
     with open(src / "data.bin", "wb") as handle:
-        for _ in range(150):
+        for _megabyte in range(150):
             handle.write(os.urandom(1000 * 1000))
     assert os.stat(src / "sparse.img").st_blocks * 512 <= 8 * KiB
     params = params_for(src, mount / "dest", tmp_path / "state")
