@@ -428,9 +428,9 @@ def check_space(plan, estimate, src_found, dest_found, state_found, mode, proble
     free = dest_found.get('free_bytes')
     where = display_path(dest_found['nearest_existing'])
     if needed and free is not None and free < needed:
-        problems.append('not enough free space at dest: about %s needed (%s), %s has %s free'
-                        % (human_bytes(needed), _needed_parts(estimate, journal if journal_here else 0),
-                           where, human_bytes(free)))
+        problems.append('not enough free space at dest: about %s needed, %s has %s free (%s)'
+                        % (human_bytes(needed), where, human_bytes(free),
+                           _needed_parts(estimate, journal if journal_here else 0)))
     inodes = dest_found.get('free_inodes')
     if writes and inodes is not None and inodes_needed > inodes:
         problems.append('not enough free inodes at dest: %d entries still to make (%d file(s), %d directories), '

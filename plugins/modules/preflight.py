@@ -160,9 +160,9 @@ problems:
   returned: always
   type: list
   elements: str
-  sample: ["not enough free space at dest: about 49.5 MiB (51923558 bytes) needed (12000 file(s) holding 1.1 MiB of data
-           take 46.9 MiB in 4.0 KiB blocks, inodes and directories 292.0 KiB, a 5% margin 2.4 MiB), /srv/new has
-           29.1 MiB (30564352 bytes) free"]
+  sample: ["not enough free space at dest: about 49.5 MiB (51923558 bytes) needed, /srv/new has 29.1 MiB (30564352 bytes)
+           free (12000 file(s) holding 1.1 MiB of data take 46.9 MiB in 4.0 KiB blocks, inodes and directories 292.0 KiB,
+           a 5% margin 2.4 MiB)"]
 findings:
   description: What was measured, problem or not.
   returned: always

@@ -253,10 +253,10 @@ def test_not_enough_space_names_both_numbers(job, tmpfs):
     assert space["bytes_needed"] == estimate["bytes"]
     assert space["free_bytes"] == 64 * KiB
     assert found["problems"] == [
-        "not enough free space at dest: about %s needed (5 file(s) holding 123.4 KiB of data take 128.0 KiB "
-        "in 4.0 KiB blocks, inodes and directories %s, a 5%% margin 1.0 MiB), %s has 64.0 KiB (65536 bytes) free"
-        % (_preflight.human_bytes(estimate["bytes"]),
-           _preflight.short_bytes(estimate["inode_bytes"] + estimate["directory_bytes"]), small)]
+        "not enough free space at dest: about %s needed, %s has 64.0 KiB (65536 bytes) free (5 file(s) holding "
+        "123.4 KiB of data take 128.0 KiB in 4.0 KiB blocks, inodes and directories %s, a 5%% margin 1.0 MiB)"
+        % (_preflight.human_bytes(estimate["bytes"]), small,
+           _preflight.short_bytes(estimate["inode_bytes"] + estimate["directory_bytes"]))]
     assert summary(found).startswith("preflight found 1 problem(s): not enough free space")
 
 
