@@ -269,6 +269,35 @@ def is_sparse(st):
     return st.st_blocks * 512 < st.st_size
 
 
+def data_size(fd, st, start=0):
+    """The bytes of the open file `fd` (stat `st`) from `start` on that hold
+    data: its size less its holes, as data_segments finds them (what a copy
+    writes). What a move counts as a file's bytes."""
+    if not is_sparse(st):
+        return max(0, st.st_size - start)
+    return sum(length for _offset, length, is_data in data_segments(fd, start, st.st_size, True) if is_data)
+
+
+def data_size_at(dir_fd, name, st):
+    """data_size of the regular file `name` in `dir_fd` (lstat `st`), opened
+    only if it has holes; None if it cannot be read (or is no longer `st`)."""
+    if not is_sparse(st):
+        return st.st_size
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return None
+        return data_size(fd, now)
+    except (OSError, MoverError):
+        return None
+    finally:
+        os.close(fd)
+
+
 class Pipeline:
     """A large copy with reading, writing and read-back verification overlapped.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import re
 
 # Errors that say the destination as a whole cannot take more data: going on
 # with the next file would fail the same way, so the run stops after rolling
@@ -18,11 +19,20 @@ import os
 FATAL_DEST_ERRNOS = frozenset((_errno.ENOSPC, _errno.EDQUOT, _errno.EROFS))
 
 
+# Characters a name may hold that would break a line, a table cell or a
+# terminal: C0 controls (newline, tab, escape...), DEL and C1 controls. The
+# reports (_report.one_line) escape the same set the same way.
+_CONTROL = re.compile('[\x00-\x1f\x7f-\x9f]')
+
+
 def display_path(path):
-    """A path (str with surrogates, or bytes) as printable text."""
+    """A path (str with surrogates, or bytes) as one line of printable text,
+    the same wherever it is shown (result, messages, audit log, reports): a
+    byte that is not UTF-8 and a control character are written \\xNN."""
     if isinstance(path, str):
         path = os.fsencode(path)
-    return path.decode('utf-8', 'backslashreplace')
+    text = path.decode('utf-8', 'backslashreplace')
+    return _CONTROL.sub(lambda match: '\\x%02x' % ord(match.group()), text)
 
 
 class MoverError(Exception):

@@ -13,7 +13,23 @@ import os
 import time
 
 from ansible_collections.durable.mover.plugins.module_utils import _lock, _mover, _result
+from ansible_collections.durable.mover.plugins.module_utils._errors import display_path
 from ansible_collections.durable.mover.plugins.module_utils._journal import JOURNAL_NAME, STATES, Journal
+
+
+def time_left(files_left, bytes_left, files_per_second, bytes_per_second):
+    """(seconds, 'files' or 'bytes'): the longer of the times the files left
+    take at the file rate and the bytes left at the byte rate (small files
+    are paced by the files, large ones by the bytes); (None, None) with no rate."""
+    found = []
+    if files_per_second > 0:
+        found.append((files_left / files_per_second, 'files'))
+    if bytes_per_second > 0:
+        found.append((bytes_left / bytes_per_second, 'bytes'))
+    if not found:
+        return None, None
+    seconds, basis = max(found)
+    return round(seconds, 1), basis
 
 
 def job_info(params):
@@ -63,19 +79,16 @@ def job_info(params):
     rate = bytes_this_run / elapsed if elapsed > 0 else 0.0
     file_rate = files_this_run / elapsed if elapsed > 0 else 0.0
     remaining = max(0, bytes_total - bytes_done - counts['failed'][1])
-    eta = None
-    if running and rate > 0:
-        eta = round(remaining / rate, 1)
-    elif running and file_rate > 0:
-        eta = round(pending / file_rate, 1)
+    scan_complete = meta.get('scan_complete') == '1'
+    eta, basis = time_left(pending, remaining, file_rate, rate) if running else (None, None)
     info.update(
         running=running,
         pid=pid if pid and pid > 0 else None,
-        source=meta.get('src'),
-        destination=meta.get('dest'),
+        source=display_path(meta['src']) if meta.get('src') else meta.get('src'),
+        destination=display_path(meta['dest']) if meta.get('dest') else meta.get('dest'),
         runs=int(meta.get('run', '0')),
-        scan_complete=meta.get('scan_complete') == '1',
-        complete=meta.get('scan_complete') == '1' and pending == 0 and failed == 0,
+        scan_complete=scan_complete,
+        complete=scan_complete and pending == 0 and failed == 0,
         states={state: {'files': counts[state][0], 'bytes': counts[state][1]} for state in STATES},
         progress={
             'files_total': files_total, 'files_done': files_done, 'files_pending': pending,
@@ -84,7 +97,11 @@ def job_info(params):
             'percent_files': round(100.0 * files_done / files_total, 1) if files_total else 100.0,
             'percent_bytes': round(100.0 * bytes_done / bytes_total, 1) if bytes_total else 100.0,
             'bytes_per_second': round(rate, 1), 'files_per_second': round(file_rate, 1),
-            'elapsed_seconds': round(elapsed, 1), 'eta_seconds': eta,
+            'elapsed_seconds': round(elapsed, 1),
+            # While the source is listed, what is listed so far only gives the least time left.
+            'eta_seconds': eta if scan_complete else None,
+            'eta_lower_bound_seconds': None if scan_complete else eta,
+            'eta_basis': basis,
         },
         failures=failures,
     )

@@ -34,8 +34,16 @@ SCHEMA_VERSION = 1
 JOURNAL_NAME = 'journal.sqlite'
 STATES = ('pending', 'copying', 'copied', 'done', 'failed', 'skipped')
 WORK_STATES = ('pending', 'copying', 'copied')
+# Why an entry was skipped, from its kind and the reason recorded (see
+# _transfer: 'conflict skipped (on_conflict=skip): ...'); mount points apart.
+CONFLICT_SKIPPED = 'conflict skipped'
+SKIP_KINDS = (
+    ('special_file', "kind = 'special'"),
+    ('conflict', "kind IN ('file', 'symlink') AND error LIKE '%s%%'" % CONFLICT_SKIPPED),
+    ('vanished', "kind IN ('file', 'symlink') AND coalesce(error, '') NOT LIKE '%s%%'" % CONFLICT_SKIPPED),
+)
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE dirs (
     id INTEGER PRIMARY KEY,
@@ -61,27 +69,38 @@ CREATE TABLE files (
     checkpoint INTEGER NOT NULL DEFAULT 0,
     ident TEXT,
     run INTEGER NOT NULL DEFAULT 0,
-    method TEXT
+    method TEXT,
+    data INTEGER
 );
 CREATE INDEX files_work ON files(id) WHERE state IN ('pending', 'copying', 'copied');
 CREATE INDEX files_failed ON files(id) WHERE state = 'failed';
 CREATE INDEX files_inode ON files(dev, ino) WHERE nlink > 1;
 CREATE INDEX dirs_unscanned ON dirs(id) WHERE scanned = 0;
+CREATE INDEX files_skipped ON files(id) WHERE state = 'skipped';
 CREATE TABLE counts (state TEXT PRIMARY KEY, files INTEGER NOT NULL, bytes INTEGER NOT NULL);
 INSERT INTO counts (state, files, bytes) VALUES
     ('pending', 0, 0), ('copying', 0, 0), ('copied', 0, 0),
     ('done', 0, 0), ('failed', 0, 0), ('skipped', 0, 0);
+"""
+_TRIGGERS = """
 CREATE TRIGGER files_ins AFTER INSERT ON files BEGIN
-    UPDATE counts SET files = files + 1, bytes = bytes + NEW.size WHERE state = NEW.state;
+    UPDATE counts SET files = files + 1, bytes = bytes + {new} WHERE state = NEW.state;
 END;
 CREATE TRIGGER files_del AFTER DELETE ON files BEGIN
-    UPDATE counts SET files = files - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
+    UPDATE counts SET files = files - 1, bytes = bytes - {old} WHERE state = OLD.state;
 END;
-CREATE TRIGGER files_upd AFTER UPDATE OF state, size ON files BEGIN
-    UPDATE counts SET files = files - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
-    UPDATE counts SET files = files + 1, bytes = bytes + NEW.size WHERE state = NEW.state;
+CREATE TRIGGER files_upd AFTER UPDATE OF state, size, data, leader ON files BEGIN
+    UPDATE counts SET files = files - 1, bytes = bytes - {old} WHERE state = OLD.state;
+    UPDATE counts SET files = files + 1, bytes = bytes + {new} WHERE state = NEW.state;
 END;
 """
+# The bytes a row counts (what a move carries): its data (`data`, set where the
+# file has holes; else its size), and nothing for a further name of a
+# hard-linked file (`leader`): a file with several names counts once.
+_COUNTED = 'CASE WHEN {row}.leader IS NULL THEN coalesce({row}.data, {row}.size) ELSE 0 END'
+_TRIGGERS = _TRIGGERS.format(new=_COUNTED.format(row='NEW'), old=_COUNTED.format(row='OLD'))
+_SCHEMA = _TABLES + _TRIGGERS
+
 
 
 def _connect(path):
@@ -117,6 +136,17 @@ ROW_FIELDS = ('id', 'path', 'kind', 'size', 'mtime_ns', 'ctime_ns', 'mode', 'uid
               'quarantined', 'checkpoint', 'ident', 'run', 'method')
 Row = collections.namedtuple('Row', ROW_FIELDS)
 _SELECT = 'SELECT %s FROM files' % ', '.join(ROW_FIELDS)
+
+
+def _meta_text(value):
+    """A meta value as SQLite text: a path's bytes that are not UTF-8 (str
+    surrogates) written as backslash escapes, as display_path writes them."""
+    text = str(value)
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode('utf-8', 'backslashreplace')
+    return text
 
 
 def _blob(rel):
@@ -231,7 +261,7 @@ class Journal:
             meta['run'] = '0'
             meta['scan_complete'] = '0'
             conn.executemany('INSERT INTO meta (key, value) VALUES (?, ?)',
-                             [(k, str(v)) for k, v in meta.items()])
+                             [(k, _meta_text(v)) for k, v in meta.items()])
             conn.execute('COMMIT')
             # The journal's own directory entries (database, -wal) must be durable
             # before anything relies on a commit in it.
@@ -248,7 +278,7 @@ class Journal:
             raise JournalError('journal schema %s is not supported (this version reads %d)'
                                % (meta.get('schema'), SCHEMA_VERSION), self.path)
         for key in ('job_id', 'src', 'dest'):
-            if key in identity and meta.get(key) != str(identity[key]):
+            if key in identity and meta.get(key) != _meta_text(identity[key]):
                 raise JournalError(
                     'the journal belongs to another job (its %s is %r, this run\'s is %r); '
                     'use another state_dir or job_id' % (key, meta.get(key), identity[key]), self.path)
@@ -259,6 +289,31 @@ class Journal:
             if problems != ['ok']:
                 raise sqlite3.DatabaseError('quick_check: %s' % '; '.join(problems))
             self._pragmas()
+            self._upgrade()
+
+    def _upgrade(self):
+        """What journals made by earlier versions lack, added in place (same schema
+        version: an earlier version still reads and writes the result): the
+        index of skipped rows; the `data` column and the triggers that count
+        bytes as a move carries them (the totals are counted again once)."""
+        conn = self._conn
+        conn.execute("CREATE INDEX IF NOT EXISTS files_skipped ON files(id) WHERE state = 'skipped'")
+        if 'data' in {row[1] for row in conn.execute('PRAGMA table_info(files)')}:
+            return
+        conn.execute('BEGIN IMMEDIATE')
+        try:
+            conn.execute('ALTER TABLE files ADD COLUMN data INTEGER')
+            for name in ('files_ins', 'files_del', 'files_upd'):
+                conn.execute('DROP TRIGGER IF EXISTS %s' % name)
+            for statement in _TRIGGERS.split('END;')[:-1]:
+                conn.execute(statement + 'END;')
+            conn.execute('UPDATE counts SET files = (SELECT count(*) FROM files WHERE state = counts.state), '
+                         'bytes = (SELECT coalesce(sum(%s), 0) FROM files WHERE state = counts.state)'
+                         % _COUNTED.format(row='files'))
+            conn.execute('COMMIT')
+        except BaseException:
+            conn.execute('ROLLBACK')
+            raise
 
     # -- transactions --------------------------------------------------------
 
@@ -355,7 +410,7 @@ class Journal:
         with self._lock:
             self._tx()
             self._conn.executemany('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)',
-                                   [(k, str(v)) for k, v in values.items()])
+                                   [(k, _meta_text(v)) for k, v in values.items()])
 
     # -- scanning --------------------------------------------------------------
 
@@ -391,8 +446,10 @@ class Journal:
     def add_files(self, entries, moves_source):
         """Insert scanned entries; a known path is reset to pending only if it changed.
 
-        `entries`: (rel, kind, stat, state, error). In move mode a path recorded
-        done that is back at the source is a new file and is moved again.
+        `entries`: (rel, kind, stat, state, error[, data]); `data`: the bytes of a
+        file with holes that hold data (_copy.data_size), None or absent for
+        any other entry. In move mode a path recorded done that is back at the
+        source is a new file and is moved again.
         """
         changed = "(files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns " \
                   "OR files.ino != excluded.ino OR files.kind != excluded.kind)"
@@ -407,18 +464,20 @@ class Journal:
         else:
             condition = "files.state IN ('done', 'skipped', 'pending') AND %s" % changed
         sql = ('INSERT INTO files (path, kind, size, mtime_ns, ctime_ns, mode, uid, gid, dev, ino, '
-               'nlink, leader, state, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) '
+               'nlink, leader, state, error, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) '
                'ON CONFLICT(path) DO UPDATE SET kind = excluded.kind, size = excluded.size, '
                'mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, mode = excluded.mode, '
                'uid = excluded.uid, gid = excluded.gid, dev = excluded.dev, ino = excluded.ino, '
                'nlink = excluded.nlink, leader = excluded.leader, state = excluded.state, '
-               'error = excluded.error, hash = ' + keep_hash + ', checkpoint = 0, ident = NULL, method = NULL, '
-               'attempts = 0, quarantined = 0 WHERE ' + condition)
+               'error = excluded.error, data = excluded.data, hash = ' + keep_hash + ', checkpoint = 0, '
+               'ident = NULL, method = NULL, attempts = 0, quarantined = 0 WHERE ' + condition)
         with self._lock:
             self._tx()
             conn = self._conn
             plain = []           # a run of rows without a hard-link leader to look up: one executemany
-            for rel, kind, st, state, error in entries:
+            for entry in entries:
+                rel, kind, st, state, error = entry[:5]
+                data = entry[5] if len(entry) > 5 and kind == 'file' else None
                 leader = None
                 if kind == 'file' and st.st_nlink > 1:
                     if plain:
@@ -437,7 +496,7 @@ class Journal:
                         leader = found[0]
                 plain.append((_blob(rel), kind, st.st_size if kind == 'file' else 0,
                               st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid,
-                              st.st_dev, st.st_ino, st.st_nlink, leader, state, error))
+                              st.st_dev, st.st_ino, st.st_nlink, leader, state, error, data))
             if plain:
                 conn.executemany(sql, plain)
 
@@ -448,6 +507,38 @@ class Journal:
             self._tx()
             self._conn.executemany("DELETE FROM files WHERE path = ? AND kind = 'mount'",
                                    ((_blob(rel),) for rel in rels))
+
+    def reconsider(self):
+        """Entries skipped by earlier runs become pending, to be decided again
+        (the options changed). Mount points aside: the scan decides those."""
+        with self._lock:
+            self._tx()
+            return self._conn.execute("UPDATE files SET state = 'pending', error = NULL "
+                                      "WHERE state = 'skipped' AND kind != 'mount'").rowcount
+
+    def unstarted(self, after_id, limit):
+        """(id, path) of the rows not copied yet (pending, or a copy in progress) after `after_id`."""
+        with self._lock:
+            return [(i, _text(p)) for i, p in self._conn.execute(
+                "SELECT id, path FROM files WHERE state IN ('pending', 'copying') AND id > ? "
+                'ORDER BY id LIMIT ?', (after_id, limit))]
+
+    def forget(self, file_ids, dir_ids=()):
+        """Rows that are no longer part of the job (its options now leave them out):
+        removed, as if never listed. A hard-link group loses a name: its first
+        remaining name leads the others."""
+        with self._lock:
+            self._tx()
+            conn = self._conn
+            for file_id in file_ids:
+                followers = [r[0] for r in conn.execute('SELECT id FROM files WHERE leader = ? ORDER BY id',
+                                                        (file_id,))]
+                conn.execute('DELETE FROM files WHERE id = ?', (file_id,))
+                if followers:
+                    conn.execute('UPDATE files SET leader = NULL WHERE id = ?', (followers[0],))
+                    conn.executemany('UPDATE files SET leader = ? WHERE id = ?',
+                                     ((followers[0], i) for i in followers[1:]))
+            conn.executemany('DELETE FROM dirs WHERE id = ?', ((i,) for i in dir_ids))
 
     def add_failed_entry(self, rel, kind, error):
         """Record an entry that could not even be listed (e.g. an unreadable directory)."""
@@ -597,6 +688,21 @@ class Journal:
         with self._lock:
             return self._conn.execute("SELECT count(*) FROM files WHERE kind = 'special' "
                                       "AND state = 'skipped'").fetchone()[0]
+
+    def skipped(self, limit):
+        """Entries skipped by decision, mount points aside (see mount_points), by
+        kind: {kind: (count, [(path, reason), ...at most `limit`])} for each kind
+        of SKIP_KINDS that has any."""
+        found = {}
+        with self._lock:
+            for kind, where in SKIP_KINDS:
+                count = self._conn.execute("SELECT count(*) FROM files WHERE state = 'skipped' AND "
+                                           + where).fetchone()[0]
+                if count:
+                    found[kind] = (count, [(_text(p), e) for p, e in self._conn.execute(
+                        "SELECT path, error FROM files WHERE state = 'skipped' AND " + where +
+                        ' ORDER BY id LIMIT ?', (limit,))])
+        return found
 
     def mount_points(self, limit):
         """(path, reason) of the mount points inside the source left alone."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import signal
@@ -433,6 +434,47 @@ def _stats_from_counts(journal, counts):
     return stats
 
 
+def _scope_options(opts):
+    """The options that decide what a job takes from its source, as one text
+    (recorded in the journal: a rerun that changes them reconsiders)."""
+    return json.dumps({'special_files': opts.special_files, 'on_conflict': opts.on_conflict,
+                       'exclude': sorted(opts.exclude), 'cross_filesystems': bool(opts.cross_filesystems)},
+                      sort_keys=True)
+
+
+class _Scope:
+    """Whether a path below the source root is left out of the job by its
+    options: below an excluded name, or inside a mount point the scan does
+    not enter (each directory looked at once)."""
+
+    def __init__(self, root, excluded, cross):
+        self.root = root
+        self.excluded = excluded
+        self.boundary = None if cross else _scan.Boundary(root)
+        self._mounts = {'': False}
+
+    def leaves_out(self, rel):
+        parts = rel.split('/')
+        for index, name in enumerate(parts):
+            prefix = '/'.join(parts[:index + 1])
+            if self.excluded(prefix, name):
+                return True
+            if self.boundary is not None and index < len(parts) - 1 and self._mount(prefix):
+                return True
+        return False
+
+    def _mount(self, rel):
+        if rel not in self._mounts:
+            try:
+                st = os.lstat(os.path.join(self.root, rel))
+                parent = os.lstat(os.path.join(self.root, os.path.dirname(rel)))
+            except OSError:
+                self._mounts[rel] = False
+            else:
+                self._mounts[rel] = self.boundary.why(rel, st, parent.st_dev) is not None
+        return self._mounts[rel]
+
+
 def _same_source(recorded, st, kind):
     """Is the name still the entry that was copied? Inode, size, mtime and
     ctime: a rewrite in place that keeps the size and restores the mtime still
@@ -488,14 +530,20 @@ class Runner:
         # The last run died before its end (e.g. killed after its last file, before the directories).
         unfinished = float(meta.get('run_finished') or 0) < float(meta.get('run_started') or 0)
         resumed = pending_before > 0 or (meta.get('run', '0') != '0' and (not scanned_before or unfinished))
-        self.run_no = journal.begin_run(opts.retry_failed, opts.max_attempts)
+        # The options that decide what the job takes, as its last run had them
+        # (none recorded: a journal of an earlier version, decided again once).
+        options = _scope_options(opts)
+        reconsider = meta.get('run', '0') != '0' and meta.get('options') != options
+        self.run_no = journal.begin_run(opts.retry_failed or reconsider, opts.max_attempts)
         journal.set_meta(run_started='%.3f' % time.time(), run_pid=os.getpid(),
-                         run_start_files=counts['done'][0], run_start_bytes=counts['done'][1])
-        if scanned_before and not pending_before:
+                         run_start_files=counts['done'][0], run_start_bytes=counts['done'][1],
+                         options=options)
+        if (scanned_before and not pending_before) or reconsider:
             journal.rescan()          # a finished job: look for what is new at the source
         journal.commit()
         self.audit = AuditLog(opts.audit_log, self.job.job_id, self.run_no)
-        self.audit.event('run_start', mode=opts.mode, src=self.job.src_real, dest=self.job.dest_real,
+        self.audit.event('run_start', mode=opts.mode, src=display_path(self.job.src_real),
+                         dest=display_path(self.job.dest_real),
                          resumed=resumed)
         src_root_fd = _durable.open_root(self.job.src_root)
         src_tree = _durable.DirTree(src_root_fd, self.job.src_root)
@@ -509,6 +557,8 @@ class Runner:
         self.src_tree = src_tree
         try:
             excluded = _scan.Excluder(opts.exclude, part_suffix='.%s.part' % self.job.job_tag)
+            if reconsider:
+                self._reconsider(excluded, meta.get('options'), options)
             scanned = _scan.scan(journal, src_tree, excluded, opts.special_files, self.moves,
                                  should_stop=self.stop, single=self.job.single,
                                  on_error=lambda rel, exc: self.audit.event('scan_error', rel, error=str(exc)),
@@ -545,6 +595,30 @@ class Runner:
                          files_moved=self.moved, msg=result.get('msg'))
         self.audit.close()
         return result
+
+    def _reconsider(self, excluded, before, now):
+        """The options that decide what the job takes changed since its last
+        run. What earlier runs skipped (and failed, quarantined or not) is
+        decided again under them (journal.reconsider, begin_run); what the
+        earlier listing queued that they now leave out (below an exclude
+        added, or inside a mount point now left alone) is forgotten, as if
+        never listed, and stays at the source. The rescan that follows lists
+        the source again from its root, so what they bring in is found."""
+        journal = self.journal
+        reopened = journal.reconsider()
+        scope = _Scope(self.job.src_root, excluded, self.opts.cross_filesystems)
+        files, after = [], 0
+        while self.job.single is None:      # (one file: exclude and mounts do not apply)
+            rows = journal.unstarted(after, 1000)
+            if not rows:
+                break
+            after = rows[-1][0]
+            files.extend(i for i, rel in rows if scope.leaves_out(rel))
+        dirs = [i for i, rel in journal.dirs_after(0) if rel and self.job.single is None and scope.leaves_out(rel)]
+        journal.forget(files, dirs)
+        journal.commit()
+        self.audit.event('options_changed', before=before, now=now, reconsidered=reopened,
+                         left_out=len(files), dirs_left_out=len(dirs))
 
     def _work(self):
         """After the scan: move what it found (worker processes already
@@ -960,7 +1034,8 @@ class Runner:
     def _count_moved(self, o):
         self.moved += 1
         self.changes += 1
-        self.bytes_moved += o.bytes
+        # a further name of a hard-linked file counts no bytes, as in the journal's totals
+        self.bytes_moved += o.bytes if o.row.leader is None else 0
         self.audit.event('file_moved', o.row.path, method=o.method, bytes=o.bytes)
 
     def _unlink(self, copied):
@@ -1123,7 +1198,10 @@ class Runner:
         stats['bytes_moved'] = self.bytes_moved
         stats['resumed'] = bool(resumed)
         stats['hardlinks'] = journal.hardlink_count()
-        stats['special_skipped'] = journal.special_skipped()
+        limit = self.opts.max_failures_reported
+        skipped = journal.skipped(limit)
+        stats['special_skipped'] = skipped.get('special_file', (0,))[0]
+        stats['conflicts_skipped'] = skipped.get('conflict', (0,))[0]
         stats['setid_cleared'] = self.setid_cleared
         stats['readback_from_cache'] = len(self.readback_from_cache)
         cached = [_result.not_from_device(self.dst_tree.full(self.job.dest_rel(p)), why) for p, why in
@@ -1135,17 +1213,22 @@ class Runner:
                     and not stats['files_failed'] and not self.errors)
         mounts = [_result.mount_point(self.src_tree.full(p), why) for p, why in
                   journal.mount_points(self.opts.max_failures_reported)]
+        skipped = [_result.skipped_entry(self.src_tree.full(p), kind, why)
+                   for kind, (_count, sample) in skipped.items() for p, why in sample]
         return _result.build(self.job.job_id, self.job.journal_path, self.algorithm, stats, failures,
                              time.monotonic() - started, self.changes > 0, complete, self.stop(),
                              errors=self.errors, mode=self.opts.mode, mount_points=mounts,
-                             readback_from_cache=cached)
+                             readback_from_cache=cached, skipped=skipped)
 
 
 # -- check mode and verify ---------------------------------------------------------
 
 
-def plan(params):
-    """Check mode: what a run would do, changing nothing (not even the journal)."""
+def plan(params, on_entry=None):
+    """Check mode: what a run would do, changing nothing (not even the journal).
+    `on_entry(rel, st, action)`: called for each directory below the root
+    ('dir') and each entry the run would bring to the destination ('rename'
+    or 'copy'), e.g. to estimate the space it takes (_preflight)."""
     started = time.monotonic()
     opts = Options.from_params(params)
     job = Job(opts)
@@ -1166,20 +1249,23 @@ def plan(params):
                 raise
             journal = None       # created by a run killed at once: it holds nothing
     try:
-        return _Planner(job, algorithm, journal).run(started)
+        return _Planner(job, algorithm, journal, on_entry).run(started)
     finally:
         if journal is not None:
             journal.close()
 
 
 class _Planner:
-    def __init__(self, job, algorithm, journal):
+    def __init__(self, job, algorithm, journal, on_entry=None):
         self.job = job
+        self.on_entry = on_entry
         self.algorithm = algorithm
         self.journal = journal
         self.plan = dict.fromkeys(_result.PLAN_KEYS, 0)
         self.stats = _result.empty_stats()
         self.failures = []
+        self.skipped = []
+        self.linked = set()            # (dev, ino) of the files with several names counted
         self.boundary = _scan.Boundary(job.src_root, cross=job.opts.cross_filesystems)
 
     def entries(self, src_tree):
@@ -1189,6 +1275,22 @@ class _Planner:
             return
         excluded = _scan.Excluder(self.job.opts.exclude, part_suffix='.%s.part' % self.job.job_tag)
         yield from _scan.walk(src_tree, excluded, self.boundary)
+
+    def _counted(self, src_tree, rel, st):
+        """The bytes a file counts, as the journal counts them: its data (holes
+        excluded), once for all its names."""
+        if st.st_nlink > 1:
+            if (st.st_dev, st.st_ino) in self.linked:
+                return 0
+            self.linked.add((st.st_dev, st.st_ino))
+        reldir, name = split(rel)
+        counted = _copy.data_size_at(src_tree.get(reldir), name, st)
+        return st.st_size if counted is None else counted
+
+    def _skip(self, src_tree, rel, kind, count, reason):
+        """An entry a run would skip: listed while its kind has fewer than max_failures_reported."""
+        if count <= self.job.opts.max_failures_reported:
+            self.skipped.append(_result.skipped_entry(src_tree.full(rel), kind, reason))
 
     def mount_points(self, src_tree):
         """The mount points the walk left alone: their count in `stats`, and the list."""
@@ -1229,7 +1331,7 @@ class _Planner:
         result = _result.build(job.job_id, job.journal_path, self.algorithm, self.stats,
                                self.failures[:job.opts.max_failures_reported],
                                time.monotonic() - started, self.plan['files'] > 0, False, False,
-                               plan=self.plan, mode=job.opts.mode, mount_points=mounts)
+                               plan=self.plan, mode=job.opts.mode, mount_points=mounts, skipped=self.skipped)
         if not self.failures:
             result['msg'] = _result.summary(result)
         return result
@@ -1238,14 +1340,18 @@ class _Planner:
         kind = _scan.kind_of(st)
         if kind == 'dir':
             self.stats['dirs'] += 1
+            if self.on_entry is not None:
+                self.on_entry(rel, st, 'dir')
             return
         if kind == 'symlink':
             self.stats['symlinks'] += 1
         if kind == 'special' and (self.job.opts.special_files == 'skip' or stat.S_ISSOCK(st.st_mode)):
             self.plan['skipped'] += 1
             self.stats['special_skipped'] += 1
+            self._skip(src_tree, rel, 'special_file', self.stats['special_skipped'],
+                       _scan.entry_state(kind, st, self.job.opts.special_files)[1])
             return
-        size = st.st_size if kind == 'file' else 0
+        size = self._counted(src_tree, rel, st) if kind == 'file' else 0
         self.stats['bytes_total'] += size
         dreldir, dname = split(self.job.dest_rel(rel))
         dst_st = None
@@ -1281,13 +1387,18 @@ class _Planner:
                 return
             if self.job.opts.on_conflict != 'overwrite':
                 self.plan['conflicts'] += 1
+                if self.job.opts.on_conflict == 'skip':
+                    self.stats['conflicts_skipped'] += 1
+                    self._skip(src_tree, rel, 'conflict', self.stats['conflicts_skipped'],
+                               'conflict skipped (on_conflict=skip): the destination exists with different '
+                               'content')
                 return
         self.plan['files'] += 1
         self.plan['bytes'] += size
-        if st.st_dev == dest_dev and self.job.opts.mode == 'move':
-            self.plan['renames'] += 1
-        else:
-            self.plan['copies'] += 1
+        action = 'rename' if st.st_dev == dest_dev and self.job.opts.mode == 'move' else 'copy'
+        self.plan['renames' if action == 'rename' else 'copies'] += 1
+        if self.on_entry is not None:
+            self.on_entry(rel, st, action)
 
 
 def verify(job, started):

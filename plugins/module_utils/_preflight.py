@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import sys
 
-from ansible_collections.durable.mover.plugins.module_utils import _hashing, _mover, _scan
+from ansible_collections.durable.mover.plugins.module_utils import _copy, _hashing, _mover, _scan
 from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError, display_path
 
 MIN_PYTHON = (3, 9)
@@ -37,6 +38,24 @@ _IGNORED_XATTR_PREFIXES = ('trusted.SGI_ACL_',)
 # Options of a move that change what it would do; the rest do not matter here.
 PLAN_OPTIONS = ('src', 'dest', 'mode', 'hash', 'preserve', 'state_dir', 'job_id', 'exclude',
                 'on_conflict', 'special_files', 'cross_filesystems')
+
+# What a move allocates at its destination (see SpaceEstimate). Free space
+# each new inode takes, by filesystem type: ext2/3/4 have a fixed inode table
+# (free inodes are checked instead); xfs allocates inodes from free space (512
+# bytes each, its default since v5); btrfs keeps an inode's items (about 512
+# bytes with its directory entries) in metadata, written twice (DUP) on one
+# device. Other filesystems: 256 bytes.
+INODE_BYTES = {'ext2': 0, 'ext3': 0, 'ext4': 0, 'xfs': 512, 'btrfs': 1024}
+INODE_BYTES_OTHER = 256
+# Bytes a name takes in its directory, beyond the name itself (ext4: 8,
+# rounded up to 4; xfs and btrfs: more).
+DIRENT_BYTES = 16
+# Symbolic links shorter than this are kept in the inode (ext4: 60 bytes).
+INLINE_SYMLINK = 60
+# The margin added to the estimate: 5 %, at least 1 MiB.
+MARGIN_FRACTION = 0.05
+MARGIN_MIN = 1024 * 1024
+_MOUNTINFO_OCTAL = re.compile(rb'\\([0-7]{3})')
 
 
 def nearest_existing(path):
@@ -59,6 +78,8 @@ def filesystem(path):
         info['error'] = _oserror_text(exc, path)
         return info
     info['free_bytes'] = vfs.f_bavail * vfs.f_frsize
+    info['block_size'] = vfs.f_frsize or vfs.f_bsize
+    info['type'] = filesystem_type(path)
     # Some filesystems (btrfs) have no inode limit and report 0 of 0.
     info['free_inodes'] = vfs.f_favail if vfs.f_files else None
     info['read_only'] = bool(vfs.f_flag & getattr(os, 'ST_RDONLY', 1))
@@ -67,6 +88,133 @@ def filesystem(path):
     except OSError as exc:
         info['error'] = _oserror_text(exc, path)
     return info
+
+
+def filesystem_type(path, mountinfo=_scan.MOUNTINFO):
+    """The type (ext4, xfs, ...) of the filesystem holding the existing `path`,
+    from the mount table: the last mount at the longest prefix. None if unknown."""
+    try:
+        with open(mountinfo, 'rb') as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, found = None, None
+    for line in data.splitlines():
+        left, sep, right = line.partition(b' - ')
+        fields = left.split(b' ')
+        if not sep or len(fields) < 5:
+            continue
+        point = os.fsdecode(_MOUNTINFO_OCTAL.sub(lambda m: bytes((int(m.group(1), 8),)), fields[4]))
+        if _scan.inside(real, point) and (best is None or len(point) >= len(best)):
+            best, found = point, right.split(b' ')[0].decode('ascii', 'replace')
+    return found
+
+
+def _round_up(count, unit):
+    return -(-count // unit) * unit
+
+
+class SpaceEstimate:
+    """What a move will allocate at its destination, summed entry by entry
+    as the plan finds them (the plan's `on_entry`).
+
+    A copied file takes the blocks of its data (its size less its holes,
+    found with SEEK_DATA/SEEK_HOLE like the copy does), rounded up to the
+    destination's block size; a further name of a hard-linked file (with
+    `hardlinks` kept) takes nothing; a symbolic link takes a block unless
+    short; a special file, nothing. Every new inode takes INODE_BYTES of
+    the destination's type; every new directory a block, and more as its
+    names (DIRENT_BYTES each beyond the name) fill it. A rename (a move on
+    one filesystem) takes no data and no inode. A margin of MARGIN_FRACTION
+    (at least MARGIN_MIN) covers what is not counted (extent maps, xattrs
+    beyond the inode, btrfs metadata chunks)."""
+
+    def __init__(self, src_root, fs_type, block_size, hardlinks, missing_dirs=0):
+        self.src_root = src_root
+        self.fs_type = fs_type
+        self.block = max(int(block_size or 4096), 512)
+        self.hardlinks = hardlinks
+        self.files = self.links = self.renames = self.dirs = 0
+        self.data = self.file_blocks = self.dir_bytes = 0
+        self.inodes = missing_dirs             # dest and its missing ancestors are made too
+        self.dir_bytes = missing_dirs * self.block
+        self._groups = set()
+        self._parent, self._names = None, 0
+
+    def __call__(self, rel, st, action):
+        parent, _sep, name = rel.rpartition('/')
+        if parent != self._parent:
+            self._flush()
+            self._parent = parent
+        self._names += len(os.fsencode(name)) + DIRENT_BYTES
+        if action == 'dir':
+            self.dirs += 1
+            self.inodes += 1
+            self.dir_bytes += self.block
+            return
+        if action == 'rename':
+            self.renames += 1
+            return
+        if self.hardlinks and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            if (st.st_dev, st.st_ino) in self._groups:
+                self.links += 1
+                return
+            self._groups.add((st.st_dev, st.st_ino))
+        self.files += 1
+        self.inodes += 1
+        if stat.S_ISREG(st.st_mode):
+            data = self._data_size(rel, st)
+            self.data += data
+            self.file_blocks += _round_up(data, self.block)
+        elif stat.S_ISLNK(st.st_mode) and st.st_size >= INLINE_SYMLINK:
+            self.file_blocks += _round_up(st.st_size, self.block)
+
+    def _flush(self):
+        """A directory's names beyond its first block."""
+        if self._names:
+            self.dir_bytes += max(0, _round_up(self._names, self.block) - self.block)
+        self._names = 0
+
+    def _data_size(self, rel, st):
+        path = os.path.join(self.src_root, rel) if rel else self.src_root
+        found = _copy.data_size_at(None, path, st)
+        return min(st.st_size, st.st_blocks * 512) if found is None else found
+
+    def result(self):
+        self._flush()
+        inode_bytes = self.inodes * INODE_BYTES.get(self.fs_type, INODE_BYTES_OTHER)
+        subtotal = self.file_blocks + inode_bytes + self.dir_bytes
+        margin = int(subtotal * MARGIN_FRACTION)
+        if self.files:
+            margin = max(MARGIN_MIN, margin)
+        return {
+            'filesystem': self.fs_type, 'block_size': self.block, 'files': self.files,
+            'hardlinks': self.links, 'renames': self.renames, 'dirs': self.dirs,
+            'data_bytes': self.data, 'file_blocks_bytes': self.file_blocks, 'inodes': self.inodes,
+            'inode_bytes': inode_bytes, 'directory_bytes': self.dir_bytes, 'margin_bytes': margin,
+            'bytes': subtotal + margin,
+            'method': ("what the destination (%s, %s blocks) will allocate: each copied file's data "
+                       "(its size less its holes) rounded up to a whole block, %d bytes per new inode, a "
+                       "block per new directory and more for large ones, nothing for renames and further "
+                       "hard links; plus a margin of %d%% (at least %s when files are copied)"
+                       % (self.fs_type or 'unknown type', short_bytes(self.block),
+                          INODE_BYTES.get(self.fs_type, INODE_BYTES_OTHER), int(MARGIN_FRACTION * 100),
+                          short_bytes(MARGIN_MIN))),
+        }
+
+
+def _missing_dirs(path):
+    """How many directories of `path` (itself and its ancestors) do not exist yet."""
+    count = 0
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        count += 1
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return count
 
 
 def _oserror_text(exc, path):
@@ -83,6 +231,11 @@ def human_bytes(count):
     if unit == 'B':
         return '%d bytes' % count
     return '%.1f %s (%d bytes)' % (value, unit, count)
+
+
+def short_bytes(count):
+    """A byte count in binary units only: ``4.0 KiB``, ``512 bytes``."""
+    return human_bytes(count).split(' (')[0]
 
 
 def _writable(path):
@@ -255,44 +408,62 @@ def check_xattrs(src, dest_nearest, preserve, problems):
     return found
 
 
-def check_space(plan, src_found, dest_found, state_found, mode, problems):
-    """Free space (and inodes) at the destination against what is still to move."""
+def check_space(plan, estimate, src_found, dest_found, state_found, mode, problems):
+    """Free space and inodes at the destination against what the move will
+    allocate there (`estimate`: SpaceEstimate.result(), None in verify mode)."""
     files = int(plan.get('files') or 0)
     to_move = int(plan.get('bytes') or 0)
     same_fs = src_found.get('device') is not None and src_found['device'] == dest_found.get('device')
-    # On one filesystem a move renames: no data is written.
-    needed = 0 if mode == 'verify' or (same_fs and mode == 'move') else to_move
+    writes = mode != 'verify' and estimate is not None
+    needed = estimate['bytes'] if writes else 0
+    inodes_needed = estimate['inodes'] if writes else 0
     journal = JOURNAL_BYTES_PER_ENTRY * files if mode != 'verify' else 0
-    if state_found.get('device') is not None and state_found['device'] == dest_found.get('device'):
+    journal_here = state_found.get('device') is not None and state_found['device'] == dest_found.get('device')
+    if journal_here:
         needed += journal
     found = {'same_filesystem': same_fs, 'files_to_move': files, 'bytes_to_move': to_move,
              'bytes_needed': needed, 'free_bytes': dest_found.get('free_bytes'),
-             'free_inodes': dest_found.get('free_inodes'), 'journal_bytes_estimate': journal}
+             'inodes_needed': inodes_needed, 'free_inodes': dest_found.get('free_inodes'),
+             'journal_bytes_estimate': journal, 'estimate': estimate}
     free = dest_found.get('free_bytes')
+    where = display_path(dest_found['nearest_existing'])
     if needed and free is not None and free < needed:
-        if needed == to_move:
-            wanted = '%s still to move' % human_bytes(to_move)
-        else:
-            wanted = '%s still to move (%s with the journal)' % (human_bytes(to_move), human_bytes(needed))
-        problems.append('not enough free space at dest: %s, %s has %s free'
-                        % (wanted, display_path(dest_found['nearest_existing']), human_bytes(free)))
+        problems.append('not enough free space at dest: about %s needed, %s has %s free (%s)'
+                        % (human_bytes(needed), where, human_bytes(free),
+                           _needed_parts(estimate, journal if journal_here else 0)))
     inodes = dest_found.get('free_inodes')
-    if not same_fs and mode != 'verify' and inodes is not None and files > inodes:
-        problems.append('not enough free inodes at dest: %d entries still to move, %s has %d free'
-                        % (files, display_path(dest_found['nearest_existing']), inodes))
+    if writes and inodes is not None and inodes_needed > inodes:
+        problems.append('not enough free inodes at dest: %d entries still to make (%d file(s), %d directories), '
+                        '%s has %d free' % (inodes_needed, estimate['files'], inodes_needed - estimate['files'],
+                                            where, inodes))
     state_free = state_found.get('free_bytes')
-    if journal and state_free is not None and state_free < journal and \
-            state_found.get('device') != dest_found.get('device'):
+    if journal and state_free is not None and state_free < journal and not journal_here:
         problems.append('not enough free space for the journal: about %s needed, %s has %s free'
                         % (human_bytes(journal), display_path(state_found['nearest_existing']),
                            human_bytes(state_free)))
     return found
 
 
-def plan_job(params, problems):
+def _needed_parts(estimate, journal):
+    """How the space needed was counted, in a few words."""
+    parts = []
+    if estimate['files']:
+        parts.append('%d file(s) holding %s of data take %s in %s blocks'
+                     % (estimate['files'], short_bytes(estimate['data_bytes']),
+                        short_bytes(estimate['file_blocks_bytes']), short_bytes(estimate['block_size'])))
+    if estimate['renames']:
+        parts.append('%d rename(s) take none' % estimate['renames'])
+    parts.append('inodes and directories %s' % short_bytes(estimate['inode_bytes'] + estimate['directory_bytes']))
+    if journal:
+        parts.append('the journal %s' % short_bytes(journal))
+    parts.append('a %d%% margin %s' % (int(MARGIN_FRACTION * 100), short_bytes(estimate['margin_bytes'])))
+    return ', '.join(parts)
+
+
+def plan_job(params, problems, on_entry=None):
     """Check mode of the move itself: what is still to move, read-only."""
     try:
-        result = _mover.plan(params)
+        result = _mover.plan(params, on_entry=on_entry)
     except _hashing.MissingLibraryError:
         return None   # reported by check_hash
     except MoverError as exc:
@@ -345,8 +516,12 @@ def preflight(params):
     findings['xattrs'] = check_xattrs(findings['src']['path'], findings['dest']['nearest_existing'],
                                       opts.preserve, problems)
     planned = None
+    estimate = None
+    if mode != 'verify':
+        estimate = SpaceEstimate(job.src_root, findings['dest'].get('type'), findings['dest'].get('block_size'),
+                                 'hardlinks' in (opts.preserve or ()), _missing_dirs(job.dest_root))
     if findings['src']['exists'] and findings['src']['readable']:
-        planned = plan_job(params, problems)
+        planned = plan_job(params, problems, estimate)
     elif job.single is not None and not job.src_exists and os.path.exists(job.journal_path):
         # A one-file job whose file was moved by an earlier run: nothing to do, no problem.
         own = []
@@ -365,8 +540,8 @@ def preflight(params):
     findings['journal_exists'] = os.path.exists(findings['journal'])
     findings['plan'] = planned['plan'] if planned else None
     if planned is not None:
-        findings['space'] = check_space(planned['plan'], findings['src'], findings['dest'],
-                                        findings['state_dir'], mode, problems)
+        findings['space'] = check_space(planned['plan'], estimate.result() if estimate else None,
+                                        findings['src'], findings['dest'], findings['state_dir'], mode, problems)
     return _done(problems, findings)
 
 
@@ -383,9 +558,10 @@ def summary(result):
     space = result['findings'].get('space') or {}
     text = 'preflight ok'
     if space:
-        text = ('preflight ok: %d file(s), %s still to move; %s; %s free at dest'
+        text = ('preflight ok: %d file(s), %s still to move; %s; about %s needed, %s free at dest'
                 % (space['files_to_move'], human_bytes(space['bytes_to_move']),
                    'same filesystem (renames)' if space['same_filesystem'] else 'another filesystem (copies)',
+                   short_bytes(space['bytes_needed']),
                    human_bytes(space['free_bytes']) if space['free_bytes'] is not None else 'unknown'))
     src = result['findings'].get('src') or {}
     if src.get('mount_points'):

@@ -34,9 +34,32 @@ STAT_KEYS = (
     "symlinks",
     "hardlinks",
     "special_skipped",
+    "conflicts_skipped",
+    "mounts_skipped",
+    "setid_cleared",
+    "readback_from_cache",
     "bytes_total",
     "bytes_moved",
 )
+
+# Entries a move skipped by decision, by kind: the counter of ``stats`` that
+# counts them, the name of their JUnit testcase, and the sentence for a count.
+# Special files, conflicts and mount points stay at the source: a host with
+# any is never reported as a plain ok.
+SKIP_KINDS = (
+    ("special_file", "special_skipped", "special files left at the source",
+     "%d special file(s) left at the source (FIFOs, sockets, devices)"),
+    ("conflict", "conflicts_skipped", "conflicts left at the source",
+     "%d conflict(s) skipped (on_conflict=skip), left at the source"),
+    ("mount_point", "mounts_skipped", "mount points left alone",
+     "%d mount point(s) inside the source left alone (not entered, not removed)"),
+    ("vanished", None, "entries gone before they were moved",
+     "%d entr(ies) vanished from the source before they were moved (deleted by someone else)"),
+)
+LEFT_AT_SOURCE = ("special_file", "conflict", "mount_point")
+# How many paths of each kind the Markdown summary shows (fleet.json and
+# junit.xml have all the module listed).
+SUMMARY_SAMPLE = 5
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -104,6 +127,15 @@ def _as_text(value) -> str:
     return str(value)
 
 
+def _normalise_listed(entries, keys=("path", "reason")) -> list:
+    """A list of path entries (mount_points, readback_from_cache, skipped_entries): each a
+    dict with `keys` as text; anything else is dropped."""
+    if not isinstance(entries, (list, tuple)):
+        return []
+    return [{key: _as_text(entry.get(key)) for key in keys} for entry in entries
+            if isinstance(entry, Mapping) and "path" in entry]
+
+
 def _normalise_failure(entry) -> dict:
     """One entry of ``failures``: always path, error, attempts, quarantined."""
     if not isinstance(entry, Mapping):
@@ -152,10 +184,74 @@ def normalise_result(result) -> dict:
         "failures": failures,
         "elapsed_seconds": _as_float(result.get("elapsed_seconds")),
         "bytes_per_second": _as_float(result.get("bytes_per_second")),
+        "skipped_entries": _normalise_listed(result.get("skipped_entries"), ("path", "kind", "reason")),
+        "mount_points": _normalise_listed(result.get("mount_points")),
+        "readback_from_cache": _normalise_listed(result.get("readback_from_cache")),
     }
     if isinstance(result.get("plan"), Mapping):
         normalised["plan"] = dict(result["plan"])
     return normalised
+
+
+def skipped_groups(entry) -> list:
+    """What a job or host (normalised) skipped, by kind: ``{kind, name, count,
+    message, sample}`` for each kind with a count, ``sample`` the paths listed.
+
+    ``skipped_entries`` of the module carry their kind; mount points come from
+    ``mount_points``. A count is the module's counter (its lists are capped),
+    and never less than the paths listed (a hand-made result).
+    """
+    stats = entry["stats"]
+    listed = {kind: [] for kind, _key, _name, _message in SKIP_KINDS}
+    for item in entry.get("skipped_entries") or ():
+        listed.setdefault(item["kind"] or "vanished", []).append(item["path"])
+    listed["mount_point"] = [item["path"] for item in entry.get("mount_points") or ()]
+    counted = {kind: stats[key] for kind, key, _name, _message in SKIP_KINDS if key}
+    counted["vanished"] = max(0, stats["files_skipped"] - stats["special_skipped"] - stats["conflicts_skipped"])
+    groups = []
+    for kind, _key, name, message in SKIP_KINDS:
+        count = max(counted[kind], len(listed[kind]))
+        if count:
+            groups.append({"kind": kind, "name": name, "count": count, "message": message % count,
+                           "sample": listed[kind]})
+    return groups
+
+
+def left_at_source(entry) -> int:
+    """How many entries a job or host left at the source on purpose (skipped
+    special files and conflicts, mount points left alone)."""
+    return sum(group["count"] for group in skipped_groups(entry) if group["kind"] in LEFT_AT_SOURCE)
+
+
+def notes(entry) -> list:
+    """Sentences for what an operator must know before wiping the source, beyond
+    failures: what was left there, set-id bits cleared, read-backs not from the device."""
+    found = [group["message"] for group in skipped_groups(entry)]
+    stats = entry["stats"]
+    if stats["setid_cleared"]:
+        found.append(setid_message(stats["setid_cleared"]))
+    if stats["readback_from_cache"]:
+        found.append(readback_message(stats["readback_from_cache"]))
+    return found
+
+
+def setid_message(count) -> str:
+    return "%d %s set-id/sticky bits (the owner was not kept)" % (
+        count, "entry lost its" if count == 1 else "entries lost their")
+
+
+def readback_message(count) -> str:
+    return ("%d file(s) read back from the page cache, not the device (no O_DIRECT at the destination, "
+            "or data inline in its metadata)" % count)
+
+
+def status_text(entry) -> str:
+    """A host's or job's status as a person reads it: ``ok``, or ``ok, 5 left at the source``."""
+    left = left_at_source(entry)
+    if left:
+        return "%s, %d left at the source" % (entry["status"], left)
+    others = sum(group["count"] for group in skipped_groups(entry))
+    return "%s, %d skipped" % (entry["status"], others) if others else entry["status"]
 
 
 def _job_status(norm) -> str:
@@ -225,6 +321,9 @@ def job_entry(job) -> dict:
         "failures": norm["failures"],
         "elapsed_seconds": norm["elapsed_seconds"],
         "bytes_per_second": norm["bytes_per_second"],
+        "skipped_entries": norm["skipped_entries"],
+        "mount_points": norm["mount_points"],
+        "readback_from_cache": norm["readback_from_cache"],
     }
     if "plan" in norm:
         entry["plan"] = norm["plan"]
@@ -330,6 +429,9 @@ def host_result(host) -> dict:
         "failures": [f for j in jobs for f in j["failures"]],
         "elapsed_seconds": elapsed,
         "bytes_per_second": rate,
+        "skipped_entries": [e for j in jobs for e in j["skipped_entries"]],
+        "mount_points": [e for j in jobs for e in j["mount_points"]],
+        "readback_from_cache": [e for j in jobs for e in j["readback_from_cache"]],
         "jobs": jobs,
         "preflight": preflight,
     }
@@ -407,6 +509,11 @@ def _host_entry(result, known_unreachable: bool) -> dict:
         "bytes_per_second": host["bytes_per_second"],
         "journal": host["journal"],
         "hash_algorithm": host["hash_algorithm"],
+        "skipped_kinds": skipped_groups(host),
+        "left_at_source": left_at_source(host),
+        "mount_points": host["mount_points"],
+        "readback_from_cache": host["readback_from_cache"],
+        "notes": notes(host),
     }
     if "plan" in host:
         entry["plan"] = host["plan"]
@@ -452,6 +559,7 @@ def fleet_report(host_results, unreachable=None, pending=None) -> dict:
         hosts_failed=statuses.count(STATUS_FAILED),
         hosts_unreachable=statuses.count(STATUS_UNREACHABLE),
         hosts_changed=sum(1 for entry in hosts.values() if entry["changed"]),
+        hosts_with_skipped=sum(1 for entry in hosts.values() if entry["skipped_kinds"]),
         hosts_pending=len(pending_names),
         jobs=sum(len(entry["jobs"]) for entry in hosts.values()),
         jobs_failed=sum(1 for entry in hosts.values() for job in entry["jobs"] if job["status"] != STATUS_OK),
@@ -584,13 +692,18 @@ def progress_line(info, name="") -> str:
     parts.append("bytes %s/%s (%s)" % (human_bytes(bytes_done), human_bytes(bytes_total),
                                        _percent(bytes_done, bytes_total)))
     parts.append(human_rate(progress.get("bytes_per_second")))
+    if progress.get("files_per_second") is not None:
+        parts.append("%.1f files/s" % _as_float(progress.get("files_per_second")))
     failed = _as_int(progress.get("files_failed"))
     if failed:
         parts.append("%d failed" % failed)
     running = _as_bool(info.get("running", False))
     eta = progress.get("eta_seconds")
+    at_least = progress.get("eta_lower_bound_seconds")
     if running and eta is not None:
         parts.append("ETA %s" % human_duration(eta))
+    elif running and at_least is not None:
+        parts.append("ETA at least %s (a lower bound until listed)" % human_duration(at_least))
     elif running:
         parts.append("ETA unknown")
     else:
@@ -617,10 +730,21 @@ def _file_failure_text(failure: dict) -> str:
 
 def _job_details(job: dict) -> str:
     stats = job["stats"]
-    return "files moved %d of %d, already done %d, failed %d, quarantined %d; bytes moved %d" % (
+    text = "files moved %d of %d, already done %d, failed %d, quarantined %d; bytes moved %d" % (
         stats["files_moved"], stats["files_total"], stats["files_already_done"],
         stats["files_failed"], stats["files_quarantined"], stats["bytes_moved"],
     )
+    return "\n".join([text] + notes(job))
+
+
+def _skipped_cases(job: dict) -> list:
+    """(name, message, paths) of the skipped testcases of a job: one per kind of
+    entry it skipped, and one for files whose read-back did not reach the device."""
+    cases = [(group["name"], group["message"], group["sample"]) for group in skipped_groups(job)]
+    if job["stats"]["readback_from_cache"]:
+        cases.append(("read-back from the device", readback_message(job["stats"]["readback_from_cache"]),
+                      ["%s (%s)" % (item["path"], item["reason"]) for item in job["readback_from_cache"]]))
+    return cases
 
 
 def junit_xml(fleet) -> str:
@@ -631,19 +755,23 @@ def junit_xml(fleet) -> str:
     result): it carries a ``<failure>`` when the job failed (its preflight
     included) and an ``<error>`` when the host became unreachable during it.
     Each reported failed or quarantined file adds a ``<testcase>`` named
-    after its path with a ``<failure>``. A host that failed or was
+    after its path with a ``<failure>``. Each kind of entry a job skipped
+    (special files, conflicts, mount points, vanished sources), and its files
+    read back from the page cache rather than the device, add a
+    ``<testcase>`` ``<job>: <what>`` with a ``<skipped>`` whose message is the
+    count and whose text lists the paths. A host that failed or was
     unreachable with no job to blame (no result at all, a host-level error)
     gets a ``migrate`` testcase with that failure or error. Counts on every
     suite and on the root add up.
     """
     hosts = _fleet_hosts(fleet)
     root = ET.Element("testsuites", name="durable.mover")
-    all_tests = all_failures = all_errors = 0
+    all_tests = all_failures = all_errors = all_skipped = 0
     all_time = 0.0
     for name, host in hosts.items():
         classname = one_line(name)
         suite = ET.SubElement(root, "testsuite", name=classname)
-        counts = {"tests": 0, "failures": 0, "errors": 0}
+        counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         blamed = False
 
         def case(case_name, seconds=0.0):
@@ -676,6 +804,11 @@ def junit_xml(fleet) -> str:
                 file_case = case(failure["path"] or "(unknown path)")
                 kind = "quarantined" if failure["quarantined"] else "file"
                 mark(file_case, "failure", failure["error"] or "failed", _file_failure_text(failure), kind)
+            for what, message, paths in _skipped_cases(job):
+                element = ET.SubElement(case("%s: %s" % (job["name"], what)), "skipped", message=one_line(message))
+                listed = "\n".join(one_line(path) for path in paths)
+                element.text = xml_safe("%s\n%s" % (message, listed) if listed else message)
+                counts["skipped"] += 1
 
         if host["status"] != STATUS_OK and not blamed:
             host_case = case("migrate")
@@ -689,16 +822,18 @@ def junit_xml(fleet) -> str:
         suite.set("tests", str(counts["tests"]))
         suite.set("failures", str(counts["failures"]))
         suite.set("errors", str(counts["errors"]))
-        suite.set("skipped", "0")
+        suite.set("skipped", str(counts["skipped"]))
         suite.set("time", _seconds(host["elapsed_seconds"]))
         all_tests += counts["tests"]
         all_failures += counts["failures"]
         all_errors += counts["errors"]
+        all_skipped += counts["skipped"]
         all_time += host["elapsed_seconds"]
 
     root.set("tests", str(all_tests))
     root.set("failures", str(all_failures))
     root.set("errors", str(all_errors))
+    root.set("skipped", str(all_skipped))
     root.set("time", _seconds(all_time))
     ET.indent(root)
     body = ET.tostring(root, encoding="unicode")
@@ -753,7 +888,7 @@ def _jobs_table(hosts) -> list:
         for job in host["jobs"]:
             stats = job["stats"]
             lines.append("| %s | %s | %s | %d / %d | %s / %s | %d | %s |" % (
-                md_text(name), md_text(job["name"]), job["status"],
+                md_text(name), md_text(job["name"]), status_text(job),
                 stats["files_moved"], stats["files_total"],
                 human_bytes(stats["bytes_moved"]), human_bytes(stats["bytes_total"]),
                 stats["files_failed"], human_rate(job["bytes_per_second"]),
@@ -795,7 +930,46 @@ def _preflight_table(hosts) -> list:
         "",
         "| Host | Job | Result | Filesystem | Space needed | Free at dest | Python | Hash |",
         "| --- | --- | --- | --- | ---: | ---: | --- | --- |",
-    ] + rows
+    ] + rows + [
+        "",
+        "Space needed is what the destination will allocate: each copied file's data (holes excluded) in "
+        "whole blocks, inodes and directories, a 5% margin (at least 1 MiB when files are copied), and the "
+        "journal when it is on the same filesystem (fleet.json: `findings.space.estimate`).",
+    ]
+
+
+def _paths_text(paths, count) -> str:
+    """Up to SUMMARY_SAMPLE paths as code spans, and how many more."""
+    shown = [md_code(path) for path in paths[:SUMMARY_SAMPLE]]
+    more = count - len(shown)
+    if more > 0:
+        shown.append("and %d more" % more)
+    return ", ".join(shown)
+
+
+def _left_and_notes(hosts) -> list:
+    """What each host left at the source, by kind with its paths, then what
+    else to know before wiping the source (set-id bits, read-backs)."""
+    left, other = [], []
+    for name, host in hosts.items():
+        for group in skipped_groups(host):
+            line = "- %s: %s: %s" % (md_code(name), md_text(group["message"]),
+                                     _paths_text(group["sample"], group["count"]))
+            (left if group["kind"] in LEFT_AT_SOURCE else other).append(line)
+        stats = host["stats"]
+        if stats["setid_cleared"]:
+            other.append("- %s: %s; see the audit log" % (md_code(name), md_text(setid_message(stats["setid_cleared"]))))
+        if stats["readback_from_cache"]:
+            other.append("- %s: %s: %s" % (md_code(name), md_text(readback_message(stats["readback_from_cache"])),
+                                           _paths_text([e["path"] for e in host["readback_from_cache"]],
+                                                       stats["readback_from_cache"])))
+    lines = []
+    if left:
+        lines += ["", "## Left at the source", "",
+                  "Not moved, by the job's options: still on the source, and lost if it is wiped.", ""] + left
+    if other:
+        lines += ["", "## Notes", ""] + other
+    return lines
 
 
 def summary_markdown(fleet, max_failures: int = SUMMARY_MAX_FAILURES) -> str:
@@ -819,7 +993,7 @@ def summary_markdown(fleet, max_failures: int = SUMMARY_MAX_FAILURES) -> str:
         rows.append(
             "| %s | %s | %d / %d | %d | %s / %s | %d | %s |" % (
                 md_text(name),
-                host["status"],
+                status_text(host),
                 stats["files_moved"],
                 stats["files_total"],
                 stats["files_already_done"],
@@ -829,9 +1003,11 @@ def summary_markdown(fleet, max_failures: int = SUMMARY_MAX_FAILURES) -> str:
                 human_rate(host["bytes_per_second"]),
             )
         )
+    left = sum(1 for host in hosts.values() if host["status"] == STATUS_OK and left_at_source(host))
     lines.append(
-        "%d host(s): %d ok, %d failed, %d unreachable." % (
-            len(hosts), counts[STATUS_OK], counts[STATUS_FAILED], counts[STATUS_UNREACHABLE],
+        "%d host(s): %d ok%s, %d failed, %d unreachable." % (
+            len(hosts), counts[STATUS_OK], " (%d with entries left at the source)" % left if left else "",
+            counts[STATUS_FAILED], counts[STATUS_UNREACHABLE],
         )
     )
     lines.append("")
@@ -870,6 +1046,7 @@ def summary_markdown(fleet, max_failures: int = SUMMARY_MAX_FAILURES) -> str:
         )
 
     lines.extend(_preflight_table(hosts))
+    lines.extend(_left_and_notes(hosts))
 
     problems = []
     for name, host in hosts.items():

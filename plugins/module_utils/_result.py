@@ -13,8 +13,10 @@ from __future__ import annotations
 from ansible_collections.durable.mover.plugins.module_utils._errors import display_path
 
 STAT_KEYS = ('files_total', 'files_moved', 'files_already_done', 'files_skipped', 'files_failed',
-             'files_quarantined', 'dirs', 'symlinks', 'hardlinks', 'special_skipped',
+             'files_quarantined', 'dirs', 'symlinks', 'hardlinks', 'special_skipped', 'conflicts_skipped',
              'mounts_skipped', 'setid_cleared', 'readback_from_cache', 'bytes_total', 'bytes_moved')
+# Kinds of `skipped_entries` (mount points are listed in `mount_points`).
+SKIP_KINDS = ('special_file', 'conflict', 'vanished')
 PLAN_KEYS = ('files', 'bytes', 'renames', 'copies', 'conflicts', 'already_done', 'skipped')
 
 
@@ -42,15 +44,20 @@ def unverifiable(path, reason):
     return {'path': display_path(path), 'reason': str(reason)}
 
 
+def skipped_entry(path, kind, reason):
+    return {'path': display_path(path), 'kind': kind, 'reason': str(reason)}
+
+
 def build(job_id, journal_path, hash_algorithm, stats, failures, elapsed, changed,
           complete, interrupted, errors=(), plan=None, mode='move', mount_points=(), readback_from_cache=(),
-          unverifiable=None, reasons=None):
+          unverifiable=None, reasons=None, skipped=()):
     """The module's result dict. `errors`: run-level errors (e.g. disk full).
     `mount_points`: those inside src left alone (mount_point() each).
     `readback_from_cache`: files whose read-back could not come from the
-    device (not_from_device() each). In verify mode: `unverifiable` (the
-    files that could not be checked, at most max_failures_reported) and
-    `reasons` ({why: how many}, of all)."""
+    device (not_from_device() each). `skipped`: entries skipped by decision
+    (skipped_entry() each; a sample of each kind). In verify mode:
+    `unverifiable` (the files that could not be checked, at most
+    max_failures_reported) and `reasons` ({why: how many}, of all)."""
     result = {
         'changed': bool(changed),
         'job_id': job_id,
@@ -63,6 +70,8 @@ def build(job_id, journal_path, hash_algorithm, stats, failures, elapsed, change
         'failures': list(failures),
         'mount_points': list(mount_points),
         'readback_from_cache': list(readback_from_cache),
+        # not 'skipped': Ansible reads that key as 'the task was skipped'
+        'skipped_entries': list(skipped),
         'elapsed_seconds': round(elapsed, 3),
         'bytes_per_second': round(stats.get('bytes_moved', 0) / elapsed, 1) if elapsed > 0 else 0.0,
     }
@@ -89,7 +98,12 @@ def build(job_id, journal_path, hash_algorithm, stats, failures, elapsed, change
 
 def summary(result):
     text = _summary(result)
-    mounts = result['stats'].get('mounts_skipped')
+    stats = result['stats']
+    if stats.get('special_skipped'):
+        text += '; %d special file(s) left at the source (see skipped_entries)' % stats['special_skipped']
+    if stats.get('conflicts_skipped'):
+        text += '; %d conflict(s) skipped, left at the source (see skipped_entries)' % stats['conflicts_skipped']
+    mounts = stats.get('mounts_skipped')
     if mounts:
         text += '; %d mount point(s) inside src left alone (see mount_points)' % mounts
     return text

@@ -31,7 +31,7 @@ import stat
 import time
 
 from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError, os_error
-from ansible_collections.durable.mover.plugins.module_utils import _faults
+from ansible_collections.durable.mover.plugins.module_utils import _copy, _faults
 
 # Listings are sorted in chunks of this many entries: deterministic for the
 # crash suite, bounded memory for directories with millions of entries.
@@ -279,6 +279,14 @@ def walk(tree, excluded, boundary=None):
     tree.clear()
 
 
+def data_of(kind, dir_fd, name, st):
+    """What a file with holes counts (_copy.data_size), for the journal; None
+    for any other entry (it counts its size)."""
+    if kind != 'file' or not _copy.is_sparse(st):
+        return None
+    return _copy.data_size_at(dir_fd, name, st)
+
+
 def entry_state(kind, st, special_files):
     """The initial journal state of a scanned entry and, if skipped, why."""
     if kind == 'special':
@@ -358,7 +366,8 @@ def scan(journal, tree, excluded, special_files, moves_source, should_stop=None,
             raise os_error(exc, 'cannot stat source', tree.full(single))
         kind = kind_of(st)
         state, error = entry_state(kind, st, special_files)
-        journal.add_files([(single, kind, st, state, error)], moves_source)
+        journal.add_files([(single, kind, st, state, error, data_of(kind, tree.root_fd, single, st))],
+                          moves_source)
         journal.set_meta(scan_complete=1)
         journal.commit()
         return True
@@ -389,7 +398,8 @@ def scan(journal, tree, excluded, special_files, moves_source, should_stop=None,
                         found.dirs.append((rel, st))
                     else:
                         state, error = entry_state(kind, st, special_files)
-                        found.files.append((rel, kind, st, state, error))
+                        found.files.append((rel, kind, st, state, error,
+                                            data_of(kind, tree.get(reldir), name, st)))
                     if len(found.files) + len(found.dirs) >= 1000:
                         found.write()
             except MoverError as exc:

@@ -25,7 +25,7 @@ import threading
 from ansible_collections.durable.mover.plugins.module_utils import _copy, _durable, _faults, _hashing
 from ansible_collections.durable.mover.plugins.module_utils import _metadata
 from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError, os_error
-from ansible_collections.durable.mover.plugins.module_utils._scan import special_name
+from ansible_collections.durable.mover.plugins.module_utils._scan import entry_state, special_name
 
 O_NOATIME = getattr(os, 'O_NOATIME', 0)
 O_PATH = getattr(os, 'O_PATH', 0)     # Linux: an fd that names an inode without opening it
@@ -395,7 +395,7 @@ class Transfer:
                     'source changed type since it was scanned (%s)' % special_name(st.st_mode)
                     if kind == 'special' else 'source changed type since it was scanned', path))
             if kind == 'special' and (self.special_files == 'skip' or stat.S_ISSOCK(st.st_mode)):
-                return Outcome(row, SKIPPED, error='%s skipped (special_files=skip)' % special_name(st.st_mode))
+                return Outcome(row, SKIPPED, error=entry_state(kind, st, self.special_files)[1])
             dst_dir = self.dst.get(dreldir)
             if st.st_dev == self.same_device:
                 outcome = self._rename(row, st, src_dir, name, dst_dir, dname, path)
@@ -453,6 +453,9 @@ class Transfer:
                                    src_ident=ident(st))
             if self.on_conflict != 'overwrite':
                 return self._conflict(row, path, 'the destination exists with different content')
+        # what the file counts (its data: holes are not bytes moved), read before it is renamed
+        counted = _copy.data_size_at(src_dir, name, st) if row.kind == 'file' else 0
+        counted = st.st_size if counted is None else counted
         try:
             _durable.rename_into_place(src_dir, name, dst_dir, dname, self._dfull(dname),
                                        replace=self._may_replace(row))
@@ -465,8 +468,7 @@ class Transfer:
         _faults.point('after_rename')
         # a link's target is recorded as found at its new name (what was moved)
         digest = link_digest(os.readlink(dname, dir_fd=dst_dir)) if row.kind == 'symlink' else None
-        return Outcome(row, MOVED, method='rename', digest=digest, nbytes=st.st_size if row.kind == 'file' else 0,
-                       src_ident=ident(st))
+        return Outcome(row, MOVED, method='rename', digest=digest, nbytes=counted, src_ident=ident(st))
 
     # -- across filesystems ------------------------------------------------------
 
@@ -532,6 +534,7 @@ class Transfer:
                 raise
             if sparse and os.fstat(part_fd).st_size != st.st_size:
                 os.ftruncate(part_fd, st.st_size)     # a trailing hole
+            copied = _copy.data_size(fd, st, resume_at)     # the bytes written: holes are not
             _faults.point('after_part_write')
             xattrs = _metadata.read_xattrs(fd=fd) if 'xattrs' in self.preserve else None
             self._apply(st, self.preserve, fd=part_fd, xattrs=xattrs, path_for_errors=self._dfull(dname))
@@ -541,7 +544,7 @@ class Transfer:
                           replace)
                 part = None
                 return Outcome(row, STAGED, method='copy', digest=_hashing.digest(self.algorithm, hasher),
-                               nbytes=st.st_size - resume_at, src_ident=src_ident, staged=staged)
+                               nbytes=copied, src_ident=src_ident, staged=staged)
             _durable.sync_data(part_fd, self._dfull(part))
             _faults.point('after_part_sync')
             digest = _hashing.digest(self.algorithm, hasher)
@@ -559,8 +562,7 @@ class Transfer:
             _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname), replace=replace)
             part = None
             _faults.point('after_rename')
-            return Outcome(row, MOVED, method='copy', digest=digest, nbytes=st.st_size - resume_at,
-                           src_ident=src_ident)
+            return Outcome(row, MOVED, method='copy', digest=digest, nbytes=copied, src_ident=src_ident)
         except MoverError as exc:
             if isinstance(exc, _copy.SourceChanged):
                 return Outcome(row, RETRY, error=exc)

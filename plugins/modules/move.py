@@ -26,6 +26,12 @@ description:
     RV(stats.mounts_skipped), and never keeps the job from completing. See O(cross_filesystems).
   - Progress is kept in a journal under O(state_dir), so a rerun after an interruption resumes (a large file
     from its last checkpoint) and a rerun after success changes nothing.
+  - "A rerun with other options that decide what the job takes (O(special_files), O(on_conflict), O(exclude),
+    O(cross_filesystems)) applies them to what earlier runs decided: every entry they skipped, and every entry
+    that failed (quarantined too), is decided again; entries the earlier listing queued that the new options leave
+    out (below an excluded name, inside a mount point no longer entered) are forgotten and stay at the source;
+    the source is listed again from its root, so entries the new options bring in are found. What was already
+    moved stays moved. The options are recorded in the journal; the same options again change nothing."
   - A file that fails (verification mismatch, I/O error, changed while copied) keeps its source, is recorded
     with its reason and attempt count, and is quarantined after O(max_attempts) attempts. The task fails when
     any file failed, and still returns the whole result.
@@ -340,6 +346,9 @@ stats:
     special_skipped:
       description: Special files (FIFOs, devices, sockets) left at the source.
       type: int
+    conflicts_skipped:
+      description: Entries left at the source because the destination held other content (O(on_conflict=skip)).
+      type: int
     mounts_skipped:
       description: Mount points inside O(src) left alone (not entered), as listed in RV(mount_points).
       type: int
@@ -352,10 +361,14 @@ stats:
           could not have the source's owner and group (see O(preserve)). Each is logged in O(audit_log).
       type: int
     bytes_total:
-      description: Bytes of all regular files of the job.
+      description: >-
+        Bytes of all regular files of the job, as a move carries them: a file's data (the holes of a sparse file are
+        not bytes) and a file with several names once.
       type: int
     bytes_moved:
-      description: Bytes moved by this run.
+      description: >-
+        Bytes moved by this run, counted the same way (a large copy resumed from a checkpoint counts what this run
+        wrote; a further name of a hard-linked file counts nothing).
       type: int
     resumed:
       description: True when this run continued an interrupted one.
@@ -375,7 +388,10 @@ failures:
   elements: dict
   contains:
     path:
-      description: The source path (non-UTF-8 bytes shown as backslash escapes).
+      description:
+        - The source path, as one line of text. A byte that is not UTF-8 and a control character (newline, tab,
+          escape, DEL, C1) are written C(\xNN), here, in RV(failures.error) and every other message, in the audit log,
+          in M(durable.mover.move_info) and in the reports, so that a name reads the same everywhere.
       type: str
     error:
       description: Why it failed.
@@ -396,10 +412,30 @@ readback_from_cache:
   elements: dict
   contains:
     path:
-      description: The file at the destination (non-UTF-8 bytes shown as backslash escapes).
+      description: The file at the destination (see RV(failures.path) for how names are written).
       type: str
     reason:
       description: Why its read-back could not reach the device.
+      type: str
+skipped_entries:
+  description:
+    - Entries skipped by decision, with why, at most O(max_failures_reported) of each kind; RV(stats.special_skipped),
+      RV(stats.conflicts_skipped) and RV(stats.files_skipped) count them all. Mount points are in RV(mount_points).
+    - Not named C(skipped), which Ansible reads as "the task was skipped".
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: The source path (see RV(failures.path) for how names are written).
+      type: str
+    kind:
+      description: >-
+        V(special_file) (a FIFO, socket or device node: left at the source), V(conflict) (O(on_conflict=skip): left at
+        the source) or V(vanished) (deleted at the source by someone else before it was moved).
+      type: str
+    reason:
+      description: Why it was skipped.
       type: str
 mount_points:
   description:
@@ -410,7 +446,7 @@ mount_points:
   elements: dict
   contains:
     path:
-      description: The mount point (non-UTF-8 bytes shown as backslash escapes).
+      description: The mount point (see RV(failures.path) for how names are written).
       type: str
     reason:
       description: Why it is a mount point, and what was done.
@@ -442,7 +478,7 @@ plan:
       description: Entries that would be moved.
       type: int
     bytes:
-      description: Bytes that would be moved.
+      description: Bytes that would be moved, counted as RV(stats.bytes_total) counts them.
       type: int
     renames:
       description: Entries that would be renamed (same filesystem).

@@ -134,10 +134,12 @@ progress:
       description: Directories below the source root.
       type: int
     bytes_total:
-      description: Bytes of all files.
+      description: >-
+        Bytes of all files, as a move carries them: a file's data (a sparse file's holes are not bytes), and a file
+        with several names once.
       type: int
     bytes_done:
-      description: Bytes of files done or skipped.
+      description: Bytes of files done or skipped, counted the same way.
       type: int
     percent_files:
       description: Share of entries done.
@@ -155,8 +157,19 @@ progress:
       description: Time since the current (or last) run started, or its duration.
       type: float
     eta_seconds:
-      description: Estimated seconds left, while running and once a rate is known; null otherwise.
+      description:
+        - Estimated seconds left, while running, once the source is fully listed and a rate is known; null otherwise.
+        - The longer of the files left at RV(progress.files_per_second) and the bytes left at
+          RV(progress.bytes_per_second) (many small files are paced by the files, large ones by the bytes).
       type: float
+    eta_lower_bound_seconds:
+      description:
+        - While the source is still being listed, the same estimate for what is listed so far; the least time left,
+          since the listing may find more. Null once it is listed.
+      type: float
+    eta_basis:
+      description: V(files) or V(bytes), whichever rate the estimate came from; null without one.
+      type: str
 failures:
   description: Failed entries (path, error, attempts, quarantined).
   returned: when RV(exists)

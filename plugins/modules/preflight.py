@@ -21,9 +21,16 @@ description:
   - The mount points inside O(src), which the move leaves alone unless O(cross_filesystems=true); O(dest) or
     O(state_dir) reachable inside O(src) through a mount is a problem.
   - The files and bytes still to move, from the job's check mode (the plan of M(durable.mover.move) in check
-    mode, which also reads the job's journal, so a resumed job counts only what is left), against the free
-    space and free inodes of the destination's filesystem. Not enough space is a problem, with both numbers
-    in the message.
+    mode, which also reads the job's journal, so a resumed job counts only what is left).
+  - What the move will allocate at the destination, against its free space and free inodes. Each file to copy
+    takes its data (its size less its holes, found with C(SEEK_DATA)/C(SEEK_HOLE) as the copy finds them) rounded
+    up to the destination's block size; a further name of a hard-linked file (with V(hardlinks) in O(preserve))
+    nothing; a symbolic link of 60 bytes or more a block. Every new inode takes 512 bytes on xfs (inodes are
+    allocated from free space), 1 KiB on btrfs (its metadata, written twice), nothing on ext2/3/4 (a fixed
+    inode table, whose free inodes are checked), 256 bytes elsewhere; every new directory a block, and more as
+    its names fill it. A move within one filesystem renames (no data, no inode). A margin of 5% (at least 1 MiB
+    when files are copied) is added. Not enough space or inodes is a problem, with both numbers and how the
+    estimate was made in the message; RV(findings.space.estimate) has each part.
   - When O(preserve) includes V(xattrs) and the source has extended attributes (the source root and its first
     entries are sampled), whether the destination's filesystem supports them.
   - The Python version on the host, and whether C(blake3) is importable or SHA-256 is the fallback.
@@ -115,8 +122,9 @@ options:
 notes:
   - Free space is what an unprivileged writer may use (C(f_bavail)); the estimate adds about 1 KiB per entry for
     the journal when O(state_dir) is on the destination's filesystem.
-  - A file's size is counted, not the blocks it will take, so a destination that is almost exactly full may still
-    fill up; the move then stops cleanly with C(No space left on device) and a rerun resumes.
+  - The estimate is an estimate. A filesystem that compresses or deduplicates may take less, and a destination
+    filled by someone else during the move may still fill up; the move then stops cleanly with
+    C(No space left on device) and a rerun resumes.
 seealso:
   - module: durable.mover.move
   - module: durable.mover.move_info
@@ -152,8 +160,9 @@ problems:
   returned: always
   type: list
   elements: str
-  sample: ["not enough free space at dest: 2.0 GiB (2147483648 bytes) still to move needs 2.0 GiB (2147491840 bytes),
-           /srv/new has 1.0 GiB (1073741824 bytes) free"]
+  sample: ["not enough free space at dest: about 49.5 MiB (51923558 bytes) needed, /srv/new has 29.1 MiB (30564352 bytes)
+           free (12000 file(s) holding 1.1 MiB of data take 46.9 MiB in 4.0 KiB blocks, inodes and directories 292.0 KiB,
+           a 5% margin 2.4 MiB)"]
 findings:
   description: What was measured, problem or not.
   returned: always
@@ -180,7 +189,8 @@ findings:
     dest:
       description: >-
         C(path), C(exists), C(nearest_existing) (the directory the other keys describe), C(writable), C(read_only),
-        C(free_bytes), C(free_inodes) (null when the filesystem has no inode limit), C(device).
+        C(free_bytes), C(free_inodes) (null when the filesystem has no inode limit), C(device), C(type) (the
+        filesystem's type from the mount table; null when unknown), C(block_size).
       type: dict
     state_dir:
       description: The job's state directory, with the same keys as RV(findings.dest).
@@ -203,10 +213,20 @@ findings:
       type: dict
     space:
       description: >-
-        C(same_filesystem), C(files_to_move), C(bytes_to_move), C(bytes_needed) (0 for renames, plus the journal
-        estimate when it shares the destination's filesystem), C(free_bytes), C(free_inodes), C(journal_bytes_estimate).
-        Missing when no plan could be made.
+        C(same_filesystem), C(files_to_move), C(bytes_to_move) (their data: holes excluded, a file with several names once),
+        C(bytes_needed) (what the destination will allocate, C(bytes) of RV(findings.space.estimate), plus the journal
+        estimate when it shares the destination's filesystem; 0 in V(verify) mode), C(free_bytes), C(inodes_needed),
+        C(free_inodes), C(journal_bytes_estimate), C(estimate). Missing when no plan could be made.
       type: dict
+      contains:
+        estimate:
+          description: >-
+            How C(bytes_needed) was counted (null in V(verify) mode): C(filesystem), C(block_size), C(files) (to copy),
+            C(hardlinks) (further names, linked), C(renames), C(dirs) (new directories below dest), C(data_bytes) (the
+            files' data, holes excluded), C(file_blocks_bytes) (that data in whole blocks), C(inodes) (new inodes, dest
+            and its missing parents included), C(inode_bytes), C(directory_bytes), C(margin_bytes), C(bytes) (the sum)
+            and C(method) (the same in words).
+          type: dict
 msg:
   description: The problems in one line, or what was found.
   returned: always

@@ -155,13 +155,31 @@ class TreeInfo:
     specials: int = 0
     dirs: int = 0           # below the root
     hardlinks: int = 0      # further names of a hard-link group
-    bytes: int = 0          # sum of the regular file names' sizes
+    bytes: int = 0          # the regular files' data (holes excluded), each file once whatever its names
     acls: bool = False
     paths: dict[str, bytes] = dataclasses.field(default_factory=dict)
 
     @property
     def entries(self) -> int:
         return self.files + self.symlinks + self.specials
+
+
+def data_bytes(path: bytes) -> int:
+    """The bytes of a regular file that hold data, holes excluded (SEEK_DATA/SEEK_HOLE)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        size, pos, total = os.fstat(fd).st_size, 0, 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:          # ENXIO: only a hole is left
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            total += end - start
+            pos = end
+        return total
+    finally:
+        os.close(fd)
 
 
 def _count(root: bytes) -> TreeInfo:
@@ -173,8 +191,9 @@ def _count(root: bytes) -> TreeInfo:
             st = os.lstat(os.path.join(dirpath, name))
             if stat.S_ISREG(st.st_mode):
                 info.files += 1
-                info.bytes += st.st_size
                 key = (st.st_dev, st.st_ino)
+                if key not in inodes:
+                    info.bytes += data_bytes(os.path.join(dirpath, name))
                 inodes[key] = inodes.get(key, 0) + 1
             elif stat.S_ISLNK(st.st_mode):
                 info.symlinks += 1

@@ -183,7 +183,8 @@ def printable_path(path: bytes) -> str:
 TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "bool": bool, "int": int, "float": float,
                                              "dict": dict, "list": list}
 # Documented as "if any" / "while running": null is their documented absence.
-NULLABLE = {"move_info": {"pid", "progress.eta_seconds"}, "move": set()}
+NULLABLE = {"move_info": {"pid", "progress.eta_seconds", "progress.eta_lower_bound_seconds", "progress.eta_basis"},
+            "move": set()}
 
 
 def return_doc(module: t.Any) -> dict[str, t.Any]:

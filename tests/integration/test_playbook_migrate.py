@@ -180,7 +180,7 @@ def test_async_move_prints_progress_until_it_ends(held_job: dict) -> None:
         assert int(match.group("total")) == 300
         assert 0 < int(match.group("done")) < 300          # the killed run's share
     assert re.search(r'files \d+/300 \([0-9.]+%\), bytes [0-9.]+ KiB/[0-9.]+ KiB \([0-9.]+%\), '
-                     r'[0-9.]+ (B|KiB|MiB)/s, ETA', proc.stdout), output(proc)
+                     r'[0-9.]+ (B|KiB|MiB)/s, [0-9.]+ files/s, ETA', proc.stdout), output(proc)
     assert "Collect the result of the move" in proc.stdout
     assert regular_files(held_job["dest"]) == held_job["files"]
     assert regular_files(held_job["src"]) == {}
@@ -256,10 +256,13 @@ def test_preflight_stops_the_jobs_that_cannot_run(tmp_path: Path, tmpfs, remount
     }
     proc = run_playbook(extra_vars=extra, tmp_dir=tmp_path)
     assert proc.returncode != 0, output(proc)
-    # Failed early, with both numbers, before anything moved.
-    problem = ("not enough free space at dest: 200.0 KiB (204801 bytes) still to move, "
-               "%s has 64.0 KiB (65536 bytes) free" % small)
-    assert problem in proc.stdout
+    # Failed early, with both numbers (what the destination would allocate: 200 KiB of data in
+    # 4 KiB blocks, and a margin) and how the first was counted, before anything moved.
+    found = re.search(r"not enough free space at dest: about [0-9.]+ MiB \(\d+ bytes\) needed, %s has 64\.0 KiB "
+                      r"\(65536 bytes\) free \(2 file\(s\) holding 200\.0 KiB of data take 204\.0 KiB in 4\.0 KiB "
+                      r"blocks, [^)]*\)" % re.escape(str(small)), proc.stdout)
+    assert found, output(proc)
+    problem = found.group(0)
     assert "dest is on a read-only filesystem: %s" % read_only in proc.stdout
     assert regular_files(tmp_path / "big") == big and regular_files(small) == {}
     assert regular_files(tmp_path / "ro") == good
@@ -276,7 +279,7 @@ def test_preflight_stops_the_jobs_that_cannot_run(tmp_path: Path, tmpfs, remount
     assert host["preflight"][0]["findings"]["space"]["free_bytes"] == 65536
     failures = [case.find("failure") for case in junit.findall("testsuite/testcase")]
     assert [f is not None for f in failures] == [True, True, False]
-    assert "204801 bytes" in summary and "65536 bytes" in summary
+    assert "needed, %s has 64.0 KiB (65536 bytes) free" % small in summary
 
 
 # --------------------------------------------------------------------------

@@ -14,7 +14,11 @@ test_playbook_migrate.py.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import stat
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -230,3 +234,79 @@ def test_reports_are_written_under_a_limit_that_leaves_out_localhost(paths: dict
     assert list(fleet["hosts"]) == ["mover1"]
     assert fleet["hosts"]["mover1"]["stats"]["files_moved"] == len(TREE)
     assert [suite.get("name") for suite in junit.findall("testsuite")] == ["mover1"]
+
+
+@pytest.mark.root
+@pytest.mark.loop
+def test_entries_left_at_the_source_are_reported_in_every_report(tmp_path: Path, tmpfs, loopfs) -> None:
+    """27 files moved, a FIFO, a socket and two device nodes skipped, a mount
+    point left alone: no report may call that host a plain ok (issue 12).
+    The destination is a btrfs (small files are kept inline in its metadata:
+    their read-back cannot come from the device) and the owner is not kept (a
+    set-uid file of nobody's loses its set-uid bit): both are said where an
+    operator looks."""
+    src = tmp_path / "src"
+    files = {"f%02d.txt" % index: b"file %d\n" % index for index in range(26)}
+    files["bin/tool"] = b"#!/bin/sh\n"
+    _make_tree(src, files)
+    os.chown(src / "bin" / "tool", 65534, 65534)
+    os.chmod(src / "bin" / "tool", 0o4755)
+    os.mkfifo(src / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(src / "socket"))
+    os.mknod(src / "dev-null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(src / "dev-loop", 0o600 | stat.S_IFBLK, os.makedev(7, 250))
+    inner = tmpfs("1m", at=src / "mnt")
+    (inner / "inside.txt").write_bytes(b"on another filesystem\n")
+    dest = loopfs("btrfs") / "dest"
+    paths = {"src": src, "dest": dest, "state": tmp_path / "state", "reports": tmp_path / "reports"}
+
+    proc = run_playbook(*migrate_args(paths), extra_vars={"migrate_preserve": ["mode", "times", "hardlinks"]},
+                        tmp_dir=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    assert regular_files(dest) == files
+    left = sorted(name for name in os.listdir(src))
+    assert left == ["dev-loop", "dev-null", "fifo", "mnt", "socket"]
+
+    fleet, junit, summary = load_reports(paths["reports"])
+    host = fleet["hosts"]["localhost"]
+    assert host["status"] == "ok"           # it did what it was told to
+    assert host["stats"]["files_moved"] == 27 and host["stats"]["files_total"] == 31
+    assert (host["stats"]["special_skipped"], host["stats"]["mounts_skipped"]) == (4, 1)
+    assert host["stats"]["setid_cleared"] == 1
+    assert host["stats"]["readback_from_cache"] == 27
+    # fleet.json: what was left at the source, by kind, with the paths.
+    groups = {group["kind"]: group for group in host["skipped_kinds"]}
+    assert set(groups) == {"special_file", "mount_point"}
+    assert groups["special_file"]["count"] == 4
+    assert sorted(groups["special_file"]["sample"]) == sorted(str(src / n) for n in ("dev-loop", "dev-null", "fifo", "socket"))
+    assert groups["mount_point"]["sample"] == [str(src / "mnt")]
+    assert host["left_at_source"] == 5
+    assert fleet["totals"]["hosts_with_skipped"] == 1
+    assert (fleet["totals"]["special_skipped"], fleet["totals"]["mounts_skipped"]) == (4, 1)
+    assert fleet["totals"]["setid_cleared"] == 1 and fleet["totals"]["readback_from_cache"] == 27
+    assert len(host["readback_from_cache"]) == 27
+    assert host["mount_points"][0]["path"] == str(src / "mnt")
+
+    # summary.md: never a plain ok, and the paths where someone looks before wiping the disk.
+    assert "| localhost | ok |" not in summary, summary
+    assert "| localhost | ok, 5 left at the source | 27 / 31 |" in summary, summary
+    assert "1 host(s): 1 ok (1 with entries left at the source), 0 failed, 0 unreachable." in summary
+    assert "## Left at the source" in summary
+    assert "4 special file(s)" in summary and "`%s`" % (src / "fifo") in summary
+    assert "1 mount point(s)" in summary and "`%s`" % (src / "mnt") in summary
+    assert "1 entry lost its set-id/sticky bits" in summary
+    assert "27 file(s) read back from the page cache" in summary
+
+    # junit.xml: a skipped testcase per kind, with the count and the paths.
+    suite = junit.find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("4", "0", "3"), ET.tostring(junit)
+    assert junit.get("skipped") == "3"
+    skipped = {case.get("name"): case.find("skipped") for case in suite.findall("testcase")
+               if case.find("skipped") is not None}
+    job = "%s -> %s" % (src, dest)
+    special = skipped["%s: special files left at the source" % job]
+    assert special.get("message") == "4 special file(s) left at the source (FIFOs, sockets, devices)"
+    assert str(src / "dev-null") in special.text and str(src / "socket") in special.text
+    assert str(src / "mnt") in skipped["%s: mount points left alone" % job].text
+    assert skipped["%s: read-back from the device" % job].get("message").startswith("27 file(s) read back")

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import pytest
 
-from core_helpers import LockHolder, rows_by_path
+from core_helpers import LockHolder, fake_stat, rows_by_path
 
 from ansible_collections.durable.mover.plugins.module_utils import _mover
 from ansible_collections.durable.mover.plugins.module_utils._errors import JournalError
 from ansible_collections.durable.mover.plugins.module_utils._info import job_info
-from ansible_collections.durable.mover.plugins.module_utils._journal import STATES
+from ansible_collections.durable.mover.plugins.module_utils._journal import STATES, Journal
+from ansible_collections.durable.mover.plugins.module_utils._report import progress_line
 
 SIZES = {"a": 10, "b": 2000, "sub/c": 30000, "sub/deep/d": 0, "e": 123}
 
@@ -165,3 +167,62 @@ def test_corrupt_journal_is_refused_untouched(tmp_path):
     with pytest.raises(JournalError, match="corrupt"):
         job_info({"job_id": "broken", "state_dir": str(tmp_path / "state")})
     assert (state / "journal.sqlite").read_bytes() == garbage
+
+
+# -- rate and time left (issue 12) -----------------------------------------------------------
+
+def running_job(tmp_path, done_sizes, pending_sizes, started_ago, scan_complete=True):
+    """The journal of a job whose current run started `started_ago` seconds ago
+    and has moved `done_sizes`, with `pending_sizes` still to move; real rows
+    written through the journal's own API. Returns move_info's params."""
+    state_root = tmp_path / "state"
+    job_path = state_root / "job"
+    job_path.mkdir(parents=True)
+    journal = Journal.open(str(job_path / "journal.sqlite"), {"job_id": "job", "src": "/s", "dest": "/d"})
+    sizes = list(done_sizes) + list(pending_sizes)
+    journal.add_files([("f%06d" % i, "file", fake_stat(i + 1, size=size), "pending", None)
+                       for i, size in enumerate(sizes)], moves_source=True)
+    ids = [row.id for row in journal.fetch_work(0, len(sizes))]
+    journal.mark_done(ids[:len(done_sizes)])
+    journal.set_meta(run=1, run_started="%.3f" % (time.time() - started_ago), run_start_files=0,
+                     run_start_bytes=0, scan_complete=1 if scan_complete else 0)
+    journal.commit()
+    journal.close()
+    return {"job_id": "job", "state_dir": str(state_root)}, job_path
+
+
+def test_no_time_left_is_promised_while_the_source_is_still_listed(tmp_path):
+    params, job_path = running_job(tmp_path, [1000] * 50, [1000] * 50, started_ago=10, scan_complete=False)
+    with LockHolder(job_path, "job"):
+        info = job_info(params)
+    progress = info["progress"]
+    assert info["running"] is True and info["scan_complete"] is False
+    assert progress["eta_seconds"] is None
+    # what is listed so far would take about 10 s more: the least it will take
+    assert 8 < progress["eta_lower_bound_seconds"] < 11
+    line = progress_line(info)
+    assert line.startswith("listing the source (totals so far)")
+    assert "ETA at least" in line and "lower bound until listed" in line, line
+
+
+def test_time_left_counts_files_as_well_as_bytes(tmp_path):
+    """10 files of 10 MiB moved in 10 s; 5,000 files of 100 bytes left: at one
+    file a second, not 0.05 s."""
+    params, job_path = running_job(tmp_path, [10 * 1024 * 1024] * 10, [100] * 5000, started_ago=10)
+    with LockHolder(job_path, "job"):
+        info = job_info(params)
+    progress = info["progress"]
+    assert 0.9 < progress["files_per_second"] <= 1.0
+    assert 4500 < progress["eta_seconds"] < 5600, progress
+    assert progress["eta_basis"] == "files"
+    line = progress_line(info)
+    assert "files/s" in line and "MiB/s" in line, line
+
+
+def test_time_left_counts_bytes_where_they_weigh_more(tmp_path):
+    params, job_path = running_job(tmp_path, [100] * 1000, [1024 ** 3] * 2, started_ago=10)
+    with LockHolder(job_path, "job"):
+        info = job_info(params)
+    progress = info["progress"]
+    assert progress["eta_basis"] == "bytes"
+    assert progress["eta_seconds"] > 1e5

@@ -52,8 +52,9 @@ def recomputed_counts(path):
     conn = open_ro(path)
     try:
         got = {s: (0, 0) for s in STATES}
-        for state, n, size in conn.execute("SELECT state, count(*), COALESCE(sum(size), 0) "
-                                           "FROM files GROUP BY state"):
+        # a row counts its data (its size unless it has holes), a further name of a hard-linked file nothing
+        for state, n, size in conn.execute("SELECT state, count(*), COALESCE(sum(CASE WHEN leader IS NULL "
+                                           "THEN coalesce(data, size) ELSE 0 END), 0) FROM files GROUP BY state"):
             got[state] = (n, size)
         return got
     finally:
@@ -231,14 +232,15 @@ def test_a_reader_sees_a_writer_that_started_after_it(jpath):
         reader.close()
 
 
-def test_a_reader_without_write_access_to_the_state_dir_still_reads(jpath, tmp_path, run_as_nobody):
+def test_a_reader_without_write_access_to_the_state_dir_still_reads(nobody_tmp_path, run_as_nobody):
     """A reader that cannot create the -shm beside the journal (another user)
     falls back to an immutable snapshot of a journal at rest."""
+    state = nobody_tmp_path / "state"  # root's, 0755: nobody reaches it but cannot write in it
+    state.mkdir(mode=0o755)
+    jpath = state / "journal.sqlite"
     j = Journal.open(str(jpath), IDENTITY)
     j.add_files([entry("a", 1)], moves_source=True)
     j.close()
-    os.chmod(tmp_path, 0o755)
-    os.chmod(tmp_path.parent, 0o755)
     os.chmod(jpath, 0o644)
     code = ("import sys; from ansible_collections.durable.mover.plugins.module_utils._journal import Journal; "
             "j = Journal.open(sys.argv[1], {'job_id': 'job-a'}, create=False, readonly=True); "
@@ -281,7 +283,7 @@ def test_counts_triggers_match_group_by_after_random_operations(journal, jpath):
     ids = [r.id for r in journal.fetch_work(0, 1000)]
     for step in range(600):
         file_id = rng.choice(ids)
-        op = rng.randrange(6)
+        op = rng.randrange(9)
         if op == 0:
             journal.update(file_id, state=rng.choice(STATES))
         elif op == 1:
@@ -296,8 +298,14 @@ def test_counts_triggers_match_group_by_after_random_operations(journal, jpath):
             journal.add_files([entry(paths[i], i + 1, size=rng.randrange(0, 10000),
                                      mtime_ns=rng.choice([(i + 1) * 1000, step]))],
                               moves_source=rng.random() < 0.5)
-        else:
+        elif op == 5:
             journal.checkpoint(file_id, rng.randrange(0, 10000), "ident")
+        elif op == 6:
+            journal.update(file_id, data=rng.choice([None, rng.randrange(0, 10000)]))
+        elif op == 7:
+            journal.update(file_id, leader=rng.choice([None, rng.choice(ids)]))
+        elif rng.random() < 0.1:
+            journal.forget([file_id])         # (an upsert of its path may bring it back)
         if step % 50 == 0:
             journal.commit()
             assert stored_counts(jpath) == recomputed_counts(jpath)
@@ -306,8 +314,49 @@ def test_counts_triggers_match_group_by_after_random_operations(journal, jpath):
     journal.begin_run(retry_failed=True, max_attempts=3)
     journal.commit()
     assert stored_counts(jpath) == recomputed_counts(jpath)
-    total = recomputed_counts(jpath)
-    assert sum(n for n, _b in total.values()) == len(paths)   # the failed dir entry was dropped
+    assert b"unreadable" not in rows_by_path(jpath)   # the failed dir entry was dropped
+
+
+def test_a_journal_of_an_earlier_version_is_upgraded_in_place(jpath):
+    """Journals made before the `data` column: opened for writing, they get it,
+    with the triggers that count a file with several names once, and their
+    totals counted again; a read-only open changes nothing."""
+    journal = Journal.open(str(jpath), IDENTITY)
+    journal.add_files([entry("a", 1, size=100, nlink=2), entry("b", 1, size=100, nlink=2),
+                       entry("c", 2, size=7)], moves_source=True)
+    journal.commit()
+    journal.close()
+    conn = sqlite3.connect(str(jpath), isolation_level=None)
+    conn.executescript("""
+        BEGIN;
+        DROP TRIGGER files_ins; DROP TRIGGER files_del; DROP TRIGGER files_upd;
+        DROP INDEX files_skipped;
+        ALTER TABLE files DROP COLUMN data;
+        CREATE TRIGGER files_ins AFTER INSERT ON files BEGIN
+            UPDATE counts SET files = files + 1, bytes = bytes + NEW.size WHERE state = NEW.state; END;
+        CREATE TRIGGER files_del AFTER DELETE ON files BEGIN
+            UPDATE counts SET files = files - 1, bytes = bytes - OLD.size WHERE state = OLD.state; END;
+        CREATE TRIGGER files_upd AFTER UPDATE OF state, size ON files BEGIN
+            UPDATE counts SET files = files - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
+            UPDATE counts SET files = files + 1, bytes = bytes + NEW.size WHERE state = NEW.state; END;
+        UPDATE counts SET bytes = (SELECT coalesce(sum(size), 0) FROM files WHERE state = counts.state);
+        COMMIT;
+    """)
+    conn.close()
+    assert stored_counts(jpath)["pending"] == (3, 207)          # as an earlier version counted
+
+    reader = Journal.open(str(jpath), IDENTITY, create=False, readonly=True)
+    assert reader.counts()["pending"] == (3, 207)
+    reader.close()
+    assert stored_counts(jpath)["pending"] == (3, 207)
+
+    journal = Journal.open(str(jpath), IDENTITY)
+    assert journal.counts()["pending"] == (3, 107)
+    journal.update(journal.get_by_path("c").id, data=3)
+    journal.commit()
+    journal.close()
+    assert stored_counts(jpath) == recomputed_counts(jpath)
+    assert stored_counts(jpath)["pending"] == (3, 103)
 
 
 # -- paths -------------------------------------------------------------------------------------

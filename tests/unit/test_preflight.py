@@ -58,14 +58,21 @@ def test_a_move_that_can_run(job):
     space = findings["space"]
     assert space["same_filesystem"] is True
     assert (space["files_to_move"], space["bytes_to_move"]) == (4, 24000)
-    # Renames need no room; the journal (on the same filesystem here) does.
-    assert space["bytes_needed"] == 4 * _preflight.JOURNAL_BYTES_PER_ENTRY
+    # Renames take no data and no inode; the two directories made (sub, and
+    # dest itself) and the journal (on the same filesystem here) take room.
+    estimate = space["estimate"]
+    assert (estimate["renames"], estimate["files"], estimate["file_blocks_bytes"]) == (4, 0, 0)
+    assert estimate["dirs"] == 1 and estimate["inodes"] == 2
+    assert estimate["directory_bytes"] == 2 * estimate["block_size"]
+    assert space["bytes_needed"] == estimate["bytes"] + 4 * _preflight.JOURNAL_BYTES_PER_ENTRY
+    assert space["inodes_needed"] == 2
     assert findings["python"]["supported"] is True
     assert findings["hash"]["algorithm"] == "sha256"
     assert findings["state_dir"]["writable"] is True
     assert findings["journal_exists"] is False
     assert findings["job_id"] == _mover.Job(_mover.Options.from_params(job)).job_id
-    assert summary(found).startswith("preflight ok: 4 file(s), 23.4 KiB (24000 bytes) still to move; same filesystem")
+    assert summary(found).startswith("preflight ok: 4 file(s), 23.4 KiB (24000 bytes) still to move; same filesystem "
+                                     "(renames); about ")
     json.dumps(found)      # the module returns it as is
 
 
@@ -131,7 +138,11 @@ def test_a_finished_single_file_job_is_no_problem(tmp_path):
 
 def test_copy_on_one_filesystem_needs_room_but_verify_does_not(job):
     copy = preflight(dict(job, mode="copy"))["findings"]["space"]
-    assert copy["bytes_needed"] == 24000 + 4 * _preflight.JOURNAL_BYTES_PER_ENTRY
+    block = copy["estimate"]["block_size"]
+    assert copy["estimate"]["data_bytes"] == 24000
+    assert copy["estimate"]["file_blocks_bytes"] == sum(-(-size // block) * block for size in (1000, 3000, 20000, 0))
+    assert copy["estimate"]["margin_bytes"] == _preflight.MARGIN_MIN
+    assert copy["bytes_needed"] == copy["estimate"]["bytes"] + 4 * _preflight.JOURNAL_BYTES_PER_ENTRY
     verify = preflight(dict(job, mode="verify"))
     assert verify["findings"]["space"]["bytes_needed"] == 0
     assert "removable" not in verify["findings"]["src"]
@@ -236,11 +247,16 @@ def test_not_enough_space_names_both_numbers(job, tmpfs):
     assert found["ok"] is False
     space = found["findings"]["space"]
     assert space["same_filesystem"] is False
-    assert space["bytes_needed"] == space["bytes_to_move"] == 24000 + 100 * KiB
+    assert space["bytes_to_move"] == 24000 + 100 * KiB
+    estimate = space["estimate"]
+    assert estimate["filesystem"] == "tmpfs" and estimate["data_bytes"] == space["bytes_to_move"]
+    assert space["bytes_needed"] == estimate["bytes"]
     assert space["free_bytes"] == 64 * KiB
     assert found["problems"] == [
-        "not enough free space at dest: 123.4 KiB (126400 bytes) still to move, "
-        "%s has 64.0 KiB (65536 bytes) free" % small]
+        "not enough free space at dest: about %s needed, %s has 64.0 KiB (65536 bytes) free (5 file(s) holding "
+        "123.4 KiB of data take 128.0 KiB in 4.0 KiB blocks, inodes and directories %s, a 5%% margin 1.0 MiB)"
+        % (_preflight.human_bytes(estimate["bytes"]), small,
+           _preflight.short_bytes(estimate["inode_bytes"] + estimate["directory_bytes"]))]
     assert summary(found).startswith("preflight found 1 problem(s): not enough free space")
 
 
@@ -250,7 +266,8 @@ def test_enough_space_on_another_filesystem(job, tmpfs):
     found = preflight(dict(job, dest=str(roomy / "dest")))
     assert found["ok"], found["problems"]
     assert found["findings"]["space"]["same_filesystem"] is False
-    assert found["findings"]["space"]["bytes_needed"] == 24000
+    assert found["findings"]["space"]["estimate"]["data_bytes"] == 24000
+    assert found["findings"]["space"]["bytes_needed"] == found["findings"]["space"]["estimate"]["bytes"]
 
 
 @pytest.mark.root

@@ -682,6 +682,108 @@ class TestFleetWithJobs:
 
 
 # ---------------------------------------------------------------------------
+# Entries left at the source, and what else to know before wiping it
+# ---------------------------------------------------------------------------
+
+def skipping_result(**overrides):
+    """A successful run that skipped entries of every kind, as the module reports it."""
+    return module_result(
+        stats={"files_total": 30, "files_moved": 20, "files_skipped": 7, "special_skipped": 3,
+               "conflicts_skipped": 2, "mounts_skipped": 1, "setid_cleared": 2, "readback_from_cache": 1},
+        skipped_entries=[
+            {"path": "/src/fifo", "kind": "special_file", "reason": "FIFO skipped (special_files=skip)"},
+            {"path": "/src/sock", "kind": "special_file", "reason": "socket skipped"},
+            {"path": "/src/a.txt", "kind": "conflict", "reason": "conflict skipped (on_conflict=skip): ..."},
+            {"path": "/src/gone", "kind": "vanished", "reason": "source vanished before it was moved"},
+        ],
+        mount_points=[{"path": "/src/mnt", "reason": "mount point left at the source"}],
+        readback_from_cache=[{"path": "/dest/tiny", "reason": "inline"}],
+        **overrides)
+
+
+class TestLeftAtTheSource:
+    def test_groups_by_kind_with_counts_from_stats(self):
+        host = fleet_report({"h": skipping_result()})["hosts"]["h"]
+        groups = {group["kind"]: group for group in host["skipped_kinds"]}
+        # The module's lists are capped: the counts are its counters.
+        assert {kind: group["count"] for kind, group in groups.items()} == {
+            "special_file": 3, "conflict": 2, "mount_point": 1, "vanished": 2}
+        assert groups["special_file"]["sample"] == ["/src/fifo", "/src/sock"]
+        assert groups["mount_point"]["sample"] == ["/src/mnt"]
+        assert host["left_at_source"] == 6       # vanished entries are not at the source
+        assert host["status"] == "ok"
+        assert report.status_text(host) == "ok, 6 left at the source"
+        assert "2 entries lost their set-id/sticky bits (the owner was not kept)" in host["notes"]
+        assert any(note.startswith("1 file(s) read back from the page cache") for note in host["notes"])
+
+    def test_a_host_that_only_lost_vanished_entries_is_not_a_plain_ok_either(self):
+        result = module_result(stats={"files_skipped": 1},
+                               skipped_entries=[{"path": "/src/x", "kind": "vanished", "reason": "gone"}])
+        host = fleet_report({"h": result})["hosts"]["h"]
+        assert host["left_at_source"] == 0
+        assert report.status_text(host) == "ok, 1 skipped"
+
+    def test_totals_and_json(self):
+        fleet = fleet_report({"a": skipping_result(), "b": module_result()})
+        totals = fleet["totals"]
+        assert totals["hosts_with_skipped"] == 1
+        assert (totals["special_skipped"], totals["conflicts_skipped"], totals["mounts_skipped"]) == (3, 2, 1)
+        assert (totals["setid_cleared"], totals["readback_from_cache"]) == (2, 1)
+        assert json.loads(json.dumps(fleet)) == fleet
+
+    def test_jobs_of_a_host_add_up(self):
+        one = dict(skipping_result(), name="one", src="/s1", dest="/d1")
+        two = dict(skipping_result(), name="two", src="/s2", dest="/d2")
+        host = fleet_report({"h": {"jobs": [one, two]}})["hosts"]["h"]
+        groups = {group["kind"]: group for group in host["skipped_kinds"]}
+        assert groups["special_file"]["count"] == 6 and len(groups["special_file"]["sample"]) == 4
+        markdown = summary_markdown(fleet_report({"h": {"jobs": [one, two]}}))
+        assert "| h | one | ok, 6 left at the source |" in markdown
+
+    def test_junit_has_a_skipped_testcase_per_kind(self):
+        root = parse(junit_xml(fleet_report({"h": skipping_result(), "plain": module_result()})))
+        suites = suites_by_name(root)
+        suite = suites["h"]
+        skipped = {case.get("name"): case.find("skipped") for case in suite.findall("testcase")
+                   if case.find("skipped") is not None}
+        assert set(skipped) == {"move job-1: special files left at the source",
+                                "move job-1: conflicts left at the source",
+                                "move job-1: mount points left alone",
+                                "move job-1: entries gone before they were moved",
+                                "move job-1: read-back from the device"}
+        assert skipped["move job-1: special files left at the source"].get("message") == \
+            "3 special file(s) left at the source (FIFOs, sockets, devices)"
+        assert "/src/fifo\n/src/sock" in skipped["move job-1: special files left at the source"].text
+        assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("6", "0", "5")
+        assert suites["plain"].get("skipped") == "0"
+        assert root.get("skipped") == str(len(root.findall("testsuite/testcase/skipped"))) == "5"
+        # The job's own testcase says it too.
+        assert "2 entries lost their set-id/sticky bits" in suite.find("testcase/system-out").text
+
+    def test_summary_lists_what_was_left_and_the_notes(self):
+        markdown = summary_markdown(fleet_report({"h": skipping_result(), "plain": module_result()}))
+        assert "2 host(s): 2 ok (1 with entries left at the source), 0 failed, 0 unreachable." in markdown
+        assert "| h | ok, 6 left at the source | 20 / 30 |" in markdown
+        assert "| plain | ok | 8 / 10 |" in markdown
+        left = markdown.split("## Left at the source")[1].split("## Notes")[0]
+        assert "- `h`: 3 special file(s) left at the source (FIFOs, sockets, devices): `/src/fifo`, `/src/sock`, " \
+               "and 1 more" in left
+        assert "- `h`: 1 mount point(s) inside the source left alone (not entered, not removed): `/src/mnt`" in left
+        assert "2 conflict(s) skipped (on_conflict=skip), left at the source: `/src/a.txt`, and 1 more" in left
+        notes = markdown.split("## Notes")[1]
+        assert "2 entr(ies) vanished from the source" in notes
+        assert "2 entries lost their set-id/sticky bits" in notes
+        assert "`/dest/tiny`" in notes
+
+    def test_a_plain_ok_host_has_none_of_it(self):
+        fleet = fleet_report({"h": module_result()})
+        assert fleet["hosts"]["h"]["skipped_kinds"] == [] and fleet["hosts"]["h"]["notes"] == []
+        markdown = summary_markdown(fleet)
+        assert "## Left at the source" not in markdown and "## Notes" not in markdown
+        assert "1 host(s): 1 ok, 0 failed, 0 unreachable." in markdown
+
+
+# ---------------------------------------------------------------------------
 # Progress lines
 # ---------------------------------------------------------------------------
 
