@@ -43,13 +43,21 @@ One sweep
    (``lose`` and ``subset``: the completed move must survive it,
    :func:`final_problems`) and at one flush inside it (:func:`invariant`).
 
-Sampling (CI): a seeded sample of the states (``Plan``): the seed is
-``BLOCKSWEEP_SEED`` (default 11) combined with the sweep's name, so a sweep
-checks the same states every run until the seed or the mover changes.
-``BLOCKSWEEP_FULL=1`` (``make crash-full``) checks and recovers every state
-(the subsets: one seed per flush). ``BLOCKSWEEP_STATES=3,17`` replays only
-those state indices of the sweep's list (to reproduce a violation).
+Sampling (CI): a seeded sample of the states (:func:`sample`): the seed is
+``BLOCKSWEEP_SEED`` (default 11) combined with the sweep's name; the end
+states always, the rest drawn from the whole run, a few of them recovered
+(spread over the run). ``BLOCKSWEEP_FULL=1`` (``make crash-full``) checks
+and recovers every state (the subsets: one seed per flush).
 ``BLOCKSWEEP_REPORT=FILE`` appends one JSON line per sweep (the numbers).
+
+Reproducing: two runs of the mover are never quite the same log (the
+kernel's writeback and journal timers), so a state is named by its log: a
+failing sweep prints the log's path, its seed and the state's index, and
+``python blocksweep.py image LOG --seed S --state N OUTDIR`` writes that
+state's disk images again (mount them, e.g. with ``mount -o loop``; to run
+the mover on them, mount them at the run's paths, ``<base>/run/<disk>``: the
+journal knows the job by its paths). ``BLOCKSWEEP_STATES=3,17`` limits a
+sweep to these indices of its own (new) list, to explore.
 
 The invariant (the one of ``helpers_recovery.check_invariant``, widened for
 destinations that held something before the run):
@@ -105,6 +113,7 @@ from helpers_recovery import (  # noqa: E402
 RUNNER = Path(__file__).resolve().parents[1] / 'tools' / 'mover_variant.py'
 BLKFLSBUF = 0x1261
 LOAD_RUN_BLOCKS = 256           # one write of the loader: at most 1 MiB
+FSCK_EVERY = 8                  # every 8th state checked (and each lose cut after a recovery) is fsck'd
 TIMEOUT = int(os.environ.get("BLOCKSWEEP_RUN_TIMEOUT", "180"))
 
 
@@ -485,6 +494,7 @@ class Report:
     recovered: int = 0
     cuts_after_recovery: int = 0
     cuts_during_recovery: int = 0
+    fscked: int = 0             # states whose filesystems were checked (fsck -n and the like)
     by_mode: dict[str, int] = dataclasses.field(default_factory=dict)
     violations: list[Outcome] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
@@ -497,15 +507,18 @@ class Report:
 
     def summary(self) -> str:
         return ('%s: %d flushes in the run (%s); %d of %d states checked (%s), %d recovered and cut again (%d cuts '
-                'after, %d during recovery); %d violating states; %.1f s; seed %d'
+                'after, %d during recovery), %d fsck\'d; %d violating states; %.1f s; seed %d'
                 % (self.name, self.flushes, ', '.join('%s %d' % kv for kv in sorted(self.traced.items())),
                    self.checked, self.states_total,
                    ', '.join('%s %d' % kv for kv in sorted(self.by_mode.items())), self.recovered,
-                   self.cuts_after_recovery, self.cuts_during_recovery, self.violating_states(), self.seconds,
+                   self.cuts_after_recovery, self.cuts_during_recovery, self.fscked, self.violating_states(),
+                   self.seconds,
                    self.seed))
 
     def details(self, limit: int = 8) -> str:
-        lines = [self.summary(), 'log: %s' % self.log_path]
+        lines = [self.summary(), 'log: %s' % self.log_path,
+                 'a state as disk images: python tests/crash/blocksweep.py image %s --seed %d --state INDEX OUTDIR'
+                 % (self.log_path, self.seed)]
         for v in self.violations[:limit]:
             lines.append('  state #%d %s, %s:' % (v.index, v.cut.describe(), v.phase))
             lines.extend('    ' + p for p in v.problems[:6])
@@ -515,6 +528,7 @@ class Report:
         return {'name': self.name, 'seed': self.seed, 'flushes': self.flushes, 'records': self.records,
                 'states_total': self.states_total, 'checked': self.checked, 'recovered': self.recovered,
                 'cuts_after_recovery': self.cuts_after_recovery, 'cuts_during_recovery': self.cuts_during_recovery,
+                'fscked': self.fscked,
                 'by_mode': self.by_mode, 'violating_states': self.violating_states(),
                 'seconds': round(self.seconds, 1), 'log': self.log_path, 'traced': self.traced,
                 'violations': [[v.index, v.cut.describe(), v.phase, v.problems[:3]] for v in self.violations[:20]]}
@@ -549,7 +563,7 @@ def sample(cuts: list[Cut], check: int, recover: int, seed: int) -> tuple[list[i
         chosen = sorted({int(i) for i in chosen_only.split(',') if i.strip()})
         return chosen, set(chosen)
     if full_mode():
-        return list(range(total)), set(range(total))
+        return list(range(total)), set(range(total)) if recover > 0 else set()
     rng = random.Random(seed)
     ends = {total - 2, total - 1}
     rest = [i for i in range(total) if i not in ends]
@@ -574,6 +588,7 @@ class Bench:
         self.layout = Layout('blocksweep', self.run_dir / config.src, self.run_dir / config.dest,
                              self.run_dir / config.state)
         self.mounted: list[Path] = []
+        self.state_loops: dict[str, blockdev.LoopDevice] = {}
         self.tail = LogTail(rig.dev)
         for disk in rig.filesystems:
             rig.unmount(disk)
@@ -599,25 +614,40 @@ class Bench:
             blockdev.umount(self.mounted.pop())
 
     @contextmanager
-    def state_mounted(self, state: dict[str, dict[int, bytes]]) -> t.Iterator[None]:
+    def state_mounted(self, state: dict[str, dict[int, bytes]],
+                      fsck: t.Optional[list[str]] = None) -> t.Iterator[None]:
         """Crash state `state` written to images and mounted at the run's paths
-        (the live disks must be unmounted)."""
+        (the live disks must be unmounted). With `fsck` (a list), each
+        filesystem is checked read-only once unmounted (its journal or log
+        replayed by the mount) and what the checker reports is appended."""
         assert not self.mounted, 'the live disks are mounted'
         images = blockdev.write_images(state, self.tail.disks, self.rig.state_dir)
-        loops = []
         try:
-            for disk in [d for d, _p in self.mounts]:
-                loops.append(blockdev.LoopDevice(images[disk], self.rig.loop_direct_io))
-            self.mount_devices({disk: loop.path for disk, loop in zip([d for d, _p in self.mounts], loops)})
+            self.mount_devices({disk: self._state_loop(disk, images[disk]) for disk, _path in self.mounts})
             yield
+            self.unmount()
+            if fsck is not None:
+                for disk, _path in self.mounts:
+                    fsck.extend(check_filesystem(self.rig.fstypes[disk], images[disk]))
         finally:
-            try:
-                self.unmount()
-            finally:
-                for loop in reversed(loops):
-                    loop.detach()
-                for image in images.values():
-                    image.unlink()
+            self.unmount()
+
+    def _state_loop(self, disk: str, image: Path) -> str:
+        """The loop device of `disk`'s state image: attached once, and for each
+        state the image is rewritten in place (same path, same size) and the
+        device's cache dropped (BLKFLSBUF), so what is mounted is the new state."""
+        loop = self.state_loops.get(disk)
+        if loop is None:
+            loop = self.state_loops[disk] = blockdev.LoopDevice(image, self.rig.loop_direct_io)
+        else:
+            fcntl.ioctl(loop.fd, BLKFLSBUF)
+        return loop.path
+
+    def close(self) -> None:
+        """Unmount, and detach the state images' loop devices."""
+        self.unmount()
+        while self.state_loops:
+            self.state_loops.popitem()[1].detach()
 
     def sync(self) -> None:
         """syncfs of every mounted disk: the setup is durable (not a step under test)."""
@@ -678,10 +708,9 @@ class Bench:
         if trace is not None:
             prefix = [shutil.which('strace') or 'strace', '-f', '-qq', '-y', '--seccomp-bpf',
                       '-e', 'trace=syncfs,fdatasync,fsync', '-o', str(trace)]
+        argv = prefix + [sys.executable, str(RUNNER), variant or self.config.variant, json.dumps(self.params(**extra))]
         # pylint: disable-next=consider-using-with
-        proc = subprocess.Popen(prefix + [sys.executable, str(RUNNER), variant or self.config.variant,
-                                 json.dumps(self.params(**extra))], env=cli_env(extra={'PYTHONFAULTHANDLER': '1'}),
-                                stdout=subprocess.PIPE,
+        proc = subprocess.Popen(argv, env=cli_env(extra={'PYTHONFAULTHANDLER': '1'}), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -694,6 +723,25 @@ class Bench:
         finally:
             kill_group(proc.pid)        # workers left behind by a parent that died
         return CliRun(proc.returncode, out, err, time.monotonic() - started)
+
+
+FSCK = {
+    'ext4': ['e2fsck', '-f', '-n'],
+    'xfs': ['xfs_repair', '-n', '-f'],
+    'btrfs': ['btrfs', 'check', '--readonly'],
+}
+
+
+def check_filesystem(fstype: str, image: Path) -> list[str]:
+    """The filesystem checker's complaints about an unmounted image (read-only)."""
+    cmd = FSCK[fstype]
+    if shutil.which(cmd[0]) is None:
+        return []
+    proc = subprocess.run(cmd + [str(image)], capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode == 0:
+        return []
+    return ['%s %s: exit %d: %s' % (fstype, image.name, proc.returncode,
+                                    ' | '.join((proc.stdout + proc.stderr).strip().splitlines()[-6:]))]
 
 
 def flushes_traced(trace: Path) -> dict[str, int]:
@@ -737,20 +785,25 @@ def _group_members(pgid: int) -> list[int]:
 
 
 def describe_group(pgid: int) -> str:
-    """State, wait channel and kernel stack of every process of a group."""
+    """State, wait channel and kernel stack of every thread of every process of a group."""
     lines = []
     for pid in _group_members(pgid):
-        info = []
-        for name in ('status', 'wchan', 'stack'):
-            try:
-                with open('/proc/%d/%s' % (pid, name), encoding='utf-8', errors='replace') as handle:
-                    text = handle.read()
-            except OSError as exc:
-                text = str(exc)
-            if name == 'status':
-                text = ' '.join(line for line in text.splitlines() if line.startswith(('State', 'PPid')))
-            info.append(text.strip())
-        lines.append('pid %d: %s' % (pid, '\n    '.join(info)))
+        try:
+            tids = sorted(int(tid) for tid in os.listdir('/proc/%d/task' % pid))
+        except OSError:
+            tids = [pid]
+        for tid in tids:
+            info = []
+            for name in ('status', 'wchan', 'stack'):
+                try:
+                    with open('/proc/%d/task/%d/%s' % (pid, tid, name), encoding='utf-8', errors='replace') as handle:
+                        text = handle.read()
+                except OSError as exc:
+                    text = str(exc)
+                if name == 'status':
+                    text = ' '.join(line for line in text.splitlines() if line.startswith(('State', 'PPid')))
+                info.append(text.strip())
+            lines.append('pid %d%s: %s' % (pid, '' if tid == pid else ' thread %d' % tid, '\n    '.join(info)))
     members = {str(pid) for pid in _group_members(pgid)}
     try:
         with open('/proc/locks', encoding='utf-8') as handle:
@@ -783,7 +836,7 @@ def bench_of(rig_factory: t.Callable[..., blockdev.Rig], config: Config) -> t.It
         yield bench
     finally:
         rig.dev.heal()
-        bench.unmount()
+        bench.close()
 
 
 def sweep(rig_factory: t.Callable[..., blockdev.Rig], config: Config, expect: Expect,
@@ -851,9 +904,13 @@ def _sweep_states(bench: Bench, expect: Expect, report: Report, seed: int) -> No
         run_complete = report.run is not None and report.run.returncode == 0 and \
             report.run.stdout.strip() and report.run.result.get('complete') is True
         if index not in recovered:
-            with bench.state_mounted(state):
+            fsck: t.Optional[list[str]] = [] if report.checked % FSCK_EVERY == 0 else None
+            with bench.state_mounted(state, fsck):
                 problems = final_problems(expect, bench.layout) if is_end and run_complete \
                     else invariant(expect, bench.layout)
+            if fsck is not None:
+                report.fscked += 1
+                problems += fsck
             if problems:
                 report.violations.append(Outcome(index, cut, 'state', problems))
             continue
@@ -894,8 +951,12 @@ def _recover(bench: Bench, expect: Expect, report: Report, index: int, cut: Cut,
     cuts.append((Cut(done, 'subset', seed=rng.randrange(1 << 30), label='after recovery'), True))
     cutter = Cutter(records, list(bench.tail.disks), base=state)
     for again, after in cuts:
-        with bench.state_mounted(cutter.state(again)):
+        fsck: t.Optional[list[str]] = [] if again.mode == 'lose' else None
+        with bench.state_mounted(cutter.state(again), fsck):
             problems = final_problems(expect, bench.layout) if after else invariant(expect, bench.layout)
+        if fsck is not None:
+            report.fscked += 1
+            problems += fsck
         if after:
             report.cuts_after_recovery += 1
         else:
@@ -939,3 +1000,48 @@ def cp_without_sync(src: Path, dest: Path, rels: t.Iterable[str]) -> dict[str, b
 
 def which(tool: str) -> t.Optional[str]:
     return shutil.which(tool)
+
+
+# ==========================================================================
+# Reproducing a state from a kept log
+# ==========================================================================
+
+def states_of_log(path: os.PathLike | str, seed: int) -> tuple[blockdev.Log, list[Cut]]:
+    """The swept run's states, exactly as the sweep listed them (they depend
+    only on the log and the seed the sweep printed)."""
+    log = blockdev.Log.read(path)
+    start, end = mark_index(log.records, 'start'), mark_index(log.records, 'end')
+    return log, plan_states([r.index for r in log.records[start + 1:end] if r.kind == FLUSH], end, seed)
+
+
+def main(argv: list[str]) -> int:
+    import argparse  # pylint: disable=import-outside-toplevel
+    parser = argparse.ArgumentParser(prog='blocksweep.py', description=(
+        'List the crash states of a sweep\'s log, or write one as disk images (to mount and look at, '
+        'e.g. mount -o loop,ro src.img /mnt). The seed is the one the sweep printed.'))
+    sub = parser.add_subparsers(dest='command', required=True)
+    states = sub.add_parser('states', help='list the states of the swept run')
+    image = sub.add_parser('image', help='write the disk images of one state')
+    for each in (states, image):
+        each.add_argument('log', help='the blockdev.log the sweep named')
+        each.add_argument('--seed', type=int, required=True, help='the seed the sweep printed')
+    image.add_argument('--state', type=int, required=True, help='the state index the sweep named')
+    image.add_argument('outdir', help='where to write <disk>.img')
+    args = parser.parse_args(argv)
+    log, cuts = states_of_log(args.log, args.seed)
+    if args.command == 'states':
+        for index, cut in enumerate(cuts):
+            print('%5d %s' % (index, cut.describe()))
+        return 0
+    if not 0 <= args.state < len(cuts):
+        parser.error('state %d: the run has states 0 to %d' % (args.state, len(cuts) - 1))
+    Path(args.outdir).mkdir(parents=True, exist_ok=True)
+    images = blockdev.write_images(Cutter(log.records, list(log.disks)).state(cuts[args.state]), log.disks,
+                                   args.outdir)
+    for disk, path in images.items():
+        print('%s: %s' % (disk, path))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))

@@ -26,7 +26,7 @@ processes it forks), then mover_cli's main runs as usual. Variants:
 * ``disk_dies_at_parent_commit=DISK@CONTROL``: in the process that scans
   (the parent), at its first journal commit after it started worker
   processes, once a worker waits for the journal's writer lock (the kernel
-  lists it in /proc/locks; at most 20 s), the blockdev disk DISK starts
+  lists it in /proc/locks; at most 10 s), the blockdev disk DISK starts
   failing every write (a line written to the blockdev daemon's CONTROL
   file), then the commit runs: a real I/O error at a precise instant.
 * ``kill_before=NAME[~SUFFIX]@N`` / ``kill_after=...``: SIGKILL this process
@@ -108,7 +108,7 @@ def _disk_dies_at_parent_commit(spec):
     def commit(self):
         if started[0] and os.getpid() == parent and self._in_tx:
             started[0] = False
-            _wait_for_lock_waiter(self.path + '-writers', 20.0)
+            _wait_for_lock_waiter(self.path + '-writers', 10.0)
             fd = os.open(control, os.O_RDWR)
             try:
                 os.write(fd, b'fail-writes-after %s 0\n' % disk.encode())
