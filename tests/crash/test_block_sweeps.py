@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import typing as t
 import zlib
 
@@ -395,20 +396,34 @@ def test_destination_fails_at_a_sampled_point(blockdev_rig, dest):
             bench.mount_devices(rig.devices)
             label = '%s %d (%d failed requests)' % (what, n, failed)
             said_complete = bool(run.stdout.strip()) and run.result.get('complete') is True
-            if not run.stdout.strip() or (run.returncode != 0 and run.result.get('failed') is not True):
+            if died_of_its_state_disk(run, failed):
+                outcomes.append((label, 'died: SIGBUS'))
+            elif not run.stdout.strip() or (run.returncode != 0 and run.result.get('failed') is not True):
                 problems.append('%s: no result: %s' % (label, run.describe()))
             found = final_problems(expect, bench.layout) if said_complete else invariant(expect, bench.layout)
             problems.extend('%s, %s: %s' % (label, 'said complete' if said_complete else 'failed run', p)
                             for p in found)
             rerun = bench.run_mover(timeout=RUN_TIMEOUT)
             problems.extend('%s, rerun: %s' % (label, p) for p in final_problems(expect, bench.layout, rerun))
-            outcomes.append((label, 'complete' if said_complete else 'failed'))
+            if not outcomes or outcomes[-1][0] != label:
+                outcomes.append((label, 'complete' if said_complete else 'failed'))
             bench.unmount()
             new = bench.tail.read()
             current = Cutter(new, disks, base=before).final()
         print('%s: %s' % (cfg.name, outcomes))
         assert not problems, '\n'.join(problems[:20])
-        assert any(state == 'failed' for _label, state in outcomes), outcomes
+        assert any(state != 'complete' for _label, state in outcomes), outcomes
+
+
+def died_of_its_state_disk(run, failed: int) -> bool:
+    """The run was killed by SIGBUS, with no result, after requests of the
+    disk that holds its state dir failed: SQLite maps the journal's -shm
+    file, and once xfs shuts down after a failed metadata write a store to a
+    page of that mapping raises SIGBUS, which no code can catch. An accepted
+    outcome of these tests (nothing may be lost, and the rerun once healed
+    must complete: both are checked as for any run), and a documented limit
+    of the product (README, "How we test durability", item 5)."""
+    return run.returncode == -signal.SIGBUS and failed > 0 and not run.stdout.strip()
 
 
 @pytest.mark.timeout(TIMEOUT)
@@ -438,7 +453,7 @@ def test_journal_commit_failing_in_the_parent_with_workers_running(blockdev_rig)
         rig.dev.heal()
         bench.unmount()
         bench.mount_devices(rig.devices)
-        assert run.result.get('failed') is True, run.describe()
+        assert run.result.get('failed') is True or died_of_its_state_disk(run, 1), run.describe()
         assert not invariant(expect, bench.layout)
         rerun = bench.run_mover()
         assert not final_problems(expect, bench.layout, rerun)
