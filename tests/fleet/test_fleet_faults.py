@@ -62,10 +62,8 @@ BIG_FILES = (1, 2, 3)  # MiB
 # The module process of an async durable.mover.move: "<python> .../AnsiballZ_move.py".
 MODULE_SCRIPT = "AnsiballZ_move.py"
 RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*(?P<counts>ok=\d+.*)$", re.MULTILINE)
-# A progress line of the migrate role (ansible.builtin.debug, default callback).
-PROGRESS = re.compile(r'"msg": "[^"]*: (?:listing the source \(totals so far\), )?'
-                      r'files (?P<done>\d+)/(?P<total>\d+) \(')
-HOST_LINE = re.compile(r"^ok: \[(?P<host>[^\]]+)\] => \{$")
+# A host's progress line of the migrate role (durable.mover.follow).
+PROGRESS = re.compile(r'^(?P<host>[^:\s]+): [^:]*: [a-z ]+, files (?P<done>\d+)/(?P<total>\d+) \(')
 
 Tree = t.Dict[str, t.Tuple[str, int]]  # relative path -> (sha256, size)
 
@@ -119,7 +117,7 @@ def tree_bytes(tree: Tree) -> int:
 
 def play_vars(report_dir: Path) -> dict[str, t.Any]:
     return {"migrate_src": SRC, "migrate_dest": DEST, "migrate_state_dir": STATE,
-            "migrate_poll_interval": 1, "migrate_report_dir": str(report_dir)}
+            "migrate_poll_interval": 1, "migrate_progress_host_interval": 0, "migrate_report_dir": str(report_dir)}
 
 
 def play_argv(hosts: harness.Fleet, tmp_path: Path, extra_vars: dict[str, t.Any]) -> list[str]:
@@ -225,14 +223,10 @@ def recap(proc: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]:
 
 def progress_of(lines: list[str], host: str) -> list[tuple[int, int]]:
     """(done, total) of every progress line the play printed for ``host``."""
-    found, current = [], None
+    found = []
     for line in lines:
-        header = HOST_LINE.match(line.rstrip("\n"))
-        if header:
-            current = header["host"]
-            continue
         match = PROGRESS.search(line)
-        if match and current == host:
+        if match and match["host"] == host:
             found.append((int(match["done"]), int(match["total"])))
     return found
 
