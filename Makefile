@@ -5,6 +5,7 @@
 #   make demo             build ./demo/src and run playbooks/migrate.yml on localhost
 #   make test             pytest, then sanity, then lint; all three always run
 #   make pytest | sanity | lint
+#   make matrix           the version-matrix tests under each ansible-core of MATRIX_CORES
 #   make clean
 #
 # Everything runs from the repository root; `make -C /path/to/repo test` works too.
@@ -86,7 +87,7 @@ test: venv collection-link
 
 pytest: venv collection-link
 	@mkdir -p $(OUTPUT)/junit
-	$(VENV_BIN)/python -m pytest -ra --junitxml=$(OUTPUT)/junit/pytest.xml $(PYTEST_ARGS) tests/ \
+	$(VENV_BIN)/python -m pytest -ra -m 'not matrix' --junitxml=$(OUTPUT)/junit/pytest.xml $(PYTEST_ARGS) tests/ \
 	  2>&1 | tee $(OUTPUT)/pytest.log
 
 sanity: venv
@@ -95,8 +96,35 @@ sanity: venv
 lint: venv collection-link
 	ansible-lint
 
+# The ansible-core version matrix: one venv per version under .matrix/, each
+# with a controller Python that version supports, found under ~/.pyenv/versions
+# (newest patch release of that minor) or as pythonX.Y on PATH. `make matrix`
+# runs the tests marked `matrix` under every version of MATRIX_CORES (and
+# fails, never skips, when one cannot be set up). Each word: core:python.
+MATRIX_CORES ?= 2.16:3.10 2.20:3.13
+MATRIX_DIR := .matrix
+.PHONY: matrix matrix-venvs
+matrix-venvs:
+	@for spec in $(MATRIX_CORES); do \
+	  core=$${spec%%:*}; py=$${spec##*:}; dir=$(MATRIX_DIR)/ansible-core-$$core; \
+	  interp=$$(ls -d $$HOME/.pyenv/versions/$$py.* 2>/dev/null | sort -V | tail -1); \
+	  interp=$${interp:+$$interp/bin/python}; interp=$${interp:-$$(PATH="$(SYSTEM_PATH)" command -v python$$py || true)}; \
+	  if [ ! -x "$$dir/bin/ansible-playbook" ]; then \
+	    if [ -z "$$interp" ]; then echo ">>> matrix: ansible-core $$core: no Python $$py found (pyenv or PATH)" >&2; exit 1; fi; \
+	    echo ">>> matrix: ansible-core $$core with $$interp"; \
+	    "$$interp" -m venv $$dir && $$dir/bin/python -m pip install --quiet --disable-pip-version-check "ansible-core==$$core.*" 2>&1 | $(PIP_NOISE); \
+	  fi; \
+	  echo ">>> matrix: $$($$dir/bin/ansible-playbook --version | sed -n 1p) ($$($$dir/bin/python --version)) in $$dir"; \
+	done
+
+matrix: venv collection-link matrix-venvs
+	@mkdir -p $(OUTPUT)/junit
+	DURABLE_MOVER_CORE_MATRIX=$$(for spec in $(MATRIX_CORES); do printf '%s,' $${spec%%:*}; done) \
+	  $(VENV_BIN)/python -m pytest -ra -m matrix --junitxml=$(OUTPUT)/junit/matrix.xml $(PYTEST_ARGS) tests/ \
+	  2>&1 | tee $(OUTPUT)/matrix.log
+
 clean:
-	rm -rf $(VENV) $(COLL_ROOT) .ansible $(OUTPUT) demo .pytest_cache
+	rm -rf $(VENV) $(MATRIX_DIR) $(COLL_ROOT) .ansible $(OUTPUT) demo .pytest_cache
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
 
 # Benchmarks against mv, cp and rsync (root: loop filesystems, drop_caches).
