@@ -74,7 +74,8 @@ class ActionModule(ActionBase):
         line = _follow.fleet_line(facts, polls)
         display.display(line)
         numbers = _follow.fleet_numbers(facts)
-        result.update(changed=False, printed=True, line=line, ansible_facts={'migrate_fleet_looks': looks}, hosts=numbers['hosts'], progress=numbers['progress'],
+        result.update(changed=False, printed=True, line=line, ansible_facts={'migrate_fleet_looks': looks},
+                      hosts=numbers['hosts'], progress=numbers['progress'],
                       bytes_per_second=round(numbers['bytes_per_second'], 1),
                       files_per_second=round(numbers['files_per_second'], 1), eta_seconds=numbers['eta_seconds'])
         return result

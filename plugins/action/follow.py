@@ -51,7 +51,8 @@ class ActionModule(ActionBase):
     def _shell(self, command):
         try:
             result = self._low_level_execute_command(command, sudoable=True)
-        except AnsibleConnectionFailure:
+        except AnsibleConnectionFailure as exc:
+            self._connection_error = str(exc)
             return None
         if result.get('rc') != 0:
             return None
@@ -113,7 +114,8 @@ class ActionModule(ActionBase):
             # async job id here: follow that job and collect its result.
             text = self._shell('cat %s 2>/dev/null || true' % self._marker_path(marker))
             if text is None:
-                return self._unreachable(result, state, name, job_index, jobs, 'cannot read the async marker')
+                return self._unreachable(result, state, name, job_index, jobs,
+                                         getattr(self, '_connection_error', '') or 'cannot read the async marker')
             adopted = text.strip() if text.strip().replace('.', '').replace('_', '').isalnum() else ''
             jid = adopted
         elif same_job and before.get('jid'):

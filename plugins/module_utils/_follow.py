@@ -23,6 +23,7 @@ average over the looks of the last ``WINDOW`` seconds of this play.
 
 from __future__ import annotations
 
+import math
 import time
 
 from ansible_collections.durable.mover.plugins.module_utils._report import (
@@ -65,7 +66,7 @@ def _float(value):
         number = float(value)
     except (TypeError, ValueError):
         return 0.0
-    return number if number == number and number >= 0 else 0.0
+    return number if not math.isnan(number) and number >= 0 else 0.0
 
 
 def progress_of(info):
@@ -152,7 +153,7 @@ def look(state, info, async_status, kind, name, job_index, jobs, now=None, run='
         last = before.get('progress') or jobs_seen.get(str(job_index)) or {}
         progress = progress_of({'progress': last})
         current.update(status=STATUS_UNREACHABLE, over=True, unreachable=True,
-                       msg='host unreachable while the move ran: %s' % one_line(msg or ''), progress=progress,
+                       msg='host unreachable: %s' % one_line(msg or ''), progress=progress,
                        samples=before.get('samples') or [], files_per_second=0.0, bytes_per_second=0.0,
                        eta_seconds=None)
     else:
@@ -216,8 +217,8 @@ def host_line(host, current):
     """One line for one host's job: its status, job-level counts, rates and ETA."""
     progress = current.get('progress') or {}
     parts = ['%s: %s: %s' % (one_line(host), one_line(current.get('name') or 'job'), current.get('status'))]
-    if current.get('status') == STATUS_UNREACHABLE or (current.get('status') == STATUS_STARTING
-                                                        and not has_progress(progress)):
+    bare = current.get('status') == STATUS_STARTING and not has_progress(progress)
+    if current.get('status') == STATUS_UNREACHABLE or bare:
         if current.get('msg'):
             parts.append(current['msg'])
         return ', '.join(parts)

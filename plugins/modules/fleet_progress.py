@@ -12,16 +12,16 @@ module: fleet_progress
 short_description: Print one line of progress for the whole batch, once per poll round of the migrate role
 version_added: 0.1.0
 description:
-  - Reads the follow state of every host of O(hosts) (C(ansible_facts.migrate_follow), set by
+  - "Reads the follow state of every host of O(hosts) (C(ansible_facts.migrate_follow), set by
     M(durable.mover.follow)) and prints one line, for example
     C(FLEET poll 12: 24 host(s): 20 done, 3 running, 1 failed, 0 unreachable | files 1200/2400 (50.0%) |
-    bytes 1.2 GiB/2.4 GiB (50.0%) | 45.3 MiB/s, 120 files/s | ETA 3m12s).
+    bytes 1.2 GiB/2.4 GiB (50.0%) | 45.3 MiB/s, 120 files/s | ETA 3m12s)."
   - Files and bytes are summed over the hosts' jobs (done by any run of each job, out of its total); the rates
     are the sum of the hosts' moving averages; the ETA is that of the slowest running host (the hosts move in
     parallel), C(unknown) while one of them cannot say.
   - Prints nothing when no host was looked at since its last line.
   - Meant to run once per round (C(run_once)); runs on the controller only.
-  - With O(text), prints that text instead (the report role's summary): as the role's own output, not as a task
+  - With O(text), prints that text instead (the report role's summary), as the role's own output, not as a task
     result, so it shows whatever the stdout callback's C(display_ok_hosts) says.
 author:
   - Durable Mover Maintainers (@durable-mover)
@@ -35,6 +35,7 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: The controller.
   action:
     support: full
     description: Implemented by an action plugin on the controller.

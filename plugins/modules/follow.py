@@ -22,7 +22,7 @@ description:
   - The look that sees an async move end keeps the move's result in the state (C(current.result)), removes the
     async job's result file and the O(marker), and reports C(changed) as the move did.
   - Used by the C(durable.mover.migrate) role; it is an action plugin (the looks are modules run on the host).
-  - A connection failure is not an error here: the state says the host is unreachable.
+  - A connection failure is not an error here; the state says the host is unreachable.
 author:
   - Durable Mover Maintainers (@durable-mover)
 attributes:
@@ -35,6 +35,7 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: The controller runs it; the looks are modules run on the host.
   action:
     support: full
     description: Implemented by an action plugin on the controller.

@@ -87,7 +87,7 @@ def test_more_than_a_thousand_polls_keep_the_play_alive(tmp_path: Path, core) ->
     assert proc.returncode == 0, output(proc)
     assert "recursion" not in proc.stdout
     # Every round printed the fleet's line, numbered, and the numbers held.
-    rounds = [m for m in FLEET_LINE.finditer(proc.stdout)]
+    rounds = list(FLEET_LINE.finditer(proc.stdout))
     polls = [int(m.group("poll")) for m in rounds]
     assert polls[:POLLS - 1] == list(range(2, POLLS + 1)), polls[:20]
     done = {(m.group("done"), m.group("total")) for m in rounds[:POLLS - 1]}

@@ -69,7 +69,7 @@ def test_unreachable_keeps_the_last_progress():
                          now=10.0, run="r")
     current = state["current"]
     assert current["over"] and current["unreachable"] and current["progress"]["files_done"] == 40
-    assert "host unreachable while the move ran: ssh: connect timed out" in current["msg"]
+    assert "host unreachable: ssh: connect timed out" in current["msg"]
 
 
 def test_a_host_line_is_due_on_a_change_of_status_and_on_the_slow_interval():
