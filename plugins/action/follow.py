@@ -120,6 +120,7 @@ class ActionModule(ActionBase):
             jid = adopted
         elif same_job and before.get('jid'):
             jid = before['jid']
+            adopted = before.get('adopted') or ''
 
         info = self._module('durable.mover.move_info', {
             'src': args['src'], 'dest': args['dest'], 'state_dir': args.get('state_dir'),

@@ -48,7 +48,7 @@ import pytest
 import harness  # pylint: disable=import-error
 from ansible_collections.durable.mover.plugins.module_utils import _info
 
-pytestmark = [pytest.mark.root, pytest.mark.loop, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.root, pytest.mark.loop, pytest.mark.timeout(480)]
 
 PLAYBOOK = harness.REPO_ROOT / "playbooks" / "migrate.yml"
 SRC = "/srv/data/src/tree"
@@ -568,6 +568,16 @@ def test_network_cut_mid_run_then_rerun_resumes(hosts, tmp_path):
     fleet, junit, _summary = load_reports(reports)
     assert all(fleet["hosts"][h.name]["status"] == "ok" for h in hosts), fleet["hosts"]
     assert fleet["hosts"][victim.name]["complete"] is True
+    # What the orphaned move did is attributed to it, as a job of its own, and
+    # every file counts once (not as "already done" by the rerun's own move).
+    entry = fleet["hosts"][victim.name]
+    earlier = [job for job in entry["jobs"] if job["name"].endswith("(earlier run)")]
+    assert len(earlier) == 1, [(job["name"], job["stats"]) for job in entry["jobs"]]
+    assert "moved by the run of an earlier play that lost its connection" in earlier[0]["msg"]
+    assert earlier[0]["stats"]["files_moved"] > 0
+    stats = entry["stats"]
+    assert stats["files_total"] == len(trees[victim.name]), stats
+    assert stats["files_moved"] + stats["files_already_done"] == len(trees[victim.name]), stats
     assert junit.find(".//error") is None and junit.find(".//failure") is None
     check_fleet(hosts, trees, complete=trees)
 
