@@ -117,11 +117,20 @@ matrix-venvs:
 	  echo ">>> matrix: $$($$dir/bin/ansible-playbook --version | sed -n 1p) ($$($$dir/bin/python --version)) in $$dir"; \
 	done
 
+# One pytest per version, all at once (each play keeps about one core busy),
+# each with its own basetemp, log and JUnit file; the target fails if any did.
 matrix: venv collection-link matrix-venvs
 	@mkdir -p $(OUTPUT)/junit
-	DURABLE_MOVER_CORE_MATRIX=$$(for spec in $(MATRIX_CORES); do printf '%s,' $${spec%%:*}; done) \
-	  $(VENV_BIN)/python -m pytest -ra -m matrix --junitxml=$(OUTPUT)/junit/matrix.xml $(PYTEST_ARGS) tests/ \
-	  2>&1 | tee $(OUTPUT)/matrix.log
+	@pids=""; for spec in $(MATRIX_CORES); do \
+	  core=$${spec%%:*}; \
+	  echo ">>> matrix: pytest -m matrix under ansible-core $$core (log: $(OUTPUT)/matrix-$$core.log)"; \
+	  DURABLE_MOVER_CORE_MATRIX=$$core $(VENV_BIN)/python -m pytest -ra -m matrix -p no:cacheprovider \
+	    --basetemp=$(CURDIR)/$(OUTPUT)/matrix-$$core-tmp --junitxml=$(OUTPUT)/junit/matrix-$$core.xml \
+	    $(PYTEST_ARGS) tests/ > $(OUTPUT)/matrix-$$core.log 2>&1 & pids="$$pids $$!:$$core"; \
+	done; rc=0; for entry in $$pids; do \
+	  if wait $${entry%%:*}; then result=ok; else result=FAILED; rc=1; fi; \
+	  echo ">>> matrix: ansible-core $${entry##*:}: $$result: $$(tail -1 $(OUTPUT)/matrix-$${entry##*:}.log)"; \
+	done; exit $$rc
 
 clean:
 	rm -rf $(VENV) $(MATRIX_DIR) $(COLL_ROOT) .ansible $(OUTPUT) demo .pytest_cache

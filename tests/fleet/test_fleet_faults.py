@@ -21,8 +21,9 @@ move_info reads it); the fault (link down, SIGKILL) is then injected while it
 is frozen there. A frozen move is exactly what the play sees of a slow one:
 it keeps polling and printing the host's progress from the journal.
 
-Runtime: about 70 s for the four tests on a 2-core machine (each playbook
-run takes 5 to 10 s).
+Runtime: about 70 s for the four tests on an idle 2-core machine (each
+playbook run takes 5 to 10 s); several times that when the machine is shared,
+hence the 480 s ceiling per test.
 """
 
 from __future__ import annotations
