@@ -6,6 +6,7 @@
 #   make test             pytest, then sanity, then lint; all three always run
 #   make pytest | sanity | lint
 #   make crash-full       every crash state of the block-level sweeps (hours)
+#   make matrix           the version-matrix tests under each ansible-core of MATRIX_CORES
 #   make clean
 #
 # Everything runs from the repository root; `make -C /path/to/repo test` works too.
@@ -87,7 +88,7 @@ test: venv collection-link
 
 pytest: venv collection-link
 	@mkdir -p $(OUTPUT)/junit
-	$(VENV_BIN)/python -m pytest -ra --junitxml=$(OUTPUT)/junit/pytest.xml $(PYTEST_ARGS) tests/ \
+	$(VENV_BIN)/python -m pytest -ra -m 'not matrix' --junitxml=$(OUTPUT)/junit/pytest.xml $(PYTEST_ARGS) tests/ \
 	  2>&1 | tee $(OUTPUT)/pytest.log
 
 sanity: venv
@@ -96,8 +97,44 @@ sanity: venv
 lint: venv collection-link
 	ansible-lint
 
+# The ansible-core version matrix: one venv per version under .matrix/, each
+# with a controller Python that version supports, found under ~/.pyenv/versions
+# (newest patch release of that minor) or as pythonX.Y on PATH. `make matrix`
+# runs the tests marked `matrix` under every version of MATRIX_CORES (and
+# fails, never skips, when one cannot be set up). Each word: core:python.
+MATRIX_CORES ?= 2.16:3.10 2.20:3.13
+MATRIX_DIR := .matrix
+.PHONY: matrix matrix-venvs
+matrix-venvs:
+	@for spec in $(MATRIX_CORES); do \
+	  core=$${spec%%:*}; py=$${spec##*:}; dir=$(MATRIX_DIR)/ansible-core-$$core; \
+	  interp=$$(ls -d $$HOME/.pyenv/versions/$$py.* 2>/dev/null | sort -V | tail -1); \
+	  interp=$${interp:+$$interp/bin/python}; interp=$${interp:-$$(PATH="$(SYSTEM_PATH)" command -v python$$py || true)}; \
+	  if [ ! -x "$$dir/bin/ansible-playbook" ]; then \
+	    if [ -z "$$interp" ]; then echo ">>> matrix: ansible-core $$core: no Python $$py found (pyenv or PATH)" >&2; exit 1; fi; \
+	    echo ">>> matrix: ansible-core $$core with $$interp"; \
+	    "$$interp" -m venv $$dir && $$dir/bin/python -m pip install --quiet --disable-pip-version-check "ansible-core==$$core.*" 2>&1 | $(PIP_NOISE); \
+	  fi; \
+	  echo ">>> matrix: $$($$dir/bin/ansible-playbook --version | sed -n 1p) ($$($$dir/bin/python --version)) in $$dir"; \
+	done
+
+# One pytest per version, all at once (each play keeps about one core busy),
+# each with its own basetemp, log and JUnit file; the target fails if any did.
+matrix: venv collection-link matrix-venvs
+	@mkdir -p $(OUTPUT)/junit
+	@pids=""; for spec in $(MATRIX_CORES); do \
+	  core=$${spec%%:*}; \
+	  echo ">>> matrix: pytest -m matrix under ansible-core $$core (log: $(OUTPUT)/matrix-$$core.log)"; \
+	  DURABLE_MOVER_CORE_MATRIX=$$core $(VENV_BIN)/python -m pytest -ra -m matrix -p no:cacheprovider \
+	    --basetemp=$(CURDIR)/$(OUTPUT)/matrix-$$core-tmp --junitxml=$(OUTPUT)/junit/matrix-$$core.xml \
+	    $(PYTEST_ARGS) tests/ > $(OUTPUT)/matrix-$$core.log 2>&1 & pids="$$pids $$!:$$core"; \
+	done; rc=0; for entry in $$pids; do \
+	  if wait $${entry%%:*}; then result=ok; else result=FAILED; rc=1; fi; \
+	  echo ">>> matrix: ansible-core $${entry##*:}: $$result: $$(tail -1 $(OUTPUT)/matrix-$${entry##*:}.log)"; \
+	done; exit $$rc
+
 clean:
-	rm -rf $(VENV) $(COLL_ROOT) .ansible $(OUTPUT) demo .pytest_cache
+	rm -rf $(VENV) $(MATRIX_DIR) $(COLL_ROOT) .ansible $(OUTPUT) demo .pytest_cache
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
 
 # The block-level power-cut sweeps (tests/crash/test_block_sweeps.py, root)

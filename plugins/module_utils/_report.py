@@ -331,7 +331,7 @@ def job_entry(job) -> dict:
         # The role's last look at a job whose host became unreachable.
         last = dict(job["last_progress"])
         entry["last_progress"] = last
-        if status == STATUS_UNREACHABLE and last.get("files_total"):
+        if status == STATUS_UNREACHABLE and last.get("files_total") and "(last seen: " not in entry["msg"]:
             entry["msg"] = "%s (last seen: %d of %d files done, %s of %s)" % (
                 entry["msg"], _as_int(last.get("files_done")), _as_int(last.get("files_total")),
                 human_bytes(last.get("bytes_done")), human_bytes(last.get("bytes_total")))

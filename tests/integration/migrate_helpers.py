@@ -28,19 +28,62 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO_ROOT / "playbooks" / "migrate.yml"
 TIMEOUT = 280
-# A progress line as the migrate role prints it (ansible.builtin.debug msg).
-PROGRESS = re.compile(r'"msg": "(?P<name>[^"]*): (?:listing the source \(totals so far\), )?'
-                      r'files (?P<done>\d+)/(?P<total>\d+) \([0-9.]+%\), bytes [^"]*"')
+# A host's progress line as the migrate role prints it (durable.mover.follow).
+PROGRESS = re.compile(r'^(?P<host>[^:\s]+): (?P<name>.*?): (?:starting|listing|moving|waiting for an earlier run|'
+                      r'finished|failed), files (?P<done>\d+)/(?P<total>\d+) \([0-9.]+%\)(?: so far)?, bytes ')
 
 
 def ansible_playbook() -> str:
     venv = REPO_ROOT / ".venv" / "bin" / "ansible-playbook"
     if venv.exists():
         return str(venv)
-    found = shutil.which("ansible-playbook")
+    found = shutil.which("ansible-playbook") or shutil.which("ansible-playbook", path=str(Path(sys.executable).parent))
     if found is None:
         pytest.skip("ansible-playbook is not installed (make venv)")
     return found
+
+
+# ansible-core versions beside the venv's: `make matrix-venvs` makes
+# .matrix/ansible-core-<X.Y>/ (one venv per version, with a controller Python
+# that version supports). DURABLE_MOVER_CORE_MATRIX="2.16,2.20" says which are
+# expected: a test run under the matrix then fails, never skips, when one of
+# them is missing.
+MATRIX_DIR = REPO_ROOT / ".matrix"
+MATRIX_ENV = "DURABLE_MOVER_CORE_MATRIX"
+
+
+def _core_version(playbook: str) -> str:
+    proc = subprocess.run([playbook, "--version"], capture_output=True, text=True, timeout=120, check=False)
+    match = re.search(r"core ([0-9]+\.[0-9]+\.[0-9]+)", proc.stdout)
+    return match.group(1) if match else "unknown (%s)" % (proc.stderr or proc.stdout).strip()[:200]
+
+
+def core_matrix() -> list:
+    """[(label, ansible-playbook path or None, note)]: the expected versions
+    (DURABLE_MOVER_CORE_MATRIX) or, without it, the default one and every
+    .matrix venv found. A missing expected version has path None."""
+    found = {}
+    for venv in sorted(MATRIX_DIR.glob("ansible-core-*")):
+        playbook = venv / "bin" / "ansible-playbook"
+        if playbook.exists():
+            found[venv.name[len("ansible-core-"):]] = str(playbook)
+    expected = [v.strip() for v in os.environ.get(MATRIX_ENV, "").split(",") if v.strip()]
+    if expected:
+        return [(v, found.get(v), "found" if v in found else "MISSING: run make matrix-venvs") for v in expected]
+    return [("default", None, "the venv's")] + [(v, path, "found") for v, path in found.items()]
+
+
+def matrix_header() -> str:
+    parts = []
+    for label, path, note in core_matrix():
+        if label == "default":
+            parts.append("default %s (%s)" % (_core_version(ansible_playbook()), ansible_playbook()))
+        elif path:
+            parts.append("%s -> %s (%s)" % (label, _core_version(path), path))
+        else:
+            parts.append("%s %s" % (label, note))
+    expected = os.environ.get(MATRIX_ENV)
+    return "ansible-core matrix%s: %s" % (" (expected: %s)" % expected if expected else "", "; ".join(parts))
 
 
 def ansible_env(cwd: Path) -> dict:
@@ -55,8 +98,8 @@ def ansible_env(cwd: Path) -> dict:
     return env
 
 
-def playbook_argv(args, extra_vars, tmp_dir: Path) -> list:
-    argv = [ansible_playbook(), str(PLAYBOOK), *args]
+def playbook_argv(args, extra_vars, tmp_dir: Path, playbook: str | None = None) -> list:
+    argv = [playbook or ansible_playbook(), str(PLAYBOOK), *args]
     if extra_vars:
         vars_file = tmp_dir / ("extra-vars-%d.json" % len(list(tmp_dir.glob("extra-vars-*.json"))))
         vars_file.write_text(json.dumps(extra_vars), encoding="utf-8")
@@ -78,9 +121,9 @@ class LivePlaybook:
     """ansible-playbook running in the background, its output read line by line as it comes."""
 
     def __init__(self, *args: str, extra_vars: dict | None = None, cwd: Path = REPO_ROOT,
-                 tmp_dir: Path | None = None):
+                 tmp_dir: Path | None = None, playbook: str | None = None, env: dict | None = None):
         self.proc = subprocess.Popen(
-            playbook_argv(args, extra_vars, tmp_dir or cwd), cwd=str(cwd), env=ansible_env(cwd),
+            playbook_argv(args, extra_vars, tmp_dir or cwd, playbook), cwd=str(cwd), env={**ansible_env(cwd), **(env or {})},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         )
         self.lines: list = []

@@ -156,7 +156,7 @@ def held_args(paths: dict, **extra) -> dict:
     values = {
         "migrate_src": str(paths["src"]), "migrate_dest": str(paths["dest"]),
         "migrate_state_dir": str(paths["state"]), "migrate_report_dir": str(paths["reports"]),
-        "migrate_poll_interval": 1,
+        "migrate_poll_interval": 1, "migrate_progress_host_interval": 0,
     }
     values.update(extra)
     return values
@@ -181,7 +181,7 @@ def test_async_move_prints_progress_until_it_ends(held_job: dict) -> None:
         assert 0 < int(match.group("done")) < 300          # the killed run's share
     assert re.search(r'files \d+/300 \([0-9.]+%\), bytes [0-9.]+ KiB/[0-9.]+ KiB \([0-9.]+%\), '
                      r'[0-9.]+ (B|KiB|MiB)/s, [0-9.]+ files/s, ETA', proc.stdout), output(proc)
-    assert "Collect the result of the move" in proc.stdout
+    assert "FOLLOW | Look at the move" in proc.stdout
     assert regular_files(held_job["dest"]) == held_job["files"]
     assert regular_files(held_job["src"]) == {}
     fleet, _junit, _summary = load_reports(held_job["reports"])
