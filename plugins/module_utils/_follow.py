@@ -31,6 +31,7 @@ from ansible_collections.durable.mover.plugins.module_utils._report import (
     human_duration,
     human_rate,
     one_line,
+    time_left,
 )
 
 # Seconds of looks the moving average spans (at least two looks are kept).
@@ -102,24 +103,11 @@ def moving_average(samples, now_progress, now, window=WINDOW):
 
 
 def eta_seconds(progress, files_rate, bytes_rate):
-    """Seconds left at the current rates, or None when they cannot say.
-
-    Both files and bytes must be done: the estimate is the longer of the two
-    (a tree of small files is bound by files per second, one of big files by
-    bytes per second). Bytes of a file count when the file is done, so a large
-    file being copied shows no byte rate until it is done: None then.
-    """
+    """Seconds left at the current (moving-average) rates, or None when they
+    cannot say: _report.time_left over the job's files and bytes left."""
     files_left = max(0, progress['files_total'] - progress['files_done'] - progress['files_failed'])
     bytes_left = max(0, progress['bytes_total'] - progress['bytes_done'])
-    estimates = []
-    for left, rate in ((files_left, files_rate), (bytes_left, bytes_rate)):
-        if left == 0:
-            estimates.append(0.0)
-        elif rate > 0:
-            estimates.append(left / rate)
-        else:
-            return None
-    return round(max(estimates), 1)
+    return time_left(files_left, bytes_left, files_rate, bytes_rate)[0]
 
 
 def look(state, info, async_status, kind, name, job_index, jobs, now=None, run=''):

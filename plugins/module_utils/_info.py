@@ -15,21 +15,7 @@ import time
 from ansible_collections.durable.mover.plugins.module_utils import _lock, _mover, _result
 from ansible_collections.durable.mover.plugins.module_utils._errors import display_path
 from ansible_collections.durable.mover.plugins.module_utils._journal import JOURNAL_NAME, STATES, Journal
-
-
-def time_left(files_left, bytes_left, files_per_second, bytes_per_second):
-    """(seconds, 'files' or 'bytes'): the longer of the times the files left
-    take at the file rate and the bytes left at the byte rate (small files
-    are paced by the files, large ones by the bytes); (None, None) with no rate."""
-    found = []
-    if files_per_second > 0:
-        found.append((files_left / files_per_second, 'files'))
-    if bytes_per_second > 0:
-        found.append((bytes_left / bytes_per_second, 'bytes'))
-    if not found:
-        return None, None
-    seconds, basis = max(found)
-    return round(seconds, 1), basis
+from ansible_collections.durable.mover.plugins.module_utils._report import time_left
 
 
 def job_info(params):

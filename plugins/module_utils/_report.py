@@ -85,6 +85,25 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 # Normalisation
 # ---------------------------------------------------------------------------
 
+def time_left(files_left, bytes_left, files_per_second, bytes_per_second):
+    """(seconds, 'files' or 'bytes'): the longer of the times the files left
+    take at the file rate and the bytes left at the byte rate (small files
+    are paced by the files, large ones by the bytes). (None, None) when
+    something is left that has no rate to pace it: a large file being copied
+    shows no byte rate until it is done, and a guess from files alone would
+    promise too little. The one rule for every ETA (move_info, follow)."""
+    found = []
+    for left, rate, basis in ((files_left, files_per_second, 'files'), (bytes_left, bytes_per_second, 'bytes')):
+        if left <= 0:
+            found.append((0.0, basis))
+        elif rate > 0:
+            found.append((left / rate, basis))
+        else:
+            return None, None
+    seconds, basis = max(found)
+    return round(seconds, 1), basis
+
+
 def _as_int(value) -> int:
     """A counter as a non-negative int; anything unusable counts as 0."""
     if isinstance(value, bool):
