@@ -97,7 +97,11 @@ def test_argument_specs_document_every_variable():
         assert spec.get("choices") == module_spec.get("choices"), option
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text(encoding="utf-8"))
     for name, value in defaults.items():
-        assert options[name]["default"] == value, name
+        if isinstance(value, str) and "{{" in value:
+            # a templated default: the spec cannot hold it, its description says it
+            assert "default" not in options[name] and "Defaults to" in " ".join(options[name]["description"]), name
+        else:
+            assert options[name]["default"] == value, name
     assert set(options) == {"migrate_" + o for o in ("src", "dest") + MODULE_OPTIONS} | set(defaults)
 
 
