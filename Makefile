@@ -3,7 +3,8 @@
 #   make venv             .venv with requirements-dev.txt (stamp: .venv/.stamp)
 #   make collection-link  .collections/ansible_collections/durable/mover -> repo root
 #   make demo             build ./demo/src and run playbooks/migrate.yml on localhost
-#   make test             pytest, then sanity, then lint; all three always run
+#   make test             pytest (its groups and the version matrix at once), then sanity, then lint;
+#                         all three always run
 #   make pytest | sanity | lint
 #   make crash-full       every crash state of the block-level sweeps (hours)
 #   make matrix           the version-matrix tests under each ansible-core of MATRIX_CORES
@@ -34,7 +35,7 @@ SYSTEM_PATH := $(PATH)
 export PATH := $(CURDIR)/$(VENV_BIN):$(SYSTEM_PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLL_ROOT):$(HOME)/.ansible/collections:/usr/share/ansible/collections
 
-.PHONY: help venv collection-link demo test pytest sanity lint clean bench crash-full
+.PHONY: help venv collection-link demo test pytest pytest-all sanity lint clean bench crash-full
 
 help:
 	@sed -n '3,10s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
@@ -76,20 +77,29 @@ demo: venv collection-link
 	fi
 
 # All three parts run even when an earlier one fails; the target fails if any did.
-test: venv collection-link
+# The pytest part runs the groups of tests/tools/run_groups.py at once, and
+# the tests marked `matrix` under each ansible-core of MATRIX_CORES beside them.
+test: venv collection-link matrix-venvs
 	@rc=0; summary=""; \
-	for part in pytest sanity lint; do \
+	for part in pytest-all sanity lint; do \
 	  start=$$SECONDS; \
 	  if $(MAKE) --no-print-directory $$part; then result=ok; else result=FAILED; rc=1; fi; \
-	  summary+="$$(printf '  %-7s %-7s %4ds' $$part $$result $$((SECONDS - start)))"$$'\n'; \
+	  summary+="$$(printf '  %-10s %-7s %4ds' $$part $$result $$((SECONDS - start)))"$$'\n'; \
 	done; \
 	printf '>>> make test:\n%s' "$$summary"; \
 	exit $$rc
 
+# Groups of tests side by side (crash, ansible, core; see run_groups.py),
+# each with its own basetemp, log and JUnit file, merged in tests/output/.
+# PYTEST_ARGS go to every group; PYTEST_GROUPS=crash,core runs some.
+PYTEST_GROUPS ?= crash,ansible,core
+comma := ,
+MATRIX_VERSIONS = $(subst $(eval) ,$(comma),$(foreach spec,$(MATRIX_CORES),$(firstword $(subst :, ,$(spec)))))
 pytest: venv collection-link
-	@mkdir -p $(OUTPUT)/junit
-	$(VENV_BIN)/python -m pytest -ra -m 'not matrix' --junitxml=$(OUTPUT)/junit/pytest.xml $(PYTEST_ARGS) tests/ \
-	  2>&1 | tee $(OUTPUT)/pytest.log
+	$(VENV_BIN)/python tests/tools/run_groups.py --only $(PYTEST_GROUPS) -- $(PYTEST_ARGS)
+
+pytest-all: venv collection-link matrix-venvs
+	$(VENV_BIN)/python tests/tools/run_groups.py --only $(PYTEST_GROUPS) --matrix '$(MATRIX_VERSIONS)' -- $(PYTEST_ARGS)
 
 sanity: venv
 	tests/sanity/run.sh
