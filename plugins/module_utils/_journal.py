@@ -102,7 +102,6 @@ _TRIGGERS = _TRIGGERS.format(new=_COUNTED.format(row='NEW'), old=_COUNTED.format
 _SCHEMA = _TABLES + _TRIGGERS
 
 
-
 def _connect(path):
     """A read-write connection (writers wait up to 30 s for SQLite's lock)."""
     return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
