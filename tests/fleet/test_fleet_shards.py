@@ -18,11 +18,12 @@ private /srv tmpfs (a local disk). The real playbook runs with
 * One host is killed mid-shard (its move caught while one of its units is
   half moved, with SIGSTOP/SIGCONT steps as in test_fleet_faults.py; then
   every process of the host is killed but its init, sshd included: it never
-  answers again). The others finish their shards; nothing is lost. The play
-  is run again with the dead host still in the inventory: it does not
-  answer, the plan is made again over what is left at the source, the two
-  live hosts finish the tree, and the report's totals are exactly what was
-  left.
+  answers again). The others finish their shards; nothing is lost. Run again
+  with the dead host in the play, the role refuses to plan (a host that does
+  not answer may be cut off and still moving) and nothing moves. Run again
+  without it (``--limit '!h1'``, the operator's fencing), the plan is made
+  again over what is left at the source, the two live hosts finish the tree,
+  and the report's totals are exactly what was left.
 
 Runtime: about 1 to 3 minutes for the two tests on a 2-core machine (fleet
 bring-up, three plays of 20 to 60 s); more when the machine is shared.
@@ -154,14 +155,14 @@ def lay_tree(hosts: harness.Fleet, shared, seed: str) -> Tree:
     return {rel: (hashlib.sha256(data).hexdigest(), len(data)) for rel, data in files.items()}
 
 
-def play_argv(hosts: harness.Fleet, tmp_path: Path, shared, reports: Path) -> list[str]:
+def play_argv(hosts: harness.Fleet, tmp_path: Path, shared, reports: Path, *args: str) -> list[str]:
     extra = {"migrate_src": str(src_of(shared)), "migrate_dest": str(dest_of(shared)), "migrate_state_dir": STATE,
              "migrate_shard_group": GROUP, "migrate_poll_interval": 1, "migrate_progress_host_interval": 0,
              "migrate_report_dir": str(reports)}
     vars_file = tmp_path / f"extra-vars-{len(list(tmp_path.glob('extra-vars-*.json')))}.json"
     vars_file.write_text(json.dumps(extra), encoding="utf-8")
     return [harness.ansible_bin("ansible-playbook"), "-i", str(hosts.run_dir / harness.INVENTORY_FILE),
-            str(PLAYBOOK), "-e", f"@{vars_file}"]
+            str(PLAYBOOK), "-e", f"@{vars_file}", *args]
 
 
 def sha256_of(path: Path) -> str | None:
@@ -267,6 +268,13 @@ def play_env() -> dict[str, str]:
             "ANSIBLE_FORCE_COLOR": "0", "PYTHONUNBUFFERED": "1"}
 
 
+def run(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, cwd=str(harness.REPO_ROOT), env=play_env(), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=PLAY_TIMEOUT, check=False)
+    log_file(tmp_path).write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    return proc
+
+
 def start_play(argv: list[str], tmp_path: Path) -> Play:
     # Play() runs with test_fleet_faults' environment, the same as play_env()
     return Play(argv, log_file(tmp_path))
@@ -278,7 +286,11 @@ def unit_of(rel: str) -> str:
 
 
 def current_move(host: harness.Host) -> int | None:
-    moves = [pid for pid in host.pids() if len(_cmdline(pid)) >= 2 and os.path.basename(_cmdline(pid)[1]) == MODULE_SCRIPT]
+    moves = []
+    for pid in host.pids():
+        argv = _cmdline(pid)     # read once: the process may end at any time
+        if len(argv) >= 2 and os.path.basename(argv[1]) == MODULE_SCRIPT:
+            moves.append(pid)
     firsts = [pid for pid in moves if _parent(pid) not in moves]
     return firsts[0] if firsts else None
 
@@ -357,14 +369,25 @@ def test_a_host_killed_mid_shard_then_the_tree_is_planned_again(hosts, shared, t
     remaining = [rel for rel in tree if (src_of(shared) / rel).exists()]
     remaining_bytes = sum(tree[rel][1] for rel in remaining)
 
-    # Rerun with the dead host still in the inventory: it does not answer, and is left out of the plan.
+    # A rerun with the dead host in the play: it does not answer, and the role
+    # does not give its units away (it could be cut off and still moving).
+    refused = run(play_argv(hosts, tmp_path, shared, reports), tmp_path)
+    assert refused.returncode != 0, output(refused)
+    assert sorted(rel for rel in tree if (src_of(shared) / rel).exists()) == sorted(remaining)
+    assert json.loads((reports / "shard-plan.json").read_text(encoding="utf-8")) == plan
+    fleet, _summary = load_fleet(reports)
+    assert fleet["hosts"][victim.name]["status"] == "unreachable"
+    for name in ("h0", "h2"):
+        assert fleet["hosts"][name]["status"] == "failed"
+        assert fleet["hosts"][name]["msg"].startswith(f"not planned: {victim.name} of {GROUP} did not answer"), \
+            fleet["hosts"][name]["msg"]
+        assert f"run the play again without it (--limit '!{victim.name}')" in fleet["hosts"][name]["msg"]
+
+    # The operator fenced it (it is dead) and runs the play without it: the tree is planned again.
     started = time.monotonic()
-    second = subprocess.run(play_argv(hosts, tmp_path, shared, reports), cwd=str(harness.REPO_ROOT),
-                            env=play_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=PLAY_TIMEOUT, check=False)
-    log_file(tmp_path).write_text(second.stdout + second.stderr, encoding="utf-8")
+    second = run(play_argv(hosts, tmp_path, shared, reports, "--limit", f"!{victim.name}"), tmp_path)
     second_elapsed = time.monotonic() - started
-    assert second.returncode != 0, "the dead host is reported unreachable: " + output(second)
+    assert second.returncode == 0, output(second)
     check_nothing_lost(shared, tree, complete=True)
     replan = json.loads((reports / "shard-plan.json").read_text(encoding="utf-8"))
     assert [s["host"] for s in replan["shards"]] == ["h0", "h2"]
@@ -376,7 +399,7 @@ def test_a_host_killed_mid_shard_then_the_tree_is_planned_again(hosts, shared, t
 
     fleet, summary = load_fleet(reports)
     totals = fleet["totals"]
-    assert (totals["hosts_ok"], totals["hosts_unreachable"], totals["hosts_failed"]) == (2, 1, 0)
+    assert (totals["hosts"], totals["hosts_ok"]) == (2, 2) and sorted(fleet["hosts"]) == ["h0", "h2"]
     assert totals["files_total"] == len(remaining) and totals["bytes_total"] == remaining_bytes
     assert totals["files_failed"] == 0
     assert fleet["shards"]["left_out"] == [victim.name]
