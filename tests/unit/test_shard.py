@@ -309,3 +309,28 @@ def test_documentation_matches_argument_spec(module):
         assert _normalized(doc["options"][name]) == _normalized(spec), name
         assert doc["options"][name]["description"], name
     assert yaml.safe_load(module.RETURN) and yaml.safe_load(module.EXAMPLES)
+
+
+# --------------------------------------------------------------------------
+# A host of a shard group with nothing to move
+# --------------------------------------------------------------------------
+
+def test_an_idle_shard_host_is_ok_not_failed():
+    from ansible_collections.durable.mover.plugins.module_utils import _report
+
+    idle = _report.host_result({"jobs": [], "preflight": [], "idle": True,
+                                "host_msg": "idle: the shard plan gave this host nothing to move"})
+    assert idle["failed"] is False and idle["idle"] is True
+    # without the flag, a host that ran nothing has failed (a report never calls it ok)
+    assert _report.host_result({"jobs": [], "preflight": []})["failed"] is True
+    fleet = _report.fleet_report({"h0": idle, "h1": {"jobs": [], "preflight": []}})
+    assert fleet["hosts"]["h0"]["status"] == "ok" and fleet["hosts"]["h0"]["idle"] is True
+    assert fleet["hosts"]["h0"]["msg"] == "idle: the shard plan gave this host nothing to move"
+    assert fleet["hosts"]["h1"]["status"] == "failed"
+    assert (fleet["totals"]["hosts_ok"], fleet["totals"]["hosts_failed"]) == (1, 1)
+    # an idle host that became unreachable is unreachable
+    gone = _report.host_result({"jobs": [], "idle": True, "unreachable": True, "host_msg": "host unreachable"})
+    assert _report.host_status(gone) == "unreachable"
+    # the summary and the JUnit report take it as it is
+    assert "| h0 | ok |" in _report.summary_markdown(fleet)
+    _report.junit_xml(fleet)
