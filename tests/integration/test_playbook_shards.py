@@ -61,7 +61,8 @@ def test_check_mode_plans_and_changes_nothing(tmp_path: Path) -> None:
                         tmp_dir=tmp_path)
     assert proc.returncode == 0, output(proc)
     assert listing(tmp_path / "src") == before and not (tmp_path / "dest").exists()
-    assert recap(proc, "a")["changed"] == 0 and recap(proc, "b")["changed"] == 0
+    # check mode says each unit with files would move (changed), and nothing else would change
+    assert recap(proc, "a")["changed"] + recap(proc, "b")["changed"] == 4
     plan = json.loads((tmp_path / "reports" / "shard-plan.json").read_text(encoding="utf-8"))
     assert [s["host"] for s in plan["shards"]] == ["a", "b"] and plan["totals"]["files"] == 12
     fleet, _junit, _summary = load_reports(tmp_path / "reports")
