@@ -56,6 +56,7 @@ from test_fleet_faults import (  # pylint: disable=import-error
     output,
     recap,
     released,
+    sha256_of,
     stop_family,
     wait_gone,
 )
@@ -163,13 +164,6 @@ def play_argv(hosts: harness.Fleet, tmp_path: Path, shared, reports: Path, *args
     vars_file.write_text(json.dumps(extra), encoding="utf-8")
     return [harness.ansible_bin("ansible-playbook"), "-i", str(hosts.run_dir / harness.INVENTORY_FILE),
             str(PLAYBOOK), "-e", f"@{vars_file}", *args]
-
-
-def sha256_of(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return None
 
 
 def names_below(root: Path) -> list[str]:
