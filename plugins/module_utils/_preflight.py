@@ -56,6 +56,14 @@ INLINE_SYMLINK = 60
 MARGIN_FRACTION = 0.05
 MARGIN_MIN = 1024 * 1024
 _MOUNTINFO_OCTAL = re.compile(rb'\\([0-7]{3})')
+# Filesystems shared over a network or a cluster, by their mountinfo type
+# (FUSE ones as fuse.<subtype>): SQLite's locking is unreliable on them
+# (https://www.sqlite.org/faq.html#q5), so a job's journal must not live there.
+NETWORK_FSTYPES = frozenset((
+    'nfs', 'nfs4', 'cifs', 'smb3', 'smbfs', 'ncpfs', '9p', 'afs', 'lustre', 'ceph', 'glusterfs', 'gpfs',
+    'beegfs', 'orangefs', 'pvfs2', 'fuse.glusterfs', 'fuse.ceph-fuse', 'fuse.sshfs', 'fuse.s3fs', 'fuse.gcsfuse',
+    'fuse.rclone', 'fuse.juicefs', 'fuse.lizardfs', 'fuse.mfs', 'fuse.moosefs', 'fuse.davfs2', 'fuse.beegfs',
+))
 
 
 def nearest_existing(path):
@@ -335,12 +343,24 @@ def check_dest(dest_root, writing, problems):
     return found
 
 
-def check_state_dir(state_dir, job_id, problems):
+def network_filesystem(fstype):
+    """Whether a mountinfo filesystem type is one shared over a network or a cluster."""
+    return bool(fstype) and (fstype in NETWORK_FSTYPES or fstype.split('.', 1)[-1] in NETWORK_FSTYPES)
+
+
+def check_state_dir(state_dir, job_id, problems, warnings=None):
+    """The job's state directory: writable, and not on a network filesystem
+    (a warning, not a problem: the move may still work, its lock may not)."""
     path = os.path.join(os.path.abspath(state_dir or _mover.DEFAULT_STATE_DIR), job_id or '')
     nearest = nearest_existing(path)
     found = {'path': path, 'nearest_existing': nearest}
     found.update(filesystem(nearest))
     found['writable'] = _writable(nearest) and not found['read_only']
+    found['network_filesystem'] = network_filesystem(found.get('type'))
+    if found['network_filesystem'] and warnings is not None:
+        warnings.append('state_dir is on a network filesystem (%s): %s; SQLite\'s locking is unreliable there, '
+                        'so two runs of the job could both write its journal: keep state_dir on a local disk of '
+                        'each host' % (found['type'], display_path(nearest)))
     if found['read_only']:
         problems.append('state_dir is on a read-only filesystem: %s' % display_path(nearest))
     elif not found['writable']:
@@ -498,6 +518,7 @@ def preflight(params):
     """Every check for one src/dest pair; returns ``{'ok', 'problems', 'findings'}``."""
     params = {key: params.get(key) for key in PLAN_OPTIONS if params.get(key) is not None}
     problems = []
+    warnings = []
     findings = {'python': check_python(problems)}
     try:
         opts = _mover.Options.from_params(params)
@@ -505,14 +526,14 @@ def preflight(params):
     except MoverError as exc:
         problems.append(str(exc))
         findings['hash'] = check_hash(params.get('hash', 'auto'), problems)
-        return _done(problems, findings)
+        return _done(problems, findings, warnings)
     mode = opts.mode
     findings['mode'] = mode
     findings['job_id'] = job.job_id
     findings['hash'] = check_hash(opts.hash, problems)
     findings['src'] = check_src(opts.src, mode, problems)
     findings['dest'] = check_dest(job.dest_root, mode != 'verify', problems)
-    findings['state_dir'] = check_state_dir(opts.state_dir, job.job_id, problems)
+    findings['state_dir'] = check_state_dir(opts.state_dir, job.job_id, problems, warnings)
     findings['xattrs'] = check_xattrs(findings['src']['path'], findings['dest']['nearest_existing'],
                                       opts.preserve, problems)
     planned = None
@@ -542,13 +563,13 @@ def preflight(params):
     if planned is not None:
         findings['space'] = check_space(planned['plan'], estimate.result() if estimate else None,
                                         findings['src'], findings['dest'], findings['state_dir'], mode, problems)
-    return _done(problems, findings)
+    return _done(problems, findings, warnings)
 
 
-def _done(problems, findings):
+def _done(problems, findings, warnings=()):
     # One sentence once, in the order found.
     unique = list(dict.fromkeys(problems))
-    return {'ok': not unique, 'problems': unique, 'findings': findings}
+    return {'ok': not unique, 'problems': unique, 'findings': findings, 'warnings': list(warnings)}
 
 
 def summary(result):

@@ -402,7 +402,9 @@ def host_result(host) -> dict:
     preflight = [preflight_entry(p) for p in raw_pre] if isinstance(raw_pre, (list, tuple)) else []
     host_msg = _as_text(host.get("host_msg"))
     unreachable = _as_bool(host.get("unreachable", False)) or any(j["unreachable"] for j in jobs)
-    failed = _as_bool(host.get("host_failed", False)) or not jobs or \
+    # idle: a host of a shard group that the shard plan gave nothing to move
+    idle = _as_bool(host.get("idle", False)) and not jobs
+    failed = _as_bool(host.get("host_failed", False)) or (not jobs and not idle) or \
         any(j["status"] == STATUS_FAILED for j in jobs)
 
     stats = {key: sum(j["stats"][key] for j in jobs) for key in STAT_KEYS}
@@ -456,6 +458,8 @@ def host_result(host) -> dict:
     }
     if host_msg:
         result["host_msg"] = host_msg
+    if idle:
+        result["idle"] = True
     if _as_bool(host.get("host_failed", False)):
         result["host_failed"] = True
     plans = [j["plan"] for j in jobs if "plan" in j]
@@ -485,7 +489,7 @@ def _as_host(result, known_unreachable: bool = False) -> dict:
 def _status_of(host) -> str:
     if host["unreachable"]:
         return STATUS_UNREACHABLE
-    if host["failed"] or not host["jobs"] or host["stats"]["files_failed"] > 0 or \
+    if host["failed"] or not (host["jobs"] or host.get("idle")) or host["stats"]["files_failed"] > 0 or \
             any(j["status"] != STATUS_OK for j in host["jobs"]):
         return STATUS_FAILED
     return STATUS_OK
@@ -536,6 +540,8 @@ def _host_entry(result, known_unreachable: bool) -> dict:
     }
     if "plan" in host:
         entry["plan"] = host["plan"]
+    if host.get("idle"):
+        entry["idle"] = True
     return entry
 
 

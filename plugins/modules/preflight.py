@@ -34,6 +34,10 @@ description:
   - When O(preserve) includes V(xattrs) and the source has extended attributes (the source root and its first
     entries are sampled), whether the destination's filesystem supports them.
   - The Python version on the host, and whether C(blake3) is importable or SHA-256 is the fallback.
+  - Whether O(state_dir) is on a filesystem shared over a network or a cluster (NFS, CIFS/SMB, Lustre, CephFS,
+    GlusterFS, GPFS, BeeGFS and others, by the type in the mount table). SQLite's locking is unreliable there,
+    so this is a warning (and C(network_filesystem) in RV(findings.state_dir)), not a problem. Keep each host's
+    state directory on a local disk, also when several hosts move one shared tree.
   - The module fails, listing every problem, when there is any, unless O(fail_on_problems=false); the findings
     are returned either way.
 author:
@@ -193,7 +197,9 @@ findings:
         filesystem's type from the mount table; null when unknown), C(block_size).
       type: dict
     state_dir:
-      description: The job's state directory, with the same keys as RV(findings.dest).
+      description: >-
+        The job's state directory, with the same keys as RV(findings.dest), and C(network_filesystem) (its
+        filesystem is shared over a network or a cluster: the module warns).
       type: dict
     xattrs:
       description: >-
@@ -260,7 +266,7 @@ def execute(params: dict) -> dict:
     """The same in check mode and in a real run: nothing is ever changed."""
     found = preflight(params)
     return dict(changed=False, ok=found['ok'], problems=found['problems'], findings=found['findings'],
-                msg=summary(found))
+                msg=summary(found), warnings=found['warnings'])
 
 
 def main() -> None:
@@ -269,6 +275,8 @@ def main() -> None:
         result = execute(dict(module.params))
     except Exception as exc:  # a bug: say so plainly, with the traceback
         module.fail_json(msg='unexpected error: %s' % exc, exception=traceback.format_exc())
+    for warning in result.pop('warnings'):
+        module.warn(warning)
     if not result['ok'] and module.params['fail_on_problems']:
         module.fail_json(**result)
     module.exit_json(**result)
