@@ -210,7 +210,12 @@ class DestinationTaken(MoverError):
     """The final name was taken by someone else while the entry was being moved."""
 
 
-def rename_into_place(src_dir_fd, src_name, dst_dir_fd, dst_name, path_for_errors=None, replace=False):
+class PartReplaced(MoverError):
+    """The part's name no longer holds the file this process wrote and verified."""
+
+
+def rename_into_place(src_dir_fd, src_name, dst_dir_fd, dst_name, path_for_errors=None, replace=False,
+                      expect=None):
     """rename(2) the part (or, on one filesystem, the source) to its final name.
 
     Requires: for a copy, sync_data of the part has succeeded and the copy was
@@ -220,21 +225,51 @@ def rename_into_place(src_dir_fd, src_name, dst_dir_fd, dst_name, path_for_error
     on_conflict=overwrite, or this job's own earlier copy), the final name is
     never taken from anyone: an entry another process created there since the
     caller looked raises DestinationTaken and is left as it is.
+
+    `expect`: the (st_dev, st_ino[, st_ctime_ns]) of the part the caller
+    wrote, flushed and verified. The rename goes by name, and another process
+    may have put its own file under the part's name since (a second mover on
+    the same tree makes its part under the same name, after removing ours):
+    the name must hold that file before the rename, and the final name must
+    hold it after, else PartReplaced (the source must then be kept: what is at
+    the final name is not the verified copy, and it is left there, as anything
+    not ours). A freed inode's number is soon given to a new file (ext4 does
+    at once): a caller that no longer holds the part open passes its ctime
+    too, which a new file under a reused number does not share.
     """
+    if expect is not None:
+        _still_ours(src_dir_fd, src_name, expect, path_for_errors or dst_name, 'before its rename')
+        expect = tuple(expect)[:2]      # the rename itself changes the ctime
     if replace:
         try:
             os.rename(src_name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
         except OSError as exc:
             raise os_error(exc, 'rename into place failed', path_for_errors or dst_name)
-        return
-    err = _rename_noreplace(src_dir_fd, src_name, dst_dir_fd, dst_name)
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        err = _link_noreplace(src_dir_fd, src_name, dst_dir_fd, dst_name, path_for_errors)
-    if err == errno.EEXIST:
-        raise DestinationTaken('an entry appeared under the destination name while this one was being '
-                               'moved; it was left as it is', path_for_errors or dst_name, err)
-    if err:
-        raise MoverError('rename into place failed', path_for_errors or dst_name, err)
+    else:
+        err = _rename_noreplace(src_dir_fd, src_name, dst_dir_fd, dst_name)
+        if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+            err = _link_noreplace(src_dir_fd, src_name, dst_dir_fd, dst_name, path_for_errors)
+        if err == errno.EEXIST:
+            raise DestinationTaken('an entry appeared under the destination name while this one was being '
+                                   'moved; it was left as it is', path_for_errors or dst_name, err)
+        if err:
+            raise MoverError('rename into place failed', path_for_errors or dst_name, err)
+    if expect is not None:
+        _still_ours(dst_dir_fd, dst_name, expect, path_for_errors or dst_name, 'during its rename')
+
+
+def _still_ours(dir_fd, name, expect, path_for_errors, when):
+    """Raise PartReplaced unless `name` is the file `expect` (st_dev, st_ino[, st_ctime_ns])."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise os_error(exc, 'cannot check the part file', path_for_errors)
+    if st is None or (st.st_dev, st.st_ino, st.st_ctime_ns)[:len(expect)] != tuple(expect):
+        raise PartReplaced('the part file was replaced by another process %s (another mover on this tree?): '
+                           'the verified copy was not put in place and the source was kept' % when,
+                           path_for_errors, errno.ESTALE)
 
 
 def _rename_noreplace(src_dir_fd, src_name, dst_dir_fd, dst_name):

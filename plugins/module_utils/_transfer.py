@@ -61,11 +61,17 @@ class Outcome:
         self.bytes = nbytes
         self.fatal = bool(getattr(error, 'fatal', False))
         self.src_ident = src_ident
-        self.staged = staged      # STAGED: (reldir, name, dreldir, dname, part, st, sparse, replace)
+        self.staged = staged      # STAGED: (reldir, name, dreldir, dname, part, st, sparse, replace, part's id)
         # The source's mode, if the copy got it without its set-id/sticky bits (owner not kept)
         self.setid_cleared = setid_cleared
         # Why its read-back could not come from the device (_copy.INLINE, NO_DIRECT), or None
         self.readback = None
+
+
+def _file_id(st, ctime=False):
+    """(st_dev, st_ino): which file a name or descriptor is; with its ctime
+    for a file no longer held open (its number may be reused)."""
+    return (st.st_dev, st.st_ino, st.st_ctime_ns) if ctime else (st.st_dev, st.st_ino)
 
 
 def open_read(dir_fd, name):
@@ -541,7 +547,7 @@ class Transfer:
             if self.batch_flush is not None and pipeline is None and self.batch_flush.covers(dst_dir):
                 # Flushed with the rest of the batch (syncfs), then finish()ed.
                 staged = (split(row.path)[0], name, split(self.dest_rel(row.path))[0], dname, part, st, sparse,
-                          replace)
+                          replace, _file_id(os.fstat(part_fd), ctime=True))
                 part = None
                 return Outcome(row, STAGED, method='copy', digest=_hashing.digest(self.algorithm, hasher),
                                nbytes=copied, src_ident=src_ident, staged=staged)
@@ -557,10 +563,12 @@ class Transfer:
             self._verify(part_fd, dst_dir, part, st, sparse, digest, row.path, path, read_back)
             _faults.point('after_verify')
             self._check_unchanged(fd, src_dir, name, st, path)
+            # part_fd stays open until the rename is checked: its inode number cannot go to another file
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname), replace=replace,
+                                       expect=_file_id(os.fstat(part_fd)))
+            part = None
             os.close(part_fd)
             part_fd = None
-            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname), replace=replace)
-            part = None
             _faults.point('after_rename')
             return Outcome(row, MOVED, method='copy', digest=digest, nbytes=copied, src_ident=src_ident)
         except MoverError as exc:
@@ -629,7 +637,7 @@ class Transfer:
     def finish(self, outcome):
         """A STAGED copy, after the batch's flush: verify, check the source, rename."""
         row = outcome.row
-        reldir, name, dreldir, dname, part, st, sparse, replace = outcome.staged
+        reldir, name, dreldir, dname, part, st, sparse, replace, ours = outcome.staged
         self._local.dreldir = dreldir
         self._local.readback = None
         path = self.src.full(row.path)
@@ -647,7 +655,8 @@ class Transfer:
             if named is None or ident(named) != outcome.src_ident:
                 raise _copy.SourceChanged('source changed while it was copied (it will be copied again '
                                           'next run; the source was kept)', path, errno.EAGAIN)
-            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname), replace=replace)
+            _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname), replace=replace,
+                                       expect=ours)
             _faults.point('after_rename')
             moved = Outcome(row, MOVED, method='copy', digest=outcome.digest, nbytes=outcome.bytes,
                             src_ident=outcome.src_ident, setid_cleared=outcome.setid_cleared)

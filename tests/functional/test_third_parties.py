@@ -188,3 +188,51 @@ def test_a_hard_link_name_replaced_after_the_scan_keeps_its_new_content(replaced
     assert (dest / other).read_bytes() == b'shared content\n'
     assert not result.get('failed'), result
     assert not (src / 'a').exists() and not (src / 'b').exists()
+
+
+HALF = b'half of what a second mover wrote'
+
+
+def _part_replaced_before_rename(monkeypatch, name):
+    """Just before the part is renamed to `name`, another process (a second
+    mover on the same tree, with its own journal) removes the part and makes
+    its own under the same name, not yet whole: create_part does exactly that."""
+    real = _durable.rename_into_place
+    acted = []
+
+    def rename_into_place(src_dir_fd, src_name, dst_dir_fd, dst_name, *args, **kwargs):
+        if dst_name == name and src_name.endswith('.part') and not acted:
+            os.unlink(src_name, dir_fd=src_dir_fd)
+            fd = os.open(src_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=src_dir_fd)
+            os.write(fd, HALF)
+            os.close(fd)
+            acted.append(src_name)
+        return real(src_dir_fd, src_name, dst_dir_fd, dst_name, *args, **kwargs)
+
+    monkeypatch.setattr(_durable, 'rename_into_place', rename_into_place)
+    return acted
+
+
+@pytest.mark.root
+@pytest.mark.parametrize('path', ['copy-batch', 'copy-alone', 'copy-pipeline'])
+def test_a_part_replaced_under_its_name_is_never_taken_for_the_verified_copy(path, tmp_path, request, monkeypatch):
+    """The copy was written, flushed and verified through the mover's own
+    descriptor; the rename goes by name. Whatever another process put under
+    the part's name since is not that copy: the file fails, its source stays,
+    and nothing half-written is ever recorded as moved."""
+    what, kind = PATHS[path]
+    src = tmp_path / 'src'
+    src.mkdir()
+    (src / 'first').write_bytes(b'first\n')
+    original = os.urandom(256 * 1024) if what == 'big' else b'the source\n'
+    (src / 'target').write_bytes(original)
+    dest = _dest(kind, tmp_path, request)
+    acted = _part_replaced_before_rename(monkeypatch, 'target')
+    result = _mover.run(_params(tmp_path, dest, buffer_size='16K'))
+    assert acted, 'the rename of the part was never reached'
+    assert (src / 'target').read_bytes() == original, 'the source is gone although its copy never reached dest'
+    assert result['failed'] is True and result['complete'] is False, result
+    assert [f['path'] for f in result['failures']] == [str(src / 'target')], result['failures']
+    assert 'replaced' in result['failures'][0]['error'], result['failures']
+    assert not (dest / 'target').exists() or (dest / 'target').read_bytes() != original
+    assert (dest / 'first').read_bytes() == b'first\n'
