@@ -775,8 +775,9 @@ class Transfer:
         except OSError as exc:
             raise os_error(exc, 'cannot create hard link', self._dfull(dname))
         try:
+            # the part must be the first name's copy (alive, so its number is its own) until it is in place
             _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname),
-                                       replace=self._may_replace(row))
+                                       replace=self._may_replace(row), expect=_file_id(lst))
         except MoverError:
             _durable.remove_quietly(dst_dir, part)
             raise
@@ -799,13 +800,19 @@ class Transfer:
         _durable.remove_quietly(dst_dir, part)
         try:
             os.symlink(target, part, dir_fd=dst_dir)
+            made = _file_id(os.lstat(part, dir_fd=dst_dir))
             xattrs = _metadata.read_xattrs(dir_fd=src_dir, name=name) if 'xattrs' in self.preserve else None
             _metadata.apply(st, self.preserve, dir_fd=dst_dir, name=part, xattrs=xattrs,
                             path_for_errors=self._dfull(dname))
             if os.readlink(name, dir_fd=src_dir) != target:
                 raise _copy.SourceChanged('symbolic link changed while it was copied', path, errno.EAGAIN)
+            ours = _file_id(os.lstat(part, dir_fd=dst_dir), ctime=True)
+            if ours[:2] != made:
+                raise _durable.PartReplaced('the symbolic link made at the destination was replaced by another '
+                                            'process before its rename; the source was kept',
+                                            self._dfull(dname), errno.ESTALE)
             _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname),
-                                       replace=self._may_replace(row))
+                                       replace=self._may_replace(row), expect=ours)
         except _copy.SourceChanged as exc:
             _durable.remove_quietly(dst_dir, part)
             return Outcome(row, RETRY, error=exc)
@@ -841,7 +848,7 @@ class Transfer:
                                  'it was renamed into place; it was removed and the source kept',
                                  self._dfull(dname), errno.EEXIST)
             _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname),
-                                       replace=self._may_replace(row))
+                                       replace=self._may_replace(row), expect=_file_id(os.fstat(node)))
         except OSError as exc:
             _durable.remove_quietly(dst_dir, part)
             raise os_error(exc, 'cannot recreate %s' % special_name(st.st_mode), self._dfull(dname))

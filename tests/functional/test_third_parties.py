@@ -214,25 +214,38 @@ def _part_replaced_before_rename(monkeypatch, name):
 
 
 @pytest.mark.root
-@pytest.mark.parametrize('path', ['copy-batch', 'copy-alone', 'copy-pipeline'])
+@pytest.mark.parametrize('path', ['copy-batch', 'copy-alone', 'copy-pipeline', 'symlink', 'hardlink', 'special'])
 def test_a_part_replaced_under_its_name_is_never_taken_for_the_verified_copy(path, tmp_path, request, monkeypatch):
     """The copy was written, flushed and verified through the mover's own
-    descriptor; the rename goes by name. Whatever another process put under
-    the part's name since is not that copy: the file fails, its source stays,
-    and nothing half-written is ever recorded as moved."""
+    descriptor (or made by it: a link, a node); the rename goes by name.
+    Whatever another process put under the part's name since is not that
+    copy: the entry fails, its source stays, and nothing half-written is ever
+    recorded as moved."""
     what, kind = PATHS[path]
     src = tmp_path / 'src'
     src.mkdir()
     (src / 'first').write_bytes(b'first\n')
-    original = os.urandom(256 * 1024) if what == 'big' else b'the source\n'
-    (src / 'target').write_bytes(original)
+    original = None
+    if what in ('file', 'big'):
+        original = os.urandom(256 * 1024) if what == 'big' else b'the source\n'
+        (src / 'target').write_bytes(original)
+    elif what == 'symlink':
+        os.symlink('first', src / 'target')
+    elif what == 'hardlink':
+        os.link(src / 'first', src / 'target')
+    else:
+        os.mkfifo(src / 'target')
     dest = _dest(kind, tmp_path, request)
     acted = _part_replaced_before_rename(monkeypatch, 'target')
-    result = _mover.run(_params(tmp_path, dest, buffer_size='16K'))
+    result = _mover.run(_params(tmp_path, dest, buffer_size='16K', special_files='recreate'))
     assert acted, 'the rename of the part was never reached'
-    assert (src / 'target').read_bytes() == original, 'the source is gone although its copy never reached dest'
+    assert os.path.lexists(src / 'target'), 'the source is gone although its copy never reached dest'
+    if original is not None:
+        assert (src / 'target').read_bytes() == original
     assert result['failed'] is True and result['complete'] is False, result
     assert [f['path'] for f in result['failures']] == [str(src / 'target')], result['failures']
     assert 'replaced' in result['failures'][0]['error'], result['failures']
-    assert not (dest / 'target').exists() or (dest / 'target').read_bytes() != original
+    at_dest = dest / 'target'        # nothing, or the other process's file (renamed in the instant before)
+    assert not os.path.lexists(at_dest) or (at_dest.is_file() and not at_dest.is_symlink()
+                                            and at_dest.read_bytes() == HALF)
     assert (dest / 'first').read_bytes() == b'first\n'
