@@ -40,13 +40,17 @@ def _text(value):
 
 
 def common_options(role_vars):
-    """``{option: value}`` of the ``migrate_<option>`` variables that are set (not null)."""
+    """``{option: value}`` of the ``migrate_<option>`` variables that are set.
+
+    Unset is null, or the empty string: the role hands the variables over as
+    ``"{{ migrate_x | default(none) }}"``, which ansible-core before 2.19
+    renders as '' (no option of the module takes '' as a value)."""
     if not isinstance(role_vars, Mapping):
         return {}
     found = {}
     for option in MODULE_OPTIONS:
         value = role_vars.get('migrate_' + option)
-        if value is not None:
+        if value is not None and not (isinstance(value, str) and value == ''):
             found[option] = value
     return found
 

@@ -38,6 +38,17 @@ def test_single_pair_with_role_options():
     }]
 
 
+def test_an_unset_variable_as_ansible_core_before_2_19_renders_it_is_unset():
+    """The role hands its variables over as "{{ migrate_x | default(none) }}",
+    which ansible-core 2.16 to 2.18 render as '' (the >1,000-poll play failed
+    under 2.16: preflight got cross_filesystems '' and refused it)."""
+    role_vars = {"migrate_" + option: "" for option in MODULE_OPTIONS}
+    role_vars["migrate_workers"] = 2
+    result = job_list([], src="/srv/a", dest="/srv/b", role_vars=role_vars)
+    assert result["errors"] == []
+    assert result["jobs"][0]["params"] == {"src": "/srv/a", "dest": "/srv/b", "workers": 2}
+
+
 def test_jobs_override_role_options_and_the_pair_comes_last():
     jobs = [
         {"src": "/a", "dest": "/b", "options": {"hash": "none", "job_id": "first"}, "name": "first disk"},
