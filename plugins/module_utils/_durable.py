@@ -322,15 +322,43 @@ def _same_dir(fd_a, fd_b):
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def sync_dest_dir(dir_fd, path_for_errors=None):
+XFS_MAGIC = 0x58465342
+
+
+def sync_dest_dir(dir_fd, path_for_errors=None, probe=None):
     """fsync a destination directory after renames into it.
 
     Requires: the renames returned. After it, the destination names are durable,
     and only then may the journal record the files as copied.
+
+    On xfs a directory's fsync answers success once the filesystem has shut
+    down after an I/O error (xfs_dir_fsync forces the log only for a pinned
+    inode, and a failed log write unpins them all): the renames it covers may
+    never have reached the disk. A regular file's fsync checks for the
+    shutdown first, so `probe`, a regular file just renamed into the
+    directory, is fsynced after it there: an error means the renames are not
+    durable.
     """
     if _faults.broken('no_dest_dir_fsync'):
         return
     sync_dir(dir_fd, path_for_errors)
+    if probe is not None and fs_type(dir_fd) == XFS_MAGIC:
+        _fsync_probe(dir_fd, probe, path_for_errors)
+
+
+def _fsync_probe(dir_fd, name, path_for_errors):
+    try:
+        fd = os.open(name, os.O_RDONLY | O_NOFOLLOW | os.O_NONBLOCK | O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        raise os_error(exc, 'the destination filesystem failed after the renames (its directory fsync '
+                            'cannot be trusted)', path_for_errors)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise os_error(exc, 'the destination filesystem failed after the renames (its directory fsync '
+                            'cannot be trusted)', path_for_errors)
+    finally:
+        os.close(fd)
 
 
 def unlink_source(dir_fd, name, path_for_errors=None):

@@ -960,8 +960,10 @@ class Runner:
         for o in ok:
             dest_dirs.setdefault(split(self.job.dest_rel(o.row.path))[0], []).append(o)
         for reldir in sorted(dest_dirs):
+            files = [o for o in dest_dirs[reldir] if o.row.kind == 'file']
+            probe = split(self.job.dest_rel(files[0].row.path))[1] if files else None
             try:
-                _durable.sync_dest_dir(self.dst_tree.get(reldir), self.dst_tree.full(reldir))
+                _durable.sync_dest_dir(self.dst_tree.get(reldir), self.dst_tree.full(reldir), probe=probe)
             except MoverError as exc:
                 for o in dest_dirs[reldir]:
                     o.status, o.error = FAILED, exc

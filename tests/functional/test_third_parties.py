@@ -12,6 +12,7 @@ real function. Nothing of the code under test is replaced.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -249,3 +250,37 @@ def test_a_part_replaced_under_its_name_is_never_taken_for_the_verified_copy(pat
     assert not os.path.lexists(at_dest) or (at_dest.is_file() and not at_dest.is_symlink()
                                             and at_dest.read_bytes() == HALF)
     assert (dest / 'first').read_bytes() == b'first\n'
+
+
+@pytest.mark.root
+@pytest.mark.loop
+def test_an_xfs_that_shuts_down_before_the_directory_fsync_keeps_every_source(tmp_path, request, monkeypatch):
+    """The destination's disk dies between the renames and the fsync of their
+    directory: xfs shuts down (here by XFS_IOC_GOINGDOWN without flushing its
+    log, what a failed log write does), aborting the renames in its log. Its
+    directory fsync then answers success (xfs forces the log only for a
+    pinned inode, and the abort unpinned them all), so the journal recorded
+    files whose names never reached the disk and their sources were removed
+    (found by test_device_faults' dying xfs with two workers, 1 run in 10).
+    Every source of the batch must stay."""
+    src = tmp_path / 'src'
+    (src / 'd').mkdir(parents=True)
+    for index in range(6):
+        (src / 'd' / ('f%d' % index)).write_bytes(b'file %d\n' % index)
+    mnt = request.getfixturevalue('loopfs')('xfs', 300)
+    dest = mnt / 'dest'
+    real = _durable.sync_dest_dir
+    acted = []
+
+    def sync_dest_dir(dir_fd, *args, **kwargs):
+        if not acted:
+            subprocess.run(['xfs_io', '-x', '-c', 'shutdown', str(mnt)], check=True, capture_output=True)
+            acted.append(dir_fd)
+        return real(dir_fd, *args, **kwargs)
+
+    monkeypatch.setattr(_durable, 'sync_dest_dir', sync_dest_dir)
+    result = _mover.run(_params(tmp_path, dest, batch_files=16))
+    assert acted, 'the directory fsync was never reached'
+    kept = sorted(p.name for p in (src / 'd').iterdir())
+    assert kept == ['f%d' % index for index in range(6)], (kept, result.get('msg'), result['stats'])
+    assert result['failed'] is True and result['complete'] is False, result
