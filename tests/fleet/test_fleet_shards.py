@@ -129,8 +129,9 @@ def kill_modules(host: harness.Host) -> None:
         wait_gone(pid)
 
 
-def lay_tree(hosts: harness.Fleet, shared, seed: str) -> Tree:
-    """A fresh tree in the shared source (8 top-level directories, one empty, and loose files); clean state."""
+def lay_tree(hosts: harness.Fleet, shared, seed: str, more: int = 1) -> Tree:
+    """A fresh tree in the shared source (8 top-level directories, one empty, and loose files); clean state.
+    `more` multiplies the files of d0 and d1 (a unit that takes long enough to be caught half moved)."""
     for host in hosts:
         if harness.pid_alive(host.init_pid, host.init_start):
             kill_modules(host)
@@ -139,7 +140,7 @@ def lay_tree(hosts: harness.Fleet, shared, seed: str) -> Tree:
     subprocess.run(["rm", "-rf", str(src), str(dest)], check=True)
     rnd = random.Random(seed)
     files: dict[str, bytes] = {}
-    counts = {"d0": 120, "d1": 90, "d2": 60, "d3": 40, "d4": 30, "d5": 5, "d6": 20}
+    counts = {"d0": 120 * more, "d1": 90 * more, "d2": 60, "d3": 40, "d4": 30, "d5": 5, "d6": 20}
     for top, count in counts.items():
         for i in range(count):
             files[f"{top}/sub{i % 3}/f{i:04d}.dat"] = rnd.randbytes(0 if i % 37 == 5 else rnd.randint(1, 8 * 1024))
@@ -330,7 +331,9 @@ def kill_host_for_good(host: harness.Host) -> None:
 
 
 def test_a_host_killed_mid_shard_then_the_tree_is_planned_again(hosts, shared, tmp_path):
-    tree = lay_tree(hosts, shared, "killed")
+    # Units of several hundred files: caught half moved by stepping the host's move even on a loaded
+    # machine (with 120 files, a unit was once moved whole between two steps in CI).
+    tree = lay_tree(hosts, shared, "killed", more=5)
     victim = hosts["h1"]
     reports = tmp_path / "reports"
     frozen: list[int] = []
