@@ -61,7 +61,7 @@ def _no_batch_flush():
 
 
 def _no_dest_dir_fsync():
-    _durable.sync_dest_dir = lambda dir_fd, path_for_errors=None: None
+    _durable.sync_dest_dir = lambda dir_fd, path_for_errors=None, probe=None: None
 
 
 def _unlink_before_journal():
