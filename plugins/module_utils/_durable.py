@@ -267,8 +267,8 @@ def _still_ours(dir_fd, name, expect, path_for_errors, when):
     except OSError as exc:
         raise os_error(exc, 'cannot check the part file', path_for_errors)
     if st is None or (st.st_dev, st.st_ino, st.st_ctime_ns)[:len(expect)] != tuple(expect):
-        raise PartReplaced('the part file was replaced by another process %s (another mover on this tree?): '
-                           'the verified copy was not put in place and the source was kept' % when,
+        raise PartReplaced('what was made at the destination was replaced by another entry %s (another process: '
+                           'a second mover on this tree?); it was not put in place and the source was kept' % when,
                            path_for_errors, errno.ESTALE)
 
 

@@ -843,10 +843,7 @@ class Transfer:
             # would be followed); the mode is always the source's.
             self._apply(st, [p for p in self.preserve if p != 'mode'] + ['mode'], node_fd=node,
                         path_for_errors=self._dfull(dname))
-            if not _still_named(dst_dir, part, node):
-                raise MoverError('the special file made at the destination was replaced by another entry before '
-                                 'it was renamed into place; it was removed and the source kept',
-                                 self._dfull(dname), errno.EEXIST)
+            # the rename checks that the part's name still holds the node we made
             _durable.rename_into_place(dst_dir, part, dst_dir, dname, self._dfull(dname),
                                        replace=self._may_replace(row), expect=_file_id(os.fstat(node)))
         except OSError as exc:
@@ -877,13 +874,3 @@ def _open_node(dir_fd, name, st, path_for_errors):
         raise MoverError('the special file made at the destination was replaced by another entry before its '
                          'metadata was set; it was removed and the source kept', path_for_errors, errno.EEXIST)
     return fd
-
-
-def _still_named(dir_fd, name, fd):
-    """Is `name` in `dir_fd` still the inode `fd` holds?"""
-    try:
-        named = os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)

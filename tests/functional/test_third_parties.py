@@ -21,21 +21,55 @@ from ansible_collections.durable.mover.plugins.module_utils import _durable, _mo
 THEIRS = b'written by another process during the move\n'
 
 
-def _third_party_creates(monkeypatch, name):
-    """Just before the final rename to `name`, another process creates a file there."""
+def _just_before_the_rename_to(monkeypatch, name, act):
+    """Make another process act once, just before the core renames an entry
+    to `name`: act(src_dir_fd, src_name, dst_dir_fd, dst_name) returns True
+    when it acted (it may decline a rename that is not the one it waits for).
+    Returns the list of renames it acted at."""
     real = _durable.rename_into_place
     acted = []
 
     def rename_into_place(src_dir_fd, src_name, dst_dir_fd, dst_name, *args, **kwargs):
-        if dst_name == name and not acted:
-            fd = os.open(dst_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dst_dir_fd)
-            os.write(fd, THEIRS)
-            os.close(fd)
-            acted.append(dst_name)
+        if dst_name == name and not acted and act(src_dir_fd, src_name, dst_dir_fd, dst_name):
+            acted.append(src_name)
         return real(src_dir_fd, src_name, dst_dir_fd, dst_name, *args, **kwargs)
 
     monkeypatch.setattr(_durable, 'rename_into_place', rename_into_place)
     return acted
+
+
+def _write_new(dir_fd, name, data, mode):
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
+    os.write(fd, data)
+    os.close(fd)
+
+
+def _third_party_creates(monkeypatch, name):
+    """Just before the final rename to `name`, another process creates a file there."""
+    def act(_src_dir_fd, _src_name, dst_dir_fd, dst_name):
+        _write_new(dst_dir_fd, dst_name, THEIRS, 0o644)
+        return True
+
+    return _just_before_the_rename_to(monkeypatch, name, act)
+
+
+def _source_tree(tmp_path, what, name='target'):
+    """src/first, and src/<name> of the kind `what` names; returns (src, the
+    regular file's content or None)."""
+    src = tmp_path / 'src'
+    src.mkdir()
+    (src / 'first').write_bytes(b'first\n')
+    original = None
+    if what in ('file', 'big'):
+        original = os.urandom(256 * 1024) if what == 'big' else b'the source\n'
+        (src / name).write_bytes(original)
+    elif what == 'symlink':
+        os.symlink('first', src / name)
+    elif what == 'hardlink':
+        os.link(src / 'first', src / name)
+    elif what == 'fifo':
+        os.mkfifo(src / name)
+    return src, original
 
 
 def _dest(kind, tmp_path, request):
@@ -62,23 +96,8 @@ PATHS = {
 @pytest.mark.parametrize('path', sorted(PATHS))
 def test_a_file_created_at_the_destination_during_the_move_is_never_replaced(path, tmp_path, request):
     what, kind = PATHS[path]
-    src = tmp_path / 'src'
-    src.mkdir()
-    (src / 'first').write_bytes(b'first\n')
     name = 'target'
-    original = None
-    if what == 'file':
-        original = b'the source\n'
-        (src / name).write_bytes(original)
-    elif what == 'big':
-        original = os.urandom(256 * 1024)
-        (src / name).write_bytes(original)
-    elif what == 'symlink':
-        os.symlink('first', src / name)
-    elif what == 'hardlink':
-        os.link(src / 'first', src / name)
-    elif what == 'fifo':
-        os.mkfifo(src / name)
+    src, original = _source_tree(tmp_path, what, name)
     dest = _dest(kind, tmp_path, request)
     acted = _third_party_creates(request.getfixturevalue('monkeypatch'), name)
     result = _mover.run({'src': str(src), 'dest': str(dest), 'state_dir': str(tmp_path / 'state'),
@@ -198,20 +217,14 @@ def _part_replaced_before_rename(monkeypatch, name):
     """Just before the part is renamed to `name`, another process (a second
     mover on the same tree, with its own journal) removes the part and makes
     its own under the same name, not yet whole: create_part does exactly that."""
-    real = _durable.rename_into_place
-    acted = []
+    def act(src_dir_fd, src_name, _dst_dir_fd, _dst_name):
+        if not src_name.endswith('.part'):
+            return False
+        os.unlink(src_name, dir_fd=src_dir_fd)
+        _write_new(src_dir_fd, src_name, HALF, 0o600)
+        return True
 
-    def rename_into_place(src_dir_fd, src_name, dst_dir_fd, dst_name, *args, **kwargs):
-        if dst_name == name and src_name.endswith('.part') and not acted:
-            os.unlink(src_name, dir_fd=src_dir_fd)
-            fd = os.open(src_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=src_dir_fd)
-            os.write(fd, HALF)
-            os.close(fd)
-            acted.append(src_name)
-        return real(src_dir_fd, src_name, dst_dir_fd, dst_name, *args, **kwargs)
-
-    monkeypatch.setattr(_durable, 'rename_into_place', rename_into_place)
-    return acted
+    return _just_before_the_rename_to(monkeypatch, name, act)
 
 
 @pytest.mark.root
@@ -223,19 +236,7 @@ def test_a_part_replaced_under_its_name_is_never_taken_for_the_verified_copy(pat
     copy: the entry fails, its source stays, and nothing half-written is ever
     recorded as moved."""
     what, kind = PATHS[path]
-    src = tmp_path / 'src'
-    src.mkdir()
-    (src / 'first').write_bytes(b'first\n')
-    original = None
-    if what in ('file', 'big'):
-        original = os.urandom(256 * 1024) if what == 'big' else b'the source\n'
-        (src / 'target').write_bytes(original)
-    elif what == 'symlink':
-        os.symlink('first', src / 'target')
-    elif what == 'hardlink':
-        os.link(src / 'first', src / 'target')
-    else:
-        os.mkfifo(src / 'target')
+    src, original = _source_tree(tmp_path, what)
     dest = _dest(kind, tmp_path, request)
     acted = _part_replaced_before_rename(monkeypatch, 'target')
     result = _mover.run(_params(tmp_path, dest, buffer_size='16K', special_files='recreate'))
