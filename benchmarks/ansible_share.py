@@ -33,23 +33,36 @@ sys.path.insert(0, HERE)
 import bench  # noqa: E402  pylint: disable=wrong-import-position
 
 CALLBACKS = os.path.join(HERE, 'callback_plugins')
+BEFORE = 'playbook (--compare-with)'
 
 
 def core_cmd(args, src, dest, state):
     return bench.ours_core(src, dest, state, args.python)
 
 
-def playbook_cmd(args, src, dest, state, times):
+def playbook_cmd(args, src, dest, state, times, repo=None):
+    """ansible-playbook playbooks/migrate.yml of this tree, or of `repo` (another
+    checkout, e.g. the code before a change, run in the same rounds)."""
     cmd, env = bench.ours_ansible(src, dest, state, args.python)
     cmd = [c for c in cmd if c != 'migrate_async=false']
     cmd = cmd[:-1] if cmd[-1] == '-e' else cmd
+    if repo:
+        cmd[1] = os.path.join(repo, 'playbooks', 'migrate.yml')
+        env = dict(env, ANSIBLE_CONFIG=os.path.join(repo, 'ansible.cfg'))
+    for extra in args.extra_var:
+        cmd += ['-e', extra]
     env = dict(env, ANSIBLE_CALLBACK_PLUGINS=CALLBACKS, ANSIBLE_CALLBACKS_ENABLED='task_times',
-               DURABLE_MOVER_TASK_TIMES=times)
+               DURABLE_MOVER_TASK_TIMES=times or '')
+    if args.pipelining:
+        env['ANSIBLE_PIPELINING'] = 'true'
     return cmd, env
 
 
 def run_one(args, tool, src, dest, state, times):
-    cmd, env = core_cmd(args, src, dest, state) if tool == 'core' else playbook_cmd(args, src, dest, state, times)
+    if tool == 'core':
+        cmd, env = core_cmd(args, src, dest, state)
+    else:
+        cmd, env = playbook_cmd(args, src, dest, state, times, args.compare_with if tool == BEFORE else None)
     elapsed, _rss, proc = bench.timed(cmd, env)
     if proc.returncode != 0:
         raise SystemExit('%s failed (rc %d):\n%s\n%s' % (tool, proc.returncode, proc.stdout[-3000:],
@@ -60,9 +73,10 @@ def run_one(args, tool, src, dest, state, times):
 class Workload:
     def __init__(self, args, mounts, name, make):
         self.args, self.mounts, self.name, self.make = args, mounts, name, make
-        self.samples = {'core': [], 'playbook': [], 'core rerun': [], 'playbook rerun': []}
-        self.tasks = []          # {task: seconds} of each playbook run
-        self.rerun_tasks = []
+        self.tools = ['core', 'playbook'] + ([BEFORE] if args.compare_with else [])
+        self.samples = {key: [] for tool in self.tools for key in (tool, tool + ' rerun')}
+        self.tasks = {tool: [] for tool in self.tools}          # {task: seconds} of each playbook run
+        self.rerun_tasks = {tool: [] for tool in self.tools}
 
     def paths(self):
         return (os.path.join(self.mounts.src, 'share', 'src'), os.path.join(self.mounts.dest, 'share', 'dest'),
@@ -79,20 +93,19 @@ class Workload:
     def run(self):
         times = os.path.join(self.mounts.work, 'task-times.json')
         for run in range(self.args.runs):
-            for tool in (('core', 'playbook') if run % 2 == 0 else ('playbook', 'core')):
+            # each round starts with the next tool
+            for tool in self.tools[run % len(self.tools):] + self.tools[:run % len(self.tools)]:
                 src, dest, state = self.reset()
                 bench.drop_caches(self.args.settle)
                 elapsed = run_one(self.args, tool, src, dest, state, times)
                 self.samples[tool].append(elapsed)
-                if tool == 'playbook':
-                    self.tasks.append(_task_times(times))
+                self.tasks[tool].append(_task_times(times))
                 # the rerun of the finished job: nothing to do
                 bench.drop_caches(self.args.settle)
                 again = run_one(self.args, tool, src, dest, state, times)
                 self.samples[tool + ' rerun'].append(again)
-                if tool == 'playbook':
-                    self.rerun_tasks.append(_task_times(times))
-                print('  %-10s run %d: %7.2f s, rerun %6.2f s' % (tool, run + 1, elapsed, again), flush=True)
+                self.rerun_tasks[tool].append(_task_times(times))
+                print('  %-26s run %d: %7.2f s, rerun %6.2f s' % (tool, run + 1, elapsed, again), flush=True)
         self.reset()
         shutil.rmtree(self.paths()[0], ignore_errors=True)
         return self
@@ -100,18 +113,22 @@ class Workload:
     def rows(self, out):
         med = {k: statistics.median(v) for k, v in self.samples.items() if v}
         out.append('\n### %s\n' % self.name)
-        out.append('| run | core alone, s | ansible-playbook, s | playbook - core | playbook / core |')
+        out.append('| run | core alone, s | through ansible-playbook, s | playbook - core | playbook / core |')
         out.append('|---|---:|---:|---:|---:|')
-        for label, core, play in (('the job', 'core', 'playbook'), ('rerun of the finished job', 'core rerun',
-                                                                     'playbook rerun')):
-            extra = statistics.median([p - c for p, c in zip(self.samples[play], self.samples[core])])
-            ratio = statistics.median([p / c for p, c in zip(self.samples[play], self.samples[core])])
-            out.append('| %s | %.2f (%s) | %.2f (%s) | %+.2f s | %.1fx |'
-                       % (label, med[core], ' '.join('%.2f' % v for v in self.samples[core]), med[play],
-                          ' '.join('%.2f' % v for v in self.samples[play]), extra, ratio))
-        for title, runs in (('the job', self.tasks), ('the rerun', self.rerun_tasks)):
-            out.append('\nWhere the playbook\'s time went (%s, median s per task name, the slowest):\n' % title)
-            out.append(_top_tasks(runs))
+        for tool in self.tools[1:]:
+            name = 'ansible-playbook' if tool == 'playbook' else 'ansible-playbook of %s' % self.args.compare_with
+            for label, suffix in (('the job', ''), ('rerun of the finished job', ' rerun')):
+                core, play = 'core' + suffix, tool + suffix
+                extra = statistics.median([p - c for p, c in zip(self.samples[play], self.samples[core])])
+                ratio = statistics.median([p / c for p, c in zip(self.samples[play], self.samples[core])])
+                out.append('| %s, %s | %.2f (%s) | %.2f (%s) | %+.2f s | %.1fx |'
+                           % (label, name, med[core], ' '.join('%.2f' % v for v in self.samples[core]), med[play],
+                              ' '.join('%.2f' % v for v in self.samples[play]), extra, ratio))
+        for tool in self.tools[1:]:
+            for title, runs in (('the job', self.tasks[tool]), ('the rerun', self.rerun_tasks[tool])):
+                out.append('\nWhere the time of %s went (%s, median s per task name, the slowest):\n'
+                           % ('ansible-playbook' if tool == 'playbook' else self.args.compare_with, title))
+                out.append(_top_tasks(runs))
         print('\n'.join(out[-(len(out) - out.index('\n### %s\n' % self.name)):]), flush=True)
 
 
@@ -155,14 +172,15 @@ def rerun_only(args, mounts, out):
         bench.drop_caches(args.settle)
         samples.append(run_one(args, 'playbook', src, dest, state, times))
         tasks.append(_task_times(times))
+    start = len(out)
     out.append('\n### Rerun of a finished job of %d files (empty files in %d dirs)\n' % (count, count // 1000))
     out.append('| run | ansible-playbook, s |')
     out.append('|---|---:|')
-    out.append('| rerun, nothing to do | %.2f (%s) |' % (statistics.median(samples),
-                                                      ' '.join('%.2f' % v for v in samples)))
+    runs = ' '.join('%.2f' % v for v in samples)
+    out.append('| rerun, nothing to do | %.2f (%s) |' % (statistics.median(samples), runs))
     out.append('\nWhere its time went:\n')
     out.append(_top_tasks(tasks))
-    print('\n'.join(out[-7:]), flush=True)
+    print('\n'.join(out[start:]), flush=True)
     for path in (os.path.dirname(src), os.path.dirname(dest), state, state + '-reports'):
         shutil.rmtree(path, ignore_errors=True)
 
@@ -179,6 +197,11 @@ def main(argv=None):
     parser.add_argument('--python', default=os.path.join(bench.REPO, '.venv', 'bin', 'python')
                         if os.path.exists(os.path.join(bench.REPO, '.venv', 'bin', 'python')) else sys.executable)
     parser.add_argument('--output', default=None, help='also write the markdown report here')
+    parser.add_argument('--extra-var', action='append', default=[], help='-e for the playbook (repeatable)')
+    parser.add_argument('--compare-with', default=None, metavar='CHECKOUT',
+                        help='also run the playbook of this other checkout (e.g. the code before a change), '
+                             'in the same rounds')
+    parser.add_argument('--pipelining', action='store_true', help='ANSIBLE_PIPELINING=true for the playbook')
     parser.add_argument('--quick', action='store_true', help='tiny sizes, one run: a smoke test')
     args = parser.parse_args(argv)
     if args.quick:
@@ -190,6 +213,8 @@ def main(argv=None):
     work = tempfile.mkdtemp(prefix='dm-share-', dir=args.workdir)
     mounts = bench.Mounts(work, src_mb=2048, dest_mb=2048, inodes=max(2 * args.rerun_files, 200000))
     out = ['# durable.mover: Ansible\'s share'] + bench.environment(args)
+    out.append('- playbook: role defaults%s%s' % (''.join(' -e ' + e for e in args.extra_var),
+                                                  ', ANSIBLE_PIPELINING=true' if args.pipelining else ''))
     out.append('- load average at the start: %s' % ' '.join('%.2f' % v for v in os.getloadavg()))
     print('\n'.join(out), flush=True)
     try:
