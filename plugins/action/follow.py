@@ -100,7 +100,7 @@ class ActionModule(ActionBase):
             watch = 'kill -0 %d 2>/dev/null || [ -d /proc/%d ]' % (pid, pid)
         if watch is not None and left > WAIT_STEP:
             steps = int(left / WAIT_STEP)
-            command = ('n=%d; while [ "$n" -gt 0 ] && %s; do sleep %s 2>/dev/null || exit 3; n=$((n - 1)); done'
+            command = ('n=%d; while [ "$n" -gt 0 ] && { %s; }; do sleep %s 2>/dev/null || exit 3; n=$((n - 1)); done'
                        % (steps, watch, WAIT_STEP))
             if self._shell(command) is not None:
                 return
