@@ -44,5 +44,5 @@ def test_ansible_share_quick_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = out.read_text()
     for heading in ('One file of 1 MiB', '60 files of 4 KiB in 3 dirs', 'Rerun of a finished job of 500 files',
-                    '| rerun of the finished job |', 'PREFLIGHT | Check every job'):
+                    '| rerun of the finished job, ansible-playbook |', 'PREFLIGHT | Check every job'):
         assert heading in report, heading
