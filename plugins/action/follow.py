@@ -25,6 +25,8 @@ from ansible_collections.durable.mover.plugins.module_utils import _follow
 display = Display()
 
 MARKER_PREFIX = 'durable.mover-'
+# Seconds between two checks, on the host, of whether the move it waits for has ended.
+WAIT_STEP = 0.25
 # Keys of async_status's answer that are not the move's result.
 RESULT_DROP = frozenset(('ansible_job_id', 'results_file', 'started', 'invocation', 'stdout', 'stdout_lines',
                          'stderr_lines', '_ansible_no_log', 'erased'))
@@ -44,6 +46,10 @@ class ActionModule(ActionBase):
         if path == '~' or path.startswith('~/'):
             return '~/' + shlex.quote(path[2:] or '.')
         return shlex.quote(path)
+
+    def _job_path(self, jid):
+        """Shell text of the async job's result file."""
+        return self._shell_path('%s/%s' % (self._async_dir().rstrip('/'), jid))
 
     def _marker_path(self, marker):
         return self._shell_path('%s/%s%s' % (self._async_dir().rstrip('/'), MARKER_PREFIX, marker))
@@ -71,6 +77,34 @@ class ActionModule(ActionBase):
             async_dir = self._remote_expand_user(async_dir)
         return self._module('ansible.legacy.async_status', {'jid': jid, 'mode': mode, '_async_dir': async_dir},
                             task_vars)
+
+    def _wait(self, due, before):
+        """Wait until `due` (a time.time()), on the host in steps of WAIT_STEP
+        seconds while the move it follows still runs: its async job's result
+        file still says it is not finished, or (a run this play did not start)
+        the process holding the job's lock is alive. The end is noticed within
+        a step, not at the next look. The look that follows decides whether
+        the move ended; the wait only decides when it comes. Without anything
+        to watch, or when the host cannot run the wait, the rest is waited
+        here."""
+        left = due - time.time()
+        if left <= 0:
+            return
+        watch = None
+        if before.get('jid'):
+            # async_wrapper writes {"started": ..., "finished": false (0 before ansible-core 2.19)} first,
+            # then replaces it with the module's result.
+            watch = 'grep -qE \'"finished": (false|0)[,}]\' %s 2>/dev/null' % self._job_path(before['jid'])
+        elif before.get('pid'):
+            pid = int(before['pid'])
+            watch = 'kill -0 %d 2>/dev/null || [ -d /proc/%d ]' % (pid, pid)
+        if watch is not None and left > WAIT_STEP:
+            steps = int(left / WAIT_STEP)
+            command = ('n=%d; while [ "$n" -gt 0 ] && { %s; }; do sleep %s 2>/dev/null || exit 3; n=$((n - 1)); done'
+                       % (steps, watch, WAIT_STEP))
+            if self._shell(command) is not None:
+                return
+        time.sleep(max(0.0, due - time.time()))
 
     def run(self, tmp=None, task_vars=None):
         try:
@@ -104,9 +138,10 @@ class ActionModule(ActionBase):
         before = state.get('current') if isinstance(state.get('current'), dict) else {}
         same_job = before.get('job_index') == job_index and not before.get('over')
 
-        # Wait until this host's next look is due (a host later in the round waited already).
+        # Wait until this host's next look is due (a host later in the round waited already),
+        # or until the move ends, whichever comes first.
         if same_job and before.get('looked_at'):
-            time.sleep(max(0.0, float(before['looked_at']) + interval - time.time()))
+            self._wait(float(before['looked_at']) + interval, before)
 
         adopted = ''
         if args.get('adopt') and marker and not same_job:
@@ -137,11 +172,14 @@ class ActionModule(ActionBase):
         current = new_state['current']
         current['looked_at'] = time.time()
         current['jid'] = jid
+        if info.get('pid'):
+            current['pid'] = info['pid']
         if adopted:
             current['adopted'] = adopted
         if status is not None and status.get('missing'):
             current['missing'] = True
 
+        remove = []
         if current['over'] and kind == 'async' and status is not None and status.get('finished'):
             # The move ended: keep its result, and remove its async result file.
             if status.get('missing'):
@@ -150,7 +188,8 @@ class ActionModule(ActionBase):
                                             'removed by someone else); run the play again' % jid}
             else:
                 current['result'] = {k: v for k, v in status.items() if k not in RESULT_DROP}
-                self._async_status(jid, task_vars, mode='cleanup')
+                # (what async_status's cleanup removes, with the marker below: one command)
+                remove.append(self._job_path(jid))
 
         if marker and not current.get('unreachable'):
             if kind == 'async' and current['looks'] == 1 and not adopted and not current['over']:
@@ -158,7 +197,9 @@ class ActionModule(ActionBase):
                 self._shell('mkdir -p %s && printf %%s %s > %s' % (
                     self._shell_path(self._async_dir()), shlex.quote(jid), self._marker_path(marker)))
             elif current['over'] and jid:
-                self._shell('rm -f %s' % self._marker_path(marker))
+                remove.append(self._marker_path(marker))
+        if remove:
+            self._shell('rm -f %s' % ' '.join(remove))
 
         now = time.time()
         if _follow.host_line_due(current, now, host_interval) and not (kind == 'running' and current['over']

@@ -12,15 +12,16 @@ module: follow
 short_description: One look at a host's running move, for the poll rounds of the migrate role
 version_added: 0.1.0
 description:
-  - Waits until the host's next look is due (O(interval) seconds after its last one), runs
-    M(durable.mover.move_info) on the host and, when the move no longer looks running,
+  - Waits until the host's next look is due (O(interval) seconds after its last one) or the move ends, whichever
+    comes first (the wait runs on the host, checking every quarter of a second whether the async job's result file
+    still says it runs, or the process holding the job's lock is alive), runs M(durable.mover.move_info) on the host and, when the move no longer looks running,
     M(ansible.builtin.async_status) for its async job; then updates the host's follow state, the fact
     C(migrate_follow), and prints the host's line when its status changed or every O(host_interval) seconds.
   - Progress is the job's, not the run's (files and bytes done by any run of the job, out of the job's total),
     so it never goes back after a resume; rates and the ETA are a moving average over the looks of the last 60
     seconds.
   - The look that sees an async move end keeps the move's result in the state (C(current.result)), removes the
-    async job's result file and the O(marker), and reports C(changed) as the move did.
+    async job's result file and the O(marker) (one command), and reports C(changed) as the move did.
   - Used by the C(durable.mover.migrate) role; it is an action plugin (the looks are modules run on the host).
   - A connection failure is not an error here; the state says the host is unreachable.
 author:

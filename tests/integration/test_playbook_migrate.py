@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,37 @@ def write(root: Path, files: dict) -> None:
 
 def progress_lines(text: str) -> list:
     return [m for m in map(PROGRESS.search, text.splitlines()) if m]
+
+
+def kill_with_workers(live: LivePlaybook) -> None:
+    """Kill ansible-playbook and its worker processes (a worker waiting for a look outlives its parent)."""
+    pid = live.proc.pid
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            try:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+            except OSError:
+                pass
+    live.kill()
+
+
+def tasks_run(text: str, name: str) -> int:
+    """How many tasks of the migrate role called `name` ran (were not skipped) on localhost."""
+    made = 0
+    for task in text.split("\nTASK [")[1:]:
+        if task.startswith("durable.mover.migrate : %s]" % name) \
+                and re.search(r"^(ok|changed): \[localhost\]", task, re.MULTILINE):
+            made += 1
+    return made
+
+
+def looks_made(text: str) -> int:
+    """How many "FOLLOW | Look at the move" tasks ran on localhost."""
+    return tasks_run(text, "FOLLOW | Look at the move")
 
 
 # --------------------------------------------------------------------------
@@ -194,6 +227,36 @@ def test_async_move_prints_progress_until_it_ends(held_job: dict) -> None:
     assert not list(Path(os.path.expanduser("~/.ansible_async")).glob("*%s*" % host["job_id"]))
 
 
+def test_the_end_of_a_move_is_noticed_before_the_next_look_is_due(held_job: dict) -> None:
+    """An hour between looks: the move, held on its lock until the first look saw it running, ends
+    soon after the release, and the poll round then waiting for its next look notices the end at
+    once (it waits on the host in small steps, watching the async job's result file), not an hour
+    later: the play ends, one poll round after the first look."""
+    with LockHolder(held_job["state"], held_job["job_id"]) as holder:
+        live = LivePlaybook(extra_vars=held_args(held_job, migrate_wait_for_running=False,
+                                                 migrate_lock_timeout=240, migrate_poll_interval=3600),
+                            tmp_dir=held_job["state"].parent)
+        try:
+            live.wait_for(PROGRESS, count=1)
+        finally:
+            holder.release()
+        try:
+            proc = live.finish(timeout=150)
+        except subprocess.TimeoutExpired:
+            kill_with_workers(live)
+            raise AssertionError("150 s after the move could take its lock, the play still waits for its next "
+                                 "look (migrate_poll_interval 3600):\n%s" % "".join(live.lines))
+    assert proc.returncode == 0, output(proc)
+    assert regular_files(held_job["dest"]) == held_job["files"]
+    # The first look (its own task), then one poll round: its look saw the end. A move that ends in
+    # its first eight rounds never enters the tree of includes of the later rounds.
+    assert looks_made(proc.stdout) == 2, output(proc)
+    assert "FOLLOW | Poll rounds, level 2" not in proc.stdout, output(proc)
+    fleet, _junit, _summary = load_reports(held_job["reports"])
+    assert fleet["hosts"]["localhost"]["status"] == "ok"
+    assert fleet["hosts"]["localhost"]["complete"] is True
+
+
 def test_a_run_left_by_an_earlier_play_is_waited_for_then_finished(held_job: dict) -> None:
     with LockHolder(held_job["state"], held_job["job_id"]) as holder:
         live = LivePlaybook(extra_vars=held_args(held_job), tmp_dir=held_job["state"].parent)
@@ -229,6 +292,31 @@ def test_async_move_of_many_files(tmp_path: Path) -> None:
         assert int(match.group("done")) <= int(match.group("total")) <= 2000
     fleet, _junit, _summary = load_reports(tmp_path / "reports")
     assert fleet["hosts"]["localhost"]["stats"]["files_moved"] == 2000
+
+
+def test_the_rerun_of_a_finished_job_runs_in_the_foreground(tmp_path: Path) -> None:
+    """The preflight of a finished job finds nothing to move: the rerun runs the move in the
+    foreground (no async job, no look, no poll round) and reports the job from its journal."""
+    files = tree(300)
+    write(tmp_path / "src", files)
+    extra = {"migrate_src": str(tmp_path / "src"), "migrate_dest": str(tmp_path / "dest"),
+             "migrate_state_dir": str(tmp_path / "state"), "migrate_report_dir": str(tmp_path / "reports"),
+             "migrate_poll_interval": 1}
+    first = run_playbook(extra_vars=extra, tmp_dir=tmp_path)
+    assert first.returncode == 0, output(first)
+    assert tasks_run(first.stdout, "MIGRATE | Start the move in the background") == 1, output(first)
+    assert regular_files(tmp_path / "dest") == files
+    proc = run_playbook(extra_vars=extra, tmp_dir=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    assert recap(proc)["changed"] == 0, output(proc)
+    assert tasks_run(proc.stdout, "MIGRATE | Start the move in the background") == 0, output(proc)
+    assert tasks_run(proc.stdout, "MIGRATE | Move the job in the foreground") == 1, output(proc)
+    assert looks_made(proc.stdout) == 0, output(proc)
+    fleet, _junit, _summary = load_reports(tmp_path / "reports")
+    host = fleet["hosts"]["localhost"]
+    assert host["status"] == "ok" and host["complete"] is True
+    assert host["stats"]["files_moved"] == 0
+    assert host["stats"]["files_already_done"] == 300
 
 
 # --------------------------------------------------------------------------
