@@ -270,13 +270,10 @@ def part_files(host: harness.Host) -> list[str]:
     return [rel for base in (SRC, DEST) for rel in regular_files(host.path(base)) if rel.endswith(".part")]
 
 
-def check_nothing_lost(host: harness.Host, tree: Tree, *, complete: bool) -> dict[str, int]:
-    """Every file of ``tree`` is whole at its source or at its destination (never neither, never corrupt).
-
-    ``complete``: the run finished, so every file is at its destination
-    only and no part file is left. Returns how many are where.
-    """
-    src, dest = host.path(SRC), host.path(DEST)
+def where_files_are(src: Path, dest: Path, tree: Tree, files_at_dest: t.Iterable[str]) -> tuple[dict[str, int], list[str]]:
+    """Where each file of ``tree`` is (at its source, its destination or both),
+    and the problems: a file corrupt, changed, LOST (at neither), or a file at
+    the destination that is not of the tree (part files aside)."""
     where = {"src": 0, "dest": 0, "both": 0}
     problems = []
     for rel, (sha, _size) in sorted(tree.items()):
@@ -288,9 +285,20 @@ def check_nothing_lost(host: harness.Host, tree: Tree, *, complete: bool) -> dic
         if at_src is None and at_dest is None:
             problems.append(f"{rel}: LOST (neither at the source nor at the destination)")
         where["both" if at_src and at_dest else "src" if at_src else "dest"] += 1
-    strangers = [rel for rel in regular_files(dest) if rel not in tree and not rel.endswith(".part")]
+    strangers = [rel for rel in files_at_dest if rel not in tree and not rel.endswith(".part")]
     if strangers:
         problems.append(f"unexpected files at the destination: {strangers[:5]}")
+    return where, problems
+
+
+def check_nothing_lost(host: harness.Host, tree: Tree, *, complete: bool) -> dict[str, int]:
+    """Every file of ``tree`` is whole at its source or at its destination (never neither, never corrupt).
+
+    ``complete``: the run finished, so every file is at its destination
+    only and no part file is left. Returns how many are where.
+    """
+    src, dest = host.path(SRC), host.path(DEST)
+    where, problems = where_files_are(src, dest, tree, regular_files(dest))
     if complete:
         if where["dest"] != len(tree):
             problems.append(f"not complete: {where}")

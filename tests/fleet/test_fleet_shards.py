@@ -56,9 +56,9 @@ from test_fleet_faults import (  # pylint: disable=import-error
     output,
     recap,
     released,
-    sha256_of,
     stop_family,
     wait_gone,
+    where_files_are,
 )
 from test_fleet_scale import kill_sshd_for_good  # pylint: disable=import-error
 
@@ -174,21 +174,8 @@ def names_below(root: Path) -> list[str]:
 def check_nothing_lost(shared, tree: Tree, *, complete: bool) -> dict[str, int]:
     """Every file whole at its source or its destination (never neither); complete: all at dest, none left."""
     src, dest = src_of(shared), dest_of(shared)
-    where = {"src": 0, "dest": 0, "both": 0}
-    problems = []
-    for rel, (sha, _size) in sorted(tree.items()):
-        at_src, at_dest = sha256_of(src / rel), sha256_of(dest / rel)
-        if at_dest is not None and at_dest != sha:
-            problems.append(f"{rel}: corrupt at the destination")
-        if at_src is not None and at_src != sha:
-            problems.append(f"{rel}: changed at the source")
-        if at_src is None and at_dest is None:
-            problems.append(f"{rel}: LOST")
-        where["both" if at_src and at_dest else "src" if at_src else "dest"] += 1
     files_at_dest = [p for p in names_below(dest) if (dest / p).is_file()]
-    strangers = [rel for rel in files_at_dest if rel not in tree and not rel.endswith(".part")]
-    if strangers:
-        problems.append(f"unexpected files at the destination: {strangers[:5]}")
+    where, problems = where_files_are(src, dest, tree, files_at_dest)
     if complete:
         if where["dest"] != len(tree):
             problems.append(f"not complete: {where}")
