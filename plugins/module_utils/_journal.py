@@ -722,6 +722,24 @@ class Journal:
                                      "WHERE state = 'failed'").fetchone()
             return row[0], row[1]
 
+    def plan_rows(self, after_id, limit):
+        """The entries a run would still consider, for a plan made from the
+        journal (_mover.plan_prepared): rows still to move, failed, or skipped
+        as a conflict, after `after_id` in scan order. Each row: (id, path,
+        kind, size, mtime_ns, ctime_ns, mode, uid, gid, dev, ino, nlink,
+        data, state)."""
+        with self._lock:
+            return [(row[0], _text(row[1])) + tuple(row[2:]) for row in self._conn.execute(
+                "SELECT id, path, kind, size, mtime_ns, ctime_ns, mode, uid, gid, dev, ino, nlink, "
+                "coalesce(data, size), state FROM files WHERE id > ? AND (state IN "
+                "('pending', 'copying', 'copied', 'failed') OR (state = 'skipped' AND kind IN ('file', 'symlink') "
+                "AND error LIKE ?)) ORDER BY id LIMIT ?", (after_id, CONFLICT_SKIPPED + '%', limit))]
+
+    def dirs_unfinished(self):
+        """Paths of the directories whose metadata is still to apply (new ones, below the root too)."""
+        with self._lock:
+            return [_text(p) for (p,) in self._conn.execute("SELECT path FROM dirs WHERE state != 'done' ORDER BY id")]
+
     def scan_errors(self):
         with self._lock:
             return self._conn.execute('SELECT count(*) FROM dirs WHERE scanned = 2').fetchone()[0]
