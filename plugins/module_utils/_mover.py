@@ -545,7 +545,10 @@ class Runner:
         journal.set_meta(run_started='%.3f' % time.time(), run_pid=os.getpid(),
                          run_start_files=counts['done'][0], run_start_bytes=counts['done'][1],
                          options=options, prepared='')
-        if ((scanned_before and not pending_before) or reconsider) and before is None:
+        # A journal listed by a preflight for another run (its token not
+        # given, or stale) is listed again, as a finished job's is.
+        listed_for_another = bool(meta.get('prepared') or opts.prepared)
+        if ((scanned_before and not pending_before) or reconsider or listed_for_another) and before is None:
             journal.rescan()          # a finished job: look for what is new at the source
         journal.commit()
         self.audit = AuditLog(opts.audit_log, self.job.job_id, self.run_no)
