@@ -1309,6 +1309,9 @@ def prepare(params, token, on_entry=None):
     except JobLockedError:
         return {'running': True, 'pid': holder_pid(job.state_dir)}
     try:
+        answered = _answer_finished(job, algorithm, started, on_entry)
+        if answered is not None:
+            return answered
         journal = Journal.open(job.journal_path, job.identity)
         try:
             if not _scan_for_run(job, journal, token):
@@ -1321,6 +1324,51 @@ def prepare(params, token, on_entry=None):
             journal.close()
     finally:
         lock.release()
+
+
+def _answer_finished(job, algorithm, started, on_entry):
+    """prepare's answer for a finished job whose source holds nothing new,
+    from the journal opened read-only (no write, no quick_check of every
+    row: its cost does not grow with the job): its plan and the move's own
+    result. None when the job is not that (then prepare lists the source
+    into the journal). The source is listed, read-only, until its first
+    entry that is not a directory the journal has finished."""
+    if job.single is not None or not os.path.exists(job.journal_path):
+        return None
+    try:
+        journal = Journal.open(job.journal_path, job.identity, create=False, readonly=True)
+    except JournalError:
+        return None
+    try:
+        meta = journal.meta()
+        if meta.get('scan_complete') != '1' or meta.get('options') != _scope_options(job.opts):
+            return None
+        finished = _finished_result(job, journal, algorithm, started)
+        if finished is None or not _nothing_new_at(job, journal, finished['stats']['mounts_skipped']):
+            return None
+        result = _Planner(job, algorithm, journal, on_entry, prepared=True).run(started)
+        result['prepared'] = None
+        result['finished'] = finished
+        return result
+    finally:
+        journal.close()
+
+
+def _nothing_new_at(job, journal, mounts):
+    """Whether the source holds only directories the journal has finished (and
+    the mount points it recorded): what a run would list and find nothing in."""
+    excluded = _scan.Excluder(job.opts.exclude, part_suffix='.%s.part' % job.job_tag)
+    boundary = _scan.Boundary(job.src_root, cross=job.opts.cross_filesystems)
+    src_tree = _durable.DirTree(_durable.open_root(job.src_root), job.src_root)
+    try:
+        for rel, _name, st in _scan.walk(src_tree, excluded, boundary):
+            if not stat.S_ISDIR(st.st_mode) or not journal.dir_finished(rel):
+                return False
+    except MoverError:
+        return False
+    finally:
+        src_tree.close()
+    return len(boundary.skipped) == mounts
 
 
 def _scan_for_run(job, journal, token):
@@ -1337,8 +1385,8 @@ def _scan_for_run(job, journal, token):
     scanned = meta.get('scan_complete') == '1'
     unfinished = float(meta.get('run_finished') or 0) < float(meta.get('run_started') or 0)
     resumed = pending > 0 or (meta.get('run', '0') != '0' and (not scanned or unfinished))
-    if scanned and not pending:
-        journal.rescan()
+    if (scanned and not pending) or meta.get('prepared'):
+        journal.rescan()      # a finished job, or a listing made for a run that did not come
     journal.set_meta(prepared='')
     journal.commit()
     src_tree = _durable.DirTree(_durable.open_root(job.src_root), job.src_root)

@@ -479,3 +479,21 @@ def test_the_async_marker_is_looked_for(job, monkeypatch, tmp_path):
     assert preflight(dict(job, marker=str(marker)))["findings"]["async_marker"] is False
     marker.write_text("123.456")
     assert preflight(dict(job, marker=str(marker)))["findings"]["async_marker"] is True
+
+
+def test_a_finished_job_is_answered_without_writing_its_journal(job):
+    """Nothing new at the source: the journal is read (not written, not checked row by row); a new
+    directory at the source is something new (the move makes it at the destination)."""
+    assert _mover.run(dict(job))["complete"] is True
+    journal = _mover.Job(_mover.Options.from_params(job)).journal_path
+    before = [(os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in (journal,) if os.path.exists(p)]
+    found = preflight(dict(job, prepare="t1"))
+    assert found["findings"]["finished"]["complete"] is True
+    assert found["findings"]["plan"]["already_done"] == 4 and found["findings"]["plan"]["files"] == 0
+    assert [(os.stat(journal).st_mtime_ns, os.stat(journal).st_size)] == before
+    os.makedirs(os.path.join(job["src"], "new", "empty"))
+    found = preflight(dict(job, prepare="t2"))
+    assert found["findings"]["finished"] is None and found["findings"]["prepared"] == "t2"
+    result = _mover.run(dict(job, prepared="t2"))
+    assert result["complete"] is True and os.path.isdir(os.path.join(job["dest"], "new", "empty"))
+    assert preflight(dict(job, prepare="t3"))["findings"]["finished"] is not None
