@@ -247,7 +247,7 @@ options:
         When the journal still holds that token with the same O(exclude), O(special_files), O(on_conflict) and
         O(cross_filesystems), the move does not list the source again and moves what the journal holds; files
         created at the source since the preflight are left for the next run. Any other value (a run or another
-        preflight came in between, other options) is ignored: the move lists the source as without it.
+        preflight came in between, other options) is ignored, and the move lists the source as without it.
     type: str
 notes:
   - Durability never depends on C(sync) or C(syncfs); every file and directory is flushed with C(fsync) or C(fdatasync).

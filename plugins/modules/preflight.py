@@ -122,7 +122,7 @@ options:
     description:
       - List the source into the job's journal (holding the job's lock, never waiting for it), as the scan of
         M(durable.mover.move) would, instead of walking it read-only; the plan is then made from the journal's
-        rows, and RV(findings.prepared) is a token to give the move as O(durable.mover.move#module:prepared): that
+        rows, and RV(findings.prepared) is a token to give the move as O(durable.mover.move#module:prepared); that
         move moves what the journal holds without listing the source again. The source is listed once per play.
       - A job whose last run finished, with nothing new at its source, gets the move's own result in
         RV(findings.finished), so that no move needs to run.
