@@ -401,13 +401,20 @@ def run(params, should_stop=None):
         stop.restore()
 
 
-def _finished_single(job, algorithm, started):
-    """A one-file job rerun after its source was moved away: report, change nothing."""
+def _journal_readonly(job):
+    """The job's journal opened read-only, or None (none yet, or unusable)."""
     if not os.path.exists(job.journal_path):
         return None
     try:
-        journal = Journal.open(job.journal_path, job.identity, create=False, readonly=True)
+        return Journal.open(job.journal_path, job.identity, create=False, readonly=True)
     except JournalError:
+        return None
+
+
+def _finished_single(job, algorithm, started):
+    """A one-file job rerun after its source was moved away: report, change nothing."""
+    journal = _journal_readonly(job)
+    if journal is None:
         return None
     try:
         counts = journal.counts()
@@ -1333,11 +1340,8 @@ def _answer_finished(job, algorithm, started, on_entry):
     result. None when the job is not that (then prepare lists the source
     into the journal). The source is listed, read-only, until its first
     entry that is not a directory the journal has finished."""
-    if job.single is not None or not os.path.exists(job.journal_path):
-        return None
-    try:
-        journal = Journal.open(job.journal_path, job.identity, create=False, readonly=True)
-    except JournalError:
+    journal = _journal_readonly(job) if job.single is None else None
+    if journal is None:
         return None
     try:
         meta = journal.meta()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from test_playbook_migrate import tasks_run
 from migrate_helpers import (
     LivePlaybook,
     LockHolder,
@@ -27,6 +28,7 @@ from migrate_helpers import (
     interrupted_move,
     job_id,
     load_reports,
+    make_tree as write,
     output,
     playbook_argv,
     recap,
@@ -39,23 +41,6 @@ from migrate_helpers import (
 
 def tree(count: int, size: int = 100) -> dict:
     return {"d%02d/f%04d" % (i // 50, i): (b"%06d" % i) * (size // 6) for i in range(count)}
-
-
-def write(root: Path, files: dict) -> None:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-
-
-def tasks_run(text: str, name: str) -> int:
-    """How many tasks of the migrate role called `name` ran (were not skipped) on localhost."""
-    made = 0
-    for task in text.split("\nTASK [")[1:]:
-        if task.startswith("durable.mover.migrate : %s]" % name) \
-                and re.search(r"^(ok|changed|failed|fatal): \[localhost\]", task, re.MULTILINE):
-            made += 1
-    return made
 
 
 def module_tasks(text: str) -> dict:
