@@ -25,6 +25,8 @@ MODULE_OPTIONS = (
     'special_files', 'remove_empty_dirs', 'exclude', 'cross_filesystems', 'audit_log',
     'max_failures_reported',
 )
+# Options of durable.mover.move that the role sets for one run, not for a job.
+RUN_OPTIONS = ('prepared',)
 # Options of durable.mover.preflight shared with the move.
 PREFLIGHT_OPTIONS = ('mode', 'hash', 'preserve', 'state_dir', 'job_id', 'exclude', 'on_conflict',
                      'special_files', 'cross_filesystems')

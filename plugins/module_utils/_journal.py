@@ -77,6 +77,7 @@ CREATE INDEX files_failed ON files(id) WHERE state = 'failed';
 CREATE INDEX files_inode ON files(dev, ino) WHERE nlink > 1;
 CREATE INDEX dirs_unscanned ON dirs(id) WHERE scanned = 0;
 CREATE INDEX files_skipped ON files(id) WHERE state = 'skipped';
+CREATE INDEX files_other_kinds ON files(kind) WHERE kind != 'file';
 CREATE TABLE counts (state TEXT PRIMARY KEY, files INTEGER NOT NULL, bytes INTEGER NOT NULL);
 INSERT INTO counts (state, files, bytes) VALUES
     ('pending', 0, 0), ('copying', 0, 0), ('copied', 0, 0),
@@ -297,6 +298,7 @@ class Journal:
         bytes as a move carries them (the totals are counted again once)."""
         conn = self._conn
         conn.execute("CREATE INDEX IF NOT EXISTS files_skipped ON files(id) WHERE state = 'skipped'")
+        conn.execute("CREATE INDEX IF NOT EXISTS files_other_kinds ON files(kind) WHERE kind != 'file'")
         if 'data' in {row[1] for row in conn.execute('PRAGMA table_info(files)')}:
             return
         conn.execute('BEGIN IMMEDIATE')
@@ -674,14 +676,19 @@ class Journal:
             return self._conn.execute('SELECT count(*) FROM dirs').fetchone()[0]
 
     def kind_counts(self):
+        """{kind: rows} of the kinds other than 'file' (index files_other_kinds:
+        a lookup of those rows only, not a read of every row)."""
         with self._lock:
             return dict(self._conn.execute(
-                "SELECT kind, count(*) FROM files WHERE state != 'failed' OR kind = 'dir' GROUP BY kind"))
+                "SELECT kind, count(*) FROM files WHERE kind != 'file' AND (state != 'failed' OR kind = 'dir') "
+                "GROUP BY kind"))
 
     def hardlink_count(self):
-        """Names that are further links of a group already counted."""
+        """Names that are further links of a group already counted (a leader is
+        only ever set on a name of several: index files_inode)."""
         with self._lock:
-            return self._conn.execute('SELECT count(*) FROM files WHERE leader IS NOT NULL').fetchone()[0]
+            return self._conn.execute('SELECT count(*) FROM files WHERE nlink > 1 AND leader IS NOT NULL'
+                                      ).fetchone()[0]
 
     def special_skipped(self):
         with self._lock:
@@ -721,6 +728,36 @@ class Journal:
             row = self._conn.execute("SELECT count(*), COALESCE(sum(quarantined), 0) FROM files "
                                      "WHERE state = 'failed'").fetchone()
             return row[0], row[1]
+
+    def plan_rows(self, after_id, limit):
+        """The entries a run would still consider, for a plan made from the
+        journal (_mover.plan_prepared): rows still to move, failed, or skipped
+        as a conflict, after `after_id` in scan order. Each row: (id, path,
+        kind, size, mtime_ns, ctime_ns, mode, uid, gid, dev, ino, nlink,
+        data, state)."""
+        columns = ('SELECT id, path, kind, size, mtime_ns, ctime_ns, mode, uid, gid, dev, ino, nlink, '
+                   'coalesce(data, size), state FROM files WHERE id > ? AND ')
+        # One query per partial index (files_work, files_failed, files_skipped):
+        # a finished job's rows are not read one by one.
+        wheres = ("state IN ('pending', 'copying', 'copied')", "state = 'failed'",
+                  "state = 'skipped' AND kind IN ('file', 'symlink') AND error LIKE '%s%%'" % CONFLICT_SKIPPED)
+        found = []
+        with self._lock:
+            for where in wheres:
+                found.extend(self._conn.execute(columns + where + ' ORDER BY id LIMIT ?', (after_id, limit)))
+        found.sort(key=lambda row: row[0])
+        return [(row[0], _text(row[1])) + tuple(row[2:]) for row in found[:limit]]
+
+    def dir_finished(self, rel):
+        """Whether the directory `rel` is recorded and finished."""
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM dirs WHERE path = ? AND state = 'done'",
+                                      (_blob(rel),)).fetchone() is not None
+
+    def dirs_unfinished(self):
+        """Paths of the directories whose metadata is still to apply (new ones, below the root too)."""
+        with self._lock:
+            return [_text(p) for (p,) in self._conn.execute("SELECT path FROM dirs WHERE state != 'done' ORDER BY id")]
 
     def scan_errors(self):
         with self._lock:

@@ -48,6 +48,7 @@ from ansible_collections.durable.mover.plugins.module_utils import _metadata, _p
 from ansible_collections.durable.mover.plugins.module_utils._audit import AuditLog
 from ansible_collections.durable.mover.plugins.module_utils._errors import (
     InputError,
+    JobLockedError,
     JournalError,
     MoverError,
     display_path,
@@ -58,7 +59,7 @@ from ansible_collections.durable.mover.plugins.module_utils._journal import (
     WORK_STATES,
     Journal,
 )
-from ansible_collections.durable.mover.plugins.module_utils._lock import JobLock
+from ansible_collections.durable.mover.plugins.module_utils._lock import JobLock, holder_pid
 from ansible_collections.durable.mover.plugins.module_utils._transfer import (
     FAILED,
     IDENTICAL,
@@ -98,6 +99,7 @@ DEFAULTS = {
     'cross_filesystems': False,
     'audit_log': None,
     'max_failures_reported': 100,
+    'prepared': None,
     'batch_files': 256,
     'batch_bytes': 1024 * MIB,
 }
@@ -399,13 +401,20 @@ def run(params, should_stop=None):
         stop.restore()
 
 
-def _finished_single(job, algorithm, started):
-    """A one-file job rerun after its source was moved away: report, change nothing."""
+def _journal_readonly(job):
+    """The job's journal opened read-only, or None (none yet, or unusable)."""
     if not os.path.exists(job.journal_path):
         return None
     try:
-        journal = Journal.open(job.journal_path, job.identity, create=False, readonly=True)
+        return Journal.open(job.journal_path, job.identity, create=False, readonly=True)
     except JournalError:
+        return None
+
+
+def _finished_single(job, algorithm, started):
+    """A one-file job rerun after its source was moved away: report, change nothing."""
+    journal = _journal_readonly(job)
+    if journal is None:
         return None
     try:
         counts = journal.counts()
@@ -534,11 +543,19 @@ class Runner:
         # (none recorded: a journal of an earlier version, decided again once).
         options = _scope_options(opts)
         reconsider = meta.get('run', '0') != '0' and meta.get('options') != options
+        before = _prepared_before(meta, opts.prepared, options)
+        if before is not None:
+            # The preflight listed the source into the journal for this run
+            # (prepare_job): the state it found is the state this run resumes.
+            pending_before, scanned_before, resumed = before
         self.run_no = journal.begin_run(opts.retry_failed or reconsider, opts.max_attempts)
         journal.set_meta(run_started='%.3f' % time.time(), run_pid=os.getpid(),
                          run_start_files=counts['done'][0], run_start_bytes=counts['done'][1],
-                         options=options)
-        if (scanned_before and not pending_before) or reconsider:
+                         options=options, prepared='')
+        # A journal listed by a preflight for another run (its token not
+        # given, or stale) is listed again, as a finished job's is.
+        listed_for_another = bool(meta.get('prepared') or opts.prepared)
+        if ((scanned_before and not pending_before) or reconsider or listed_for_another) and before is None:
             journal.rescan()          # a finished job: look for what is new at the source
         journal.commit()
         self.audit = AuditLog(opts.audit_log, self.job.job_id, self.run_no)
@@ -1257,9 +1274,178 @@ def plan(params, on_entry=None):
             journal.close()
 
 
+def _prepared_before(meta, token, options):
+    """(pending_before, scanned_before, resumed) that the preflight recorded
+    when it listed the source for the run holding `token`, or None: no token,
+    another one (a run or another preflight came in between), or other scope
+    options. None means the run lists the source itself, as without a token."""
+    if not token or meta.get('prepared') != token or meta.get('prepared_options') != options:
+        return None
+    try:
+        found = json.loads(meta.get('prepared_before') or '')
+        return int(found['pending']), bool(found['scanned']), bool(found['resumed'])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def prepare(params, token, on_entry=None):
+    """The preflight's listing of the source, made the move's scan: holding the
+    job's lock (never waiting for it), the source is scanned into the job's
+    journal as a run would scan it (a finished job's journal rescanned first),
+    and `token` is recorded with the scope options; a move given the token
+    (option `prepared`) then moves what the journal holds without listing the
+    source again. The plan is made from the journal's rows (plan_prepared).
+
+    Returns None when the job cannot be prepared here (verify mode, a missing
+    source, a run holding the lock: ``{'running': True, 'pid': ...}``
+    instead, options changed since the last run: the move reconsiders them
+    itself); the caller then plans read-only (plan). Otherwise the plan
+    result, with ``prepared`` (the token) and ``finished`` (the move's result
+    when the job was finished and nothing is left to do, else None)."""
+    started = time.monotonic()
+    opts = Options.from_params(params)
+    job = Job(opts)
+    if opts.mode == 'verify' or not job.src_exists:
+        return None
+    algorithm = _hashing.resolve(opts.hash)
+    job.check()
+    os.close(_durable.open_root(job.state_dir, create=True))
+    _durable.sync_ancestors(job.state_dir)
+    try:
+        lock = JobLock(job.state_dir, job.job_id, 0).acquire()
+    except JobLockedError:
+        return {'running': True, 'pid': holder_pid(job.state_dir)}
+    try:
+        answered = _answer_finished(job, algorithm, started, on_entry)
+        if answered is not None:
+            return answered
+        journal = Journal.open(job.journal_path, job.identity)
+        try:
+            if not _scan_for_run(job, journal, token):
+                return None
+            result = _Planner(job, algorithm, journal, on_entry, prepared=True).run(started)
+            result['prepared'] = token
+            result['finished'] = _finished_result(job, journal, algorithm, started)
+            return result
+        finally:
+            journal.close()
+    finally:
+        lock.release()
+
+
+def _answer_finished(job, algorithm, started, on_entry):
+    """prepare's answer for a finished job whose source holds nothing new,
+    from the journal opened read-only (no write, no quick_check of every
+    row: its cost does not grow with the job): its plan and the move's own
+    result. None when the job is not that (then prepare lists the source
+    into the journal). The source is listed, read-only, until its first
+    entry that is not a directory the journal has finished."""
+    journal = _journal_readonly(job) if job.single is None else None
+    if journal is None:
+        return None
+    try:
+        meta = journal.meta()
+        if meta.get('scan_complete') != '1' or meta.get('options') != _scope_options(job.opts):
+            return None
+        finished = _finished_result(job, journal, algorithm, started)
+        if finished is None or not _nothing_new_at(job, journal, finished['stats']['mounts_skipped']):
+            return None
+        result = _Planner(job, algorithm, journal, on_entry, prepared=True).run(started)
+        result['prepared'] = None
+        result['finished'] = finished
+        return result
+    finally:
+        journal.close()
+
+
+def _nothing_new_at(job, journal, mounts):
+    """Whether the source holds only directories the journal has finished (and
+    the mount points it recorded): what a run would list and find nothing in."""
+    excluded = _scan.Excluder(job.opts.exclude, part_suffix='.%s.part' % job.job_tag)
+    boundary = _scan.Boundary(job.src_root, cross=job.opts.cross_filesystems)
+    src_tree = _durable.DirTree(_durable.open_root(job.src_root), job.src_root)
+    try:
+        for rel, _name, st in _scan.walk(src_tree, excluded, boundary):
+            if not stat.S_ISDIR(st.st_mode) or not journal.dir_finished(rel):
+                return False
+    except MoverError:
+        return False
+    finally:
+        src_tree.close()
+    return len(boundary.skipped) == mounts
+
+
+def _scan_for_run(job, journal, token):
+    """prepare's scan (the job's lock held): what Runner.run does before its
+    scan, then the same scan; the state found before it is recorded with the
+    token for the run (_prepared_before). False: not prepared."""
+    opts = job.opts
+    meta = journal.meta()
+    counts = journal.counts()
+    options = _scope_options(opts)
+    if meta.get('run', '0') != '0' and meta.get('options') != options:
+        return False          # the run reconsiders what the changed options leave out
+    pending = sum(counts[s][0] for s in WORK_STATES)
+    scanned = meta.get('scan_complete') == '1'
+    unfinished = float(meta.get('run_finished') or 0) < float(meta.get('run_started') or 0)
+    resumed = pending > 0 or (meta.get('run', '0') != '0' and (not scanned or unfinished))
+    if (scanned and not pending) or meta.get('prepared'):
+        journal.rescan()      # a finished job, or a listing made for a run that did not come
+    journal.set_meta(prepared='')
+    journal.commit()
+    src_tree = _durable.DirTree(_durable.open_root(job.src_root), job.src_root)
+    try:
+        complete = _scan.scan(journal, src_tree, _scan.Excluder(opts.exclude, part_suffix='.%s.part' % job.job_tag),
+                              opts.special_files, opts.mode == 'move', single=job.single,
+                              boundary=_scan.Boundary(job.src_root, cross=opts.cross_filesystems))
+    finally:
+        src_tree.close()
+    if not complete:
+        return False
+    journal.set_meta(prepared=token, prepared_options=options,
+                     prepared_before=json.dumps({'pending': pending, 'scanned': scanned, 'resumed': resumed}))
+    journal.commit()
+    return True
+
+
+def _finished_result(job, journal, algorithm, started):
+    """The result a run of a finished job with nothing new at its source
+    returns (Runner._result: changed false, the journal's totals), or None
+    when a run has something to do: entries to move, failed or new
+    directories, or a last run that did not finish."""
+    meta = journal.meta()
+    counts = journal.counts()
+    if meta.get('run', '0') == '0' or any(counts[s][0] for s in WORK_STATES + ('failed',)):
+        return None
+    if float(meta.get('run_finished') or 0) < float(meta.get('run_started') or 0) or journal.dirs_unfinished():
+        return None
+    if not os.path.isdir(job.dest_root):
+        return None
+    runner = Runner(job, journal, algorithm, StopFlag())
+    runner.src_tree = _durable.DirTree(_durable.open_root(job.src_root), job.src_root)
+    runner.dst_tree = _durable.DirTree(_durable.open_root(job.dest_root), job.dest_root)
+    try:
+        return runner._result(started, counts['done'][0], False)
+    finally:
+        runner.src_tree.close()
+        runner.dst_tree.close()
+
+
+class _Row(types.SimpleNamespace):
+    """A journal row seen as the stat of its entry when scanned (plan_prepared)."""
+
+    @classmethod
+    def of(cls, row):
+        (_id, _path, _kind, size, mtime_ns, ctime_ns, mode, uid, gid, dev, ino, nlink, data, _state) = row
+        return cls(st_size=size, st_mtime_ns=mtime_ns, st_ctime_ns=ctime_ns, st_mode=mode, st_uid=uid,
+                   st_gid=gid, st_dev=dev, st_ino=ino, st_nlink=nlink, st_blocks=-(-(data or 0) // 512),
+                   data=data)
+
+
 class _Planner:
-    def __init__(self, job, algorithm, journal, on_entry=None):
+    def __init__(self, job, algorithm, journal, on_entry=None, prepared=False):
         self.job = job
+        self.prepared = prepared       # entries from the journal's rows, not from a walk
         self.on_entry = on_entry
         self.algorithm = algorithm
         self.journal = journal
@@ -1271,12 +1457,31 @@ class _Planner:
         self.boundary = _scan.Boundary(job.src_root, cross=job.opts.cross_filesystems)
 
     def entries(self, src_tree):
+        if self.prepared:
+            yield from self._journal_entries()
+            return
         if self.job.single is not None:
             st = os.lstat(self.job.single, dir_fd=src_tree.root_fd)
             yield self.job.single, self.job.single, st
             return
         excluded = _scan.Excluder(self.job.opts.exclude, part_suffix='.%s.part' % self.job.job_tag)
         yield from _scan.walk(src_tree, excluded, self.boundary)
+
+    def _journal_entries(self):
+        """What a prepared run would consider (prepare): the directories still
+        to make or finish below the root, then the rows still to move, failed
+        or skipped as conflicts, as (rel, name, stat-like row)."""
+        for rel in self.journal.dirs_unfinished():
+            if rel:
+                yield rel, rel.rpartition('/')[2], _Row(st_mode=stat.S_IFDIR | 0o755)
+        after = 0
+        while True:
+            rows = self.journal.plan_rows(after, 1000)
+            if not rows:
+                return
+            after = rows[-1][0]
+            for row in rows:
+                yield row[1], row[1].rpartition('/')[2], _Row.of(row)
 
     def _counted(self, src_tree, rel, st):
         """The bytes a file counts, as the journal counts them: its data (holes
@@ -1285,6 +1490,8 @@ class _Planner:
             if (st.st_dev, st.st_ino) in self.linked:
                 return 0
             self.linked.add((st.st_dev, st.st_ino))
+        if getattr(st, 'data', None) is not None:
+            return st.data             # a journal row (prepare): as scanned
         reldir, name = split(rel)
         counted = _copy.data_size_at(src_tree.get(reldir), name, st)
         return st.st_size if counted is None else counted
@@ -1321,7 +1528,17 @@ class _Planner:
             src_tree.close()
             if dst_tree is not None:
                 dst_tree.close()
-        if self.journal is not None and self.job.opts.mode == 'move':
+        if self.prepared:
+            # the scan recorded the mount points it left alone, and what is done
+            self.stats['mounts_skipped'] = len(self.journal.mount_points(1 << 62))
+            mounts = [_result.mount_point(os.path.join(job.src_root, rel), why)
+                      for rel, why in self.journal.mount_points(job.opts.max_failures_reported)]
+            special = self.journal.skipped(job.opts.max_failures_reported).get('special_file', (0, []))
+            self.plan['skipped'] += special[0]
+            self.stats['special_skipped'] += special[0]
+            self.skipped.extend(_result.skipped_entry(os.path.join(job.src_root, rel), 'special_file', why)
+                                for rel, why in special[1])
+        if self.journal is not None and (self.job.opts.mode == 'move' or self.prepared):
             # moved files are gone from the source: the journal remembers them
             done = self.journal.counts()['done']
             self.plan['already_done'] += done[0]

@@ -23,7 +23,7 @@ import re
 import stat
 import sys
 
-from ansible_collections.durable.mover.plugins.module_utils import _copy, _hashing, _mover, _scan
+from ansible_collections.durable.mover.plugins.module_utils import _copy, _hashing, _lock, _mover, _scan
 from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError, display_path
 
 MIN_PYTHON = (3, 9)
@@ -185,6 +185,8 @@ class SpaceEstimate:
         self._names = 0
 
     def _data_size(self, rel, st):
+        if getattr(st, 'data', None) is not None:
+            return st.data             # a journal row (prepare): as scanned
         path = os.path.join(self.src_root, rel) if rel else self.src_root
         found = _copy.data_size_at(None, path, st)
         return min(st.st_size, st.st_blocks * 512) if found is None else found
@@ -492,6 +494,34 @@ def plan_job(params, problems, on_entry=None):
     except OSError as exc:
         problems.append('cannot plan the move: %s' % _oserror_text(exc, exc.filename or params['src']))
         return None
+    return _planned(result, problems)
+
+
+def prepare_job(params, token, problems, on_entry=None):
+    """The move's scan made here (_mover.prepare): the source listed into the
+    job's journal once, for the move given `token`, and the plan made from
+    the journal. None when the job could not be prepared (the caller plans
+    read-only); ``{'running': True, 'pid'}`` when a run holds the job's lock."""
+    try:
+        result = _mover.prepare(params, token, on_entry=on_entry)
+    except _hashing.MissingLibraryError:
+        return None
+    except MoverError as exc:
+        problems.append(str(exc))
+        return None
+    except OSError as exc:
+        problems.append('cannot list the source into the journal: %s'
+                        % _oserror_text(exc, exc.filename or params['src']))
+        return None
+    if result is None or result.get('running'):
+        return result
+    planned = _planned(result, problems)
+    planned['prepared'] = result['prepared']
+    planned['finished'] = result['finished']
+    return planned
+
+
+def _planned(result, problems):
     plan = dict(result.get('plan') or {})
     for failure in result.get('failures') or ():
         problems.append('%s: %s' % (failure.get('path'), failure.get('error')))
@@ -515,7 +545,14 @@ def mount_points(src_root, planned):
 # ---------------------------------------------------------------------------
 
 def preflight(params):
-    """Every check for one src/dest pair; returns ``{'ok', 'problems', 'findings'}``."""
+    """Every check for one src/dest pair; returns ``{'ok', 'problems', 'findings'}``.
+
+    With ``prepare`` (a token, never in check mode), the source is listed
+    into the job's journal for the move given that token (prepare_job)
+    instead of walked read-only; ``marker`` (a path, ~ expanded) is looked
+    for: the file where the role keeps a running async move's job id."""
+    token = params.get('prepare') or None
+    marker = params.get('marker') or None
     params = {key: params.get(key) for key in PLAN_OPTIONS if params.get(key) is not None}
     problems = []
     warnings = []
@@ -541,7 +578,20 @@ def preflight(params):
     if mode != 'verify':
         estimate = SpaceEstimate(job.src_root, findings['dest'].get('type'), findings['dest'].get('block_size'),
                                  'hardlinks' in (opts.preserve or ()), _missing_dirs(job.dest_root))
-    if findings['src']['exists'] and findings['src']['readable']:
+    findings['prepared'] = None
+    findings['finished'] = None
+    findings['running'] = None
+    if token and not problems and findings['src']['exists'] and findings['src']['readable']:
+        planned = prepare_job(params, token, problems, estimate)
+        if planned is not None and planned.get('running'):
+            findings['running'], findings['running_pid'] = True, planned['pid']
+            planned = None      # its run is going: the role waits for it, the move plans itself
+        elif planned is not None:
+            findings['prepared'] = planned['prepared']
+            findings['finished'] = planned['finished']
+        elif not problems:
+            planned = plan_job(params, problems, estimate)
+    elif findings['src']['exists'] and findings['src']['readable']:
         planned = plan_job(params, problems, estimate)
     elif job.single is not None and not job.src_exists and os.path.exists(job.journal_path):
         # A one-file job whose file was moved by an earlier run: nothing to do, no problem.
@@ -557,6 +607,11 @@ def preflight(params):
         # not entered by the move unless cross_filesystems (nor removed, either way)
         findings['src']['mount_points'] = mount_points(job.src_root, planned)
         findings['src']['cross_filesystems'] = opts.cross_filesystems
+    if findings['running'] is None:
+        findings['running_pid'] = _lock_holder(job.state_dir)
+        findings['running'] = findings['running_pid'] is not None
+    if marker:
+        findings['async_marker'] = os.path.exists(os.path.expanduser(marker))
     findings['journal'] = planned['journal'] if planned else job.journal_path
     findings['journal_exists'] = os.path.exists(findings['journal'])
     findings['plan'] = planned['plan'] if planned else None
@@ -564,6 +619,14 @@ def preflight(params):
         findings['space'] = check_space(planned['plan'], estimate.result() if estimate else None,
                                         findings['src'], findings['dest'], findings['state_dir'], mode, problems)
     return _done(problems, findings, warnings)
+
+
+def _lock_holder(state_dir):
+    """The pid of a run holding the job's lock (-1 if unknown), or None."""
+    try:
+        return _lock.holder_pid(state_dir)
+    except OSError:
+        return None
 
 
 def _done(problems, findings, warnings=()):

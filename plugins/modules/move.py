@@ -240,6 +240,15 @@ options:
       - At most this many failures are listed in RV(failures).
     type: int
     default: 100
+  prepared:
+    description:
+      - The token M(durable.mover.preflight) returned with O(durable.mover.preflight#module:prepare=true) in
+        RV(durable.mover.preflight#module:findings.prepared), after it listed the source into this job's journal.
+        When the journal still holds that token with the same O(exclude), O(special_files), O(on_conflict) and
+        O(cross_filesystems), the move does not list the source again and moves what the journal holds; files
+        created at the source since the preflight are left for the next run. Any other value (a run or another
+        preflight came in between, other options) is ignored, and the move lists the source as without it.
+    type: str
 notes:
   - Durability never depends on C(sync) or C(syncfs); every file and directory is flushed with C(fsync) or C(fdatasync).
   - Part files (C(.<name>.<job>.part)) that this job left behind (a killed run) are resumed or removed; those of
@@ -543,6 +552,7 @@ ARGUMENT_SPEC = dict(
     cross_filesystems=dict(type='bool', default=False),
     audit_log=dict(type='path'),
     max_failures_reported=dict(type='int', default=100),
+    prepared=dict(type='str', no_log=False),
 )
 
 

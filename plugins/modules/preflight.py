@@ -13,7 +13,7 @@ short_description: Check that a durable.mover move can run on a host, before any
 version_added: 0.1.0
 description:
   - Checks, for one O(src)/O(dest) pair, what would make a M(durable.mover.move) of it fail or must stop it
-    from starting, and measures what the move still has to do. It changes nothing.
+    from starting, and measures what the move still has to do. It changes nothing, unless O(prepare) is set.
   - "O(src) exists and is readable (and, in V(move) mode, its directories are writable so that moved files can be
     removed); O(dest), or its nearest existing ancestor, is a writable directory on a filesystem that is not
     mounted read-only; O(state_dir) is writable."
@@ -47,7 +47,7 @@ requirements:
 attributes:
   check_mode:
     support: full
-    description: Reads only; behaves the same in check mode.
+    description: Reads only in check mode (O(prepare) is ignored).
   diff_mode:
     support: none
     description: No diff is produced.
@@ -57,7 +57,7 @@ attributes:
     description: Linux and other POSIX systems with C(statvfs).
   idempotent:
     support: full
-    description: Never changes anything.
+    description: Never changes anything but the job's journal with O(prepare) (reported as not changed).
 options:
   src:
     description: The O(durable.mover.move#module:src) of the move.
@@ -118,6 +118,27 @@ options:
       - O(dest) or O(state_dir) reachable inside O(src) through a mount is a problem either way.
     type: bool
     default: false
+  prepare:
+    description:
+      - List the source into the job's journal (holding the job's lock, never waiting for it), as the scan of
+        M(durable.mover.move) would, instead of walking it read-only; the plan is then made from the journal's
+        rows, and RV(findings.prepared) is a token to give the move as O(durable.mover.move#module:prepared); that
+        move moves what the journal holds without listing the source again. The source is listed once per play.
+      - A job whose last run finished, with nothing new at its source, gets the move's own result in
+        RV(findings.finished), so that no move needs to run.
+      - A run holding the job's lock is reported in RV(findings.running) (nothing is listed then, RV(findings.plan)
+        is null); a journal whose scope options (O(exclude), O(special_files), O(on_conflict),
+        O(cross_filesystems)) changed since its last run is not prepared (the move reconsiders them).
+      - Ignored in check mode, and when a problem was found first.
+      - Files created at the source after the preflight and before the move are not moved by that move; the next
+        run finds them (seed with runs while the source is in use, then a last run once it is quiet).
+    type: bool
+    default: false
+  marker:
+    description:
+      - A file whose existence is reported in RV(findings.async_marker) (C(~) expanded); the role passes the file in
+        the async directory where it keeps the job id of a move it runs in the background.
+    type: path
   fail_on_problems:
     description:
       - Fail when a problem is found. With V(false), the module succeeds and RV(ok) says whether the move can run.
@@ -212,6 +233,25 @@ findings:
     journal_exists:
       description: Whether the job has run before.
       type: bool
+    prepared:
+      description: >-
+        With O(prepare): the token for O(durable.mover.move#module:prepared), when the source was listed into the
+        journal; null otherwise.
+      type: str
+    finished:
+      description: >-
+        With O(prepare): the result M(durable.mover.move) returns for this job (C(changed) false), when its last
+        run finished and nothing new is at its source; null otherwise.
+      type: dict
+    running:
+      description: Whether a run holds the job's lock.
+      type: bool
+    running_pid:
+      description: The pid of the run holding the job's lock (C(-1) when it cannot be read); null when none does.
+      type: int
+    async_marker:
+      description: With O(marker), whether that file exists.
+      type: bool
     plan:
       description: >-
         The check mode plan of the move (C(files), C(bytes), C(renames), C(copies), C(conflicts), C(already_done),
@@ -240,6 +280,7 @@ msg:
 """
 
 import traceback
+import uuid
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -258,12 +299,15 @@ ARGUMENT_SPEC = dict(
     on_conflict=dict(type='str', choices=['fail', 'skip', 'overwrite'], default='fail'),
     special_files=dict(type='str', choices=['skip', 'recreate'], default='skip'),
     cross_filesystems=dict(type='bool', default=False),
+    prepare=dict(type='bool', default=False),
+    marker=dict(type='path'),
     fail_on_problems=dict(type='bool', default=True),
 )
 
 
-def execute(params: dict) -> dict:
-    """The same in check mode and in a real run: nothing is ever changed."""
+def execute(params: dict, check_mode: bool = False) -> dict:
+    """Nothing is changed, but the job's journal with `prepare` outside check mode."""
+    params = dict(params, prepare=uuid.uuid4().hex if params.get('prepare') and not check_mode else None)
     found = preflight(params)
     return dict(changed=False, ok=found['ok'], problems=found['problems'], findings=found['findings'],
                 msg=summary(found), warnings=found['warnings'])
@@ -272,7 +316,7 @@ def execute(params: dict) -> dict:
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        result = execute(dict(module.params))
+        result = execute(dict(module.params), module.check_mode)
     except Exception as exc:  # a bug: say so plainly, with the traceback
         module.fail_json(msg='unexpected error: %s' % exc, exception=traceback.format_exc())
     for warning in result.pop('warnings'):

@@ -267,10 +267,10 @@ def test_a_run_left_by_an_earlier_play_is_waited_for_then_finished(held_job: dic
             holder.release()
         proc = live.finish()
     assert proc.returncode == 0, output(proc)
-    # Waited first (move_info saw it running), then moved what was left.
+    # The preflight saw its lock held, the role waited (move_info saw it running), then moved what was left.
     text = proc.stdout
-    assert text.index("a run of this job is still going") < text.index("PREFLIGHT | Check every job")
-    assert text.index("PREFLIGHT | Check every job") < text.index("Start the move in the background")
+    assert text.index("PREFLIGHT | Check every job") < text.index("a run of this job is still going")
+    assert text.index("a run of this job is still going") < text.index("Start the move in the background")
     assert regular_files(held_job["dest"]) == held_job["files"]
     fleet, _junit, _summary = load_reports(held_job["reports"])
     assert fleet["hosts"]["localhost"]["status"] == "ok"
@@ -295,8 +295,9 @@ def test_async_move_of_many_files(tmp_path: Path) -> None:
 
 
 def test_the_rerun_of_a_finished_job_runs_in_the_foreground(tmp_path: Path) -> None:
-    """The preflight of a finished job finds nothing to move: the rerun runs the move in the
-    foreground (no async job, no look, no poll round) and reports the job from its journal."""
+    """The preflight of a finished job finds nothing to move: the rerun runs no move at all
+    (no async job, no look, no poll round; the preflight's answer is the move's result) and
+    reports the job from its journal."""
     files = tree(300)
     write(tmp_path / "src", files)
     extra = {"migrate_src": str(tmp_path / "src"), "migrate_dest": str(tmp_path / "dest"),
@@ -310,7 +311,7 @@ def test_the_rerun_of_a_finished_job_runs_in_the_foreground(tmp_path: Path) -> N
     assert proc.returncode == 0, output(proc)
     assert recap(proc)["changed"] == 0, output(proc)
     assert tasks_run(proc.stdout, "MIGRATE | Start the move in the background") == 0, output(proc)
-    assert tasks_run(proc.stdout, "MIGRATE | Move the job in the foreground") == 1, output(proc)
+    assert tasks_run(proc.stdout, "MIGRATE | Move the job in the foreground") == 0, output(proc)
     assert looks_made(proc.stdout) == 0, output(proc)
     fleet, _junit, _summary = load_reports(tmp_path / "reports")
     host = fleet["hosts"]["localhost"]

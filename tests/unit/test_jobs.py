@@ -16,6 +16,7 @@ from ansible_collections.durable.mover.plugins.module_utils._jobs import (
     MODULE_OPTIONS,
     NO_JOB,
     PREFLIGHT_OPTIONS,
+    RUN_OPTIONS,
     job_list,
 )
 from ansible_collections.durable.mover.plugins.modules import move as move_module
@@ -81,7 +82,7 @@ def test_configuration_errors_are_returned(jobs, src, dest, role_vars, error):
 
 
 def test_module_options_are_the_move_modules():
-    assert set(MODULE_OPTIONS) == set(move_module.ARGUMENT_SPEC) - {"src", "dest"}
+    assert set(MODULE_OPTIONS) == set(move_module.ARGUMENT_SPEC) - {"src", "dest"} - set(RUN_OPTIONS)
     assert set(PREFLIGHT_OPTIONS) <= set(preflight_module.ARGUMENT_SPEC)
     assert set(PREFLIGHT_OPTIONS) <= set(MODULE_OPTIONS)
 

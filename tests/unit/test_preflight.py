@@ -357,3 +357,143 @@ def test_module_options_match_the_move_module():
 def _path(text):
     from pathlib import Path
     return Path(text)
+
+
+# ---------------------------------------------------------------------------
+# prepare: the preflight's listing is the move's scan
+# ---------------------------------------------------------------------------
+
+def _scans_of(monkeypatch):
+    """Count the listings of the source root (each _scan.list_dir of '')."""
+    from ansible_collections.durable.mover.plugins.module_utils import _scan
+    listed = []
+    real = _scan.list_dir
+
+    def counted(tree, reldir, excluded):
+        if reldir == '':
+            listed.append(tree.root_path)
+        return real(tree, reldir, excluded)
+    monkeypatch.setattr(_scan, "list_dir", counted)
+    return listed
+
+
+@pytest.mark.root
+def test_prepare_plans_from_the_journal_as_the_walk_plans(job, tmpfs):
+    """The findings of a prepared preflight (from the journal's rows) are those of the read-only walk."""
+    make_tree(_path(job["src"]), {"holes": 0})
+    with open(os.path.join(job["src"], "holes"), "r+b") as handle:
+        handle.seek(3 * MiB)
+        handle.write(b"end")
+    os.link(os.path.join(job["src"], "a"), os.path.join(job["src"], "sub", "a2"))
+    os.mkfifo(os.path.join(job["src"], "fifo"))
+    dest = str(tmpfs("32m") / "dest")
+    walked = preflight(dict(job, dest=dest))
+    prepared = preflight(dict(job, dest=dest, prepare="t1"))
+    assert prepared["findings"]["prepared"] == "t1" and walked["findings"]["prepared"] is None
+    assert prepared["findings"]["plan"] == walked["findings"]["plan"]
+    assert prepared["findings"]["space"] == walked["findings"]["space"]
+    assert prepared["findings"]["finished"] is None
+    assert prepared["ok"] is True
+
+
+def test_the_prepared_move_lists_nothing_and_leaves_what_came_later(job, monkeypatch):
+    """The move given the token lists the source no more; a file created between the preflight and
+    the move stays at the source, and the next preflight and move take it: nothing is lost."""
+    listed = _scans_of(monkeypatch)
+    found = preflight(dict(job, prepare="t1"))
+    assert found["findings"]["plan"]["files"] == 4 and len(listed) == 1
+    (_path(job["src"]) / "sub" / "late").write_bytes(b"late")
+    result = _mover.run(dict(job, prepared="t1"))
+    assert len(listed) == 1, "the move listed the source again"
+    assert result["stats"]["files_moved"] == 4 and result["stats"]["resumed"] is False
+    assert (_path(job["src"]) / "sub" / "late").read_bytes() == b"late"
+    again = preflight(dict(job, prepare="t2"))
+    assert again["findings"]["plan"]["files"] == 1 and again["findings"]["finished"] is None
+    result = _mover.run(dict(job, prepared="t2"))
+    assert result["stats"]["files_moved"] == 1 and result["complete"] is True
+    assert (_path(job["dest"]) / "sub" / "late").read_bytes() == b"late"
+    assert not (_path(job["src"]) / "sub" / "late").exists()
+
+
+def test_a_token_the_journal_no_longer_holds_makes_the_move_list_the_source(job, monkeypatch):
+    """Another preflight (or run) came between: the first token is stale, the move lists the source
+    itself and finds what came after the first preflight."""
+    preflight(dict(job, prepare="t1"))
+    (_path(job["src"]) / "late1").write_bytes(b"1")
+    preflight(dict(job, prepare="t2"))
+    (_path(job["src"]) / "late2").write_bytes(b"2")
+    listed = _scans_of(monkeypatch)
+    result = _mover.run(dict(job, prepared="t1"))
+    assert len(listed) == 1
+    assert result["stats"]["files_moved"] == 6 and result["complete"] is True
+    assert (_path(job["dest"]) / "late2").read_bytes() == b"2"
+    assert [name for _dir, _dirs, names in os.walk(job["src"]) for name in names] == []
+
+
+def test_other_scope_options_make_the_token_stale(job, monkeypatch):
+    preflight(dict(job, prepare="t1"))
+    (_path(job["src"]) / "late").write_bytes(b"1")
+    listed = _scans_of(monkeypatch)
+    result = _mover.run(dict(job, prepared="t1", exclude=["nothing-matches"]))
+    assert len(listed) == 1 and result["stats"]["files_moved"] == 5
+
+
+def test_a_finished_job_is_answered_with_the_moves_own_result(job):
+    first = _mover.run(dict(job))
+    assert first["complete"] is True
+    found = preflight(dict(job, prepare="t1"))
+    finished = found["findings"]["finished"]
+    rerun = _mover.run(dict(job))                 # what the move itself answers
+    assert finished is not None
+    assert sorted(finished) == sorted(rerun)
+    for key in ("changed", "complete", "stats", "failures", "job_id", "journal", "mode"):
+        assert finished[key] == rerun[key], key
+    assert finished["changed"] is False and finished["stats"]["files_already_done"] == 4
+    (_path(job["src"]) / "late").write_bytes(b"1")
+    assert preflight(dict(job, prepare="t2"))["findings"]["finished"] is None
+
+
+def test_prepare_with_the_lock_held_lists_nothing_and_says_so(job, monkeypatch):
+    from ansible_collections.durable.mover.plugins.module_utils._lock import JobLock
+    job_dir = _mover.Job(_mover.Options.from_params(job)).state_dir
+    os.makedirs(job_dir)
+    listed = _scans_of(monkeypatch)
+    with JobLock(job_dir, "held"):
+        found = preflight(dict(job, prepare="t1"))
+    assert found["ok"] is True and listed == []
+    assert found["findings"]["running"] is True and found["findings"]["running_pid"] == os.getpid()
+    assert found["findings"]["prepared"] is None and found["findings"]["plan"] is None
+
+
+def test_check_mode_never_prepares(job, monkeypatch):
+    result = run_module(monkeypatch, _ansible_check_mode=True, prepare=True, **job)
+    assert result["failed"] is False and result["findings"]["prepared"] is None
+    assert not os.path.exists(job["state_dir"])
+    result = run_module(monkeypatch, prepare=True, **job)
+    assert len(result["findings"]["prepared"]) == 32
+    assert os.path.exists(job["state_dir"])
+
+
+def test_the_async_marker_is_looked_for(job, monkeypatch, tmp_path):
+    marker = tmp_path / "marker"
+    assert preflight(dict(job, marker=str(marker)))["findings"]["async_marker"] is False
+    marker.write_text("123.456")
+    assert preflight(dict(job, marker=str(marker)))["findings"]["async_marker"] is True
+
+
+def test_a_finished_job_is_answered_without_writing_its_journal(job):
+    """Nothing new at the source: the journal is read (not written, not checked row by row); a new
+    directory at the source is something new (the move makes it at the destination)."""
+    assert _mover.run(dict(job))["complete"] is True
+    journal = _mover.Job(_mover.Options.from_params(job)).journal_path
+    before = [(os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in (journal,) if os.path.exists(p)]
+    found = preflight(dict(job, prepare="t1"))
+    assert found["findings"]["finished"]["complete"] is True
+    assert found["findings"]["plan"]["already_done"] == 4 and found["findings"]["plan"]["files"] == 0
+    assert [(os.stat(journal).st_mtime_ns, os.stat(journal).st_size)] == before
+    os.makedirs(os.path.join(job["src"], "new", "empty"))
+    found = preflight(dict(job, prepare="t2"))
+    assert found["findings"]["finished"] is None and found["findings"]["prepared"] == "t2"
+    result = _mover.run(dict(job, prepared="t2"))
+    assert result["complete"] is True and os.path.isdir(os.path.join(job["dest"], "new", "empty"))
+    assert preflight(dict(job, prepare="t3"))["findings"]["finished"] is not None

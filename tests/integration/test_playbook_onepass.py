@@ -1,0 +1,150 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable.mover contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The source is listed once per play (issue 13): the migrate role's preflight
+lists each job's source into its journal (durable.mover.preflight prepare),
+the move given its token moves what the journal holds, and the rerun of a
+finished job is answered by the preflight alone: no move, no look.
+
+Real ansible-playbook on localhost; the listings of the source are counted
+with strace (each directory listed to its end: a getdents64 that returns 0).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_playbook_migrate import tasks_run
+from migrate_helpers import (
+    LivePlaybook,
+    LockHolder,
+    ansible_env,
+    interrupted_move,
+    job_id,
+    load_reports,
+    make_tree as write,
+    output,
+    playbook_argv,
+    recap,
+    regular_files,
+    run_playbook,
+    REPO_ROOT,
+    TIMEOUT,
+)
+
+
+def tree(count: int, size: int = 100) -> dict:
+    return {"d%02d/f%04d" % (i // 50, i): (b"%06d" % i) * (size // 6) for i in range(count)}
+
+
+def module_tasks(text: str) -> dict:
+    """The tasks of the role that run a module on the host, and how often each ran."""
+    names = ("MIGRATE | Move the job in the foreground", "MIGRATE | Start the move in the background",
+             "FOLLOW | Look for a run of the job from an earlier play", "FOLLOW | Look at the move",
+             "PREFLIGHT | Check every job before anything moves")
+    return {name: tasks_run(text, name) for name in names}
+
+
+def job_vars(tmp_path: Path, **extra) -> dict:
+    return {"migrate_src": str(tmp_path / "src"), "migrate_dest": str(tmp_path / "dest"),
+            "migrate_state_dir": str(tmp_path / "state"), "migrate_report_dir": str(tmp_path / "reports"),
+            "migrate_poll_interval": 1, **extra}
+
+
+def test_the_rerun_of_a_finished_job_runs_no_move_and_no_look(tmp_path: Path) -> None:
+    """The preflight finds the job finished with nothing new: its answer (the move's own result,
+    from the journal) is the job's outcome; no move module runs, no look for an earlier run."""
+    files = tree(300)
+    write(tmp_path / "src", files)
+    extra = job_vars(tmp_path)
+    first = run_playbook(extra_vars=extra, tmp_dir=tmp_path)
+    assert first.returncode == 0, output(first)
+    assert regular_files(tmp_path / "dest") == files
+    proc = run_playbook(extra_vars=extra, tmp_dir=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    ran = module_tasks(proc.stdout)
+    assert ran == {"MIGRATE | Move the job in the foreground": 0, "MIGRATE | Start the move in the background": 0,
+                   "FOLLOW | Look for a run of the job from an earlier play": 0, "FOLLOW | Look at the move": 0,
+                   "PREFLIGHT | Check every job before anything moves": 1}, output(proc)
+    assert recap(proc)["changed"] == 0, output(proc)
+    fleet, _junit, _summary = load_reports(tmp_path / "reports")
+    host = fleet["hosts"]["localhost"]
+    assert host["status"] == "ok" and host["complete"] is True, host
+    assert host["stats"]["files_moved"] == 0
+    assert host["stats"]["files_already_done"] == 300
+    assert host["stats"]["files_total"] == 300
+    # A file that appears at the source afterwards is found by the next play, and moved.
+    write(tmp_path / "src", {"d00/late": b"late"})
+    again = run_playbook(extra_vars=extra, tmp_dir=tmp_path)
+    assert again.returncode == 0, output(again)
+    assert tasks_run(again.stdout, "MIGRATE | Move the job in the foreground") \
+        + tasks_run(again.stdout, "MIGRATE | Start the move in the background") == 1, output(again)
+    assert regular_files(tmp_path / "dest") == {**files, "d00/late": b"late"}
+    assert regular_files(tmp_path / "src") == {}
+
+
+def _listings(trace: Path, directory: Path) -> int:
+    """How many times `directory` was listed to its end (getdents64 returning 0) in an strace -f -y log."""
+    pattern = re.compile(r"getdents64\(\d+<%s>, .*\) = 0$" % re.escape(str(directory)))
+    return sum(1 for line in trace.read_text(errors="replace").splitlines() if pattern.search(line))
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+@pytest.mark.parametrize("async_move", [True, False], ids=["async", "foreground"])
+def test_a_play_lists_the_source_once(tmp_path: Path, async_move: bool) -> None:
+    """A fresh job: the preflight lists the source into the journal, the move (given the
+    preflight's token) does not list it again. Every directory of the source is listed once."""
+    files = tree(200)
+    write(tmp_path / "src", files)
+    extra = job_vars(tmp_path, migrate_async=async_move)
+    trace = tmp_path / "strace.log"
+    argv = ["strace", "-f", "-qq", "-y", "-e", "trace=getdents64", "-o", str(trace)] \
+        + playbook_argv([], extra, tmp_path)
+    proc = subprocess.run(argv, cwd=str(REPO_ROOT), env=ansible_env(REPO_ROOT), capture_output=True, text=True,
+                          timeout=TIMEOUT, check=False)
+    assert proc.returncode == 0, output(proc)
+    assert regular_files(tmp_path / "dest") == files
+    src = (tmp_path / "src").resolve()
+    counts = {name: _listings(trace, src / name) for name in ("d00", "d01", "d02", "d03")}
+    assert counts == {"d00": 1, "d01": 1, "d02": 1, "d03": 1}, counts
+
+
+def test_the_preflight_reports_a_run_holding_the_lock_and_the_role_waits_for_it(tmp_path: Path) -> None:
+    """With a run going (its lock held), the preflight lists nothing and says so; the role
+    looks for that run (and only then), waits for it, and the move lists the source itself."""
+    files = tree(300)
+    write(tmp_path / "src", files)
+    extra = job_vars(tmp_path, migrate_progress_host_interval=0)
+    state = tmp_path / "state"
+    interrupted_move(tmp_path / "src", tmp_path / "dest", state)
+    job = job_id(tmp_path / "src", tmp_path / "dest")
+    with LockHolder(state, job) as holder:
+        live = LivePlaybook(extra_vars=extra, tmp_dir=tmp_path)
+        try:
+            live.wait_for(re.compile(r"a run of this job is still going \(pid %d\)" % holder.pid))
+        finally:
+            holder.release()
+        proc = live.finish()
+    assert proc.returncode == 0, output(proc)
+    text = proc.stdout
+    assert text.index("PREFLIGHT | Check every job") < text.index("a run of this job is still going")
+    assert tasks_run(text, "FOLLOW | Look for a run of the job from an earlier play") == 1, output(proc)
+    assert regular_files(tmp_path / "dest") == files
+    fleet, _junit, _summary = load_reports(tmp_path / "reports")
+    assert fleet["hosts"]["localhost"]["status"] == "ok"
+    assert fleet["hosts"]["localhost"]["complete"] is True
+
+
+def test_check_mode_writes_no_journal(tmp_path: Path) -> None:
+    files = tree(30)
+    write(tmp_path / "src", files)
+    proc = run_playbook("--check", extra_vars=job_vars(tmp_path), tmp_dir=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    assert not (tmp_path / "state").exists()
+    assert regular_files(tmp_path / "src") == files
