@@ -235,20 +235,26 @@ def feed_direct(fd, start, end, hasher, buf, sparse=False, should_stop=None, sou
         raise SourceChanged('the copy shrank while it was read back', source_path, errno.EIO)
 
 
-def dropped(fd):
-    """After drop_cache(): is the file's first page really gone from the page
-    cache? (POSIX_FADV_DONTNEED is a hint: a page someone has mapped stays.)
-    A read that must not wait (RWF_NOWAIT) fails with EAGAIN exactly when the
-    page is not cached. False where that cannot be told."""
+def dropped(fd, size=1):
+    """After drop_cache(): are the pages holding the file's first `size` bytes
+    really gone from the page cache? (POSIX_FADV_DONTNEED is a hint: a page
+    someone has mapped stays.) A read that must not wait (RWF_NOWAIT) fails
+    with EAGAIN exactly when its page is not cached. Each page is asked, the
+    last first: such a read starts reading its page from the device, and the
+    pages after it (asked already), never one before it, so no answer is
+    spoiled by an earlier question. False where that cannot be told."""
     if RWF_NOWAIT is None or not hasattr(os, 'preadv'):
         return False
-    try:
-        os.preadv(fd, [bytearray(1)], 0, RWF_NOWAIT)
-    except BlockingIOError:
-        return True
-    except OSError:
+    probe = [bytearray(1)]
+    for offset in range((max(size, 1) - 1) // PAGE * PAGE, -1, -PAGE):
+        try:
+            os.preadv(fd, probe, offset, RWF_NOWAIT)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return False
         return False
-    return False
+    return True
 
 
 def data_inline(fd):

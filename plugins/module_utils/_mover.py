@@ -743,7 +743,6 @@ class Runner:
     def _worker(self, share, feed):
         """In a worker process: move one share of the rows; return what was done."""
         self.stop.forward = None
-        _hashing.single_threaded()
         self.journal = self.journal.reconnect()    # the parent's was closed before the fork
         self.moved = self.bytes_moved = self.changes = self.setid_cleared = 0
         self.readback_from_cache = []

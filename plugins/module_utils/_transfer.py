@@ -42,6 +42,10 @@ PIPELINE_FLUSH = 256 * 1024 * 1024
 # quarter of RLIMIT_NOFILE (a batch of batch_files files could otherwise leave
 # no fd for the copies themselves); the rest are opened as they are copied.
 PREFETCH_FDS = 256
+# A flushed part up to this size is read back through the page cache, all of
+# the batch's at once, once every one of its pages is found gone from it
+# (_copy.dropped); a larger one with O_DIRECT reads, one file after another.
+READBACK_PREFETCH_MAX = 128 * 1024
 
 MOVED, IDENTICAL, FAILED, SKIPPED, INTERRUPTED, RETRY, STAGED = (
     'moved', 'identical', 'failed', 'skipped', 'interrupted', 'retry', 'staged')
@@ -212,7 +216,7 @@ class Transfer:
         name is no longer the file of fd `same_as`).
 
         O_DIRECT reads, past the page cache; `read_fd`: the file opened by
-        prefetch_read_back(), whose cached page was dropped and checked gone
+        prefetch_read_back(), whose cached pages were dropped and checked gone
         (so what it reads comes from the device). Where the filesystem refuses
         O_DIRECT, or keeps the data inline in its metadata, the read cannot come
         from the device: noted for the result (self._local.readback)."""
@@ -595,25 +599,27 @@ class Transfer:
                     self._sources[row.id] = fd
 
     def prefetch_read_back(self, staged):
-        """After the batch's flush: drop the cached page of every STAGED part of
-        one page, check that it is gone (_copy.dropped), and start reading them
-        all back from the disk at once, for finish() to verify: many reads queued
-        at the device at once cost a fraction of one O_DIRECT read after another.
-        A part whose page stayed, and larger parts, are read with O_DIRECT."""
+        """After the batch's flush: drop the cached pages of every STAGED part
+        up to READBACK_PREFETCH_MAX bytes (without holes), check that every one
+        of them is gone (_copy.dropped, which starts reading them from the
+        device), and have the rest of each read at once, for finish() to verify:
+        many reads queued at the device at once cost a fraction of one O_DIRECT
+        read after another. A part with a page that stayed, and larger or
+        sparse parts, are read with O_DIRECT."""
         if not self.read_back:
             return
         for outcome in staged:
             if len(self._read_backs) >= self._prefetch_fds:
                 break
-            dreldir, part, st = outcome.staged[2], outcome.staged[4], outcome.staged[5]
-            if not 0 < st.st_size <= _copy.PAGE:
+            dreldir, part, st, sparse = outcome.staged[2], outcome.staged[4], outcome.staged[5], outcome.staged[6]
+            if sparse or not 0 < st.st_size <= READBACK_PREFETCH_MAX:
                 continue
             try:
                 fd = open_read(self.dst.get(dreldir), part)
             except (OSError, MoverError):
                 continue          # finish() meets the problem, and reports it
             _copy.drop_cache(fd)
-            if not _copy.dropped(fd):
+            if not _copy.dropped(fd, st.st_size):
                 os.close(fd)
                 continue
             _copy.prefetch(fd)

@@ -245,3 +245,46 @@ def test_drop_cache_keeps_content(tmp_path):
         assert os.pread(fd, 3000, 0) == b"abc" * 1000
     finally:
         os.close(fd)
+
+
+def _flushed_and_dropped(path, pages):
+    """A file of `pages` pages, on disk, opened, its pages dropped from the
+    cache (skipped if they cannot be: a hint the kernel may not follow at once)."""
+    path.write_bytes(os.urandom(pages * _copy.PAGE - 100))
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    size = pages * _copy.PAGE - 100
+    for _attempt in range(5):
+        _copy.drop_cache(fd)
+        if _copy.dropped(fd, size):
+            os.pread(fd, size, 0)       # asking started reading them: wait until they are read,
+            _copy.drop_cache(fd)        # and drop them again, none of them being read now
+            return fd
+    os.close(fd)
+    pytest.skip("the filesystem under tmp_path does not drop clean pages or refuses RWF_NOWAIT")
+
+
+@pytest.mark.skipif(_copy.RWF_NOWAIT is None, reason="needs RWF_NOWAIT")
+def test_dropped_asks_every_page_of_the_file(tmp_path):
+    """The read-back of a batch's parts goes through the page cache only for a
+    part none of whose pages stayed cached: a page in the middle that is still
+    cached (mapped by someone, or read again) must be seen, not only the first."""
+    size = 5 * _copy.PAGE - 100
+    fd = _flushed_and_dropped(tmp_path / "f", 5)
+    try:
+        os.pread(fd, 10, 3 * _copy.PAGE)            # page 3 only is cached again
+        assert not _copy.dropped(fd, size)
+        assert os.pread(fd, size, 0) == (tmp_path / "f").read_bytes()
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(_copy.RWF_NOWAIT is None, reason="needs RWF_NOWAIT")
+def test_dropped_sees_the_last_page_cached(tmp_path):
+    size = 3 * _copy.PAGE - 100
+    fd = _flushed_and_dropped(tmp_path / "f", 3)
+    try:
+        os.pread(fd, 10, 2 * _copy.PAGE)
+        assert not _copy.dropped(fd, size)
+    finally:
+        os.close(fd)
