@@ -601,6 +601,8 @@ def main(argv=None):
     if os.geteuid() != 0:
         raise SystemExit('real_trees.py needs root: it mounts loop filesystems and drops the page cache')
     private_namespace()
+    # a kill (or a job's timeout) still unmounts and detaches what this run set up
+    signal.signal(signal.SIGTERM, lambda _signo, _frame: sys.exit(143))
     started = time.monotonic()
     wanted = templates(args)
     biggest = max([tree_mib(t) for _k, _t, t in wanted] + [64])
