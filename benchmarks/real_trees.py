@@ -411,7 +411,7 @@ class Workload:
                        '; '.join('%s %s / %s' % (phase, a, b) for phase, (a, b) in self.loadavg.items())))
         phases = [p for p in PHASES if p in self.loadavg]
         out.append('\n### Medians of same-round ratios\n')
-        out.append('| ratio | ' + ' | '.join(phases) + (' | loaded / quiet |' if len(phases) == 2 else ''))
+        out.append('| ratio | ' + ' | '.join(phases) + (' | loaded / quiet |' if len(phases) == 2 else ' |'))
         out.append('|---|' + '---:|' * (len(phases) + (1 if len(phases) == 2 else 0)))
         for mine in [t for t in OURS if t in self.args.tools]:
             for peer in [t for t in PEERS if t in self.args.tools]:
