@@ -159,7 +159,7 @@ crash-full: venv collection-link
 # unpacked once into /var/cache/durable-mover-bench; a mixed tree; 20,000 x 4 KiB;
 # one 2 GiB file) through ansible-playbook and the core against cp -a + sync + rm
 # and rsync -aHAX + sync, quiet and under a dd load, then Ansible's share (one
-# file, the rerun of a finished 200,000-file job): under 30 minutes. bench-quick:
+# file, the rerun of a finished 200,000-file job): about 30 minutes. bench-quick:
 # smaller trees, no kernel, a few minutes. bench-core: the core alone against mv,
 # cp and rsync (physical limits, scale). BENCH_ARGS="--only kernel --runs 3" to narrow.
 BENCH_ARGS ?=

@@ -27,7 +27,7 @@ and the rerun of a finished --rerun-files job. Reports every run, the medians
 of same-round ratios, the module's own seconds against the playbook's, and the
 issue's targets met or not.
 
-    sudo python3 benchmarks/real_trees.py              # everything, under 30 minutes (make bench)
+    sudo python3 benchmarks/real_trees.py              # everything, one round each (make bench)
     sudo python3 benchmarks/real_trees.py --quick      # a few minutes, no kernel tree (make bench-quick)
     sudo python3 benchmarks/real_trees.py --only kernel --runs 3 --loaded-runs 3
 """
@@ -518,7 +518,7 @@ def parse(argv):
     parser.add_argument('--only', default='kernel,mixed,small,big,share,rerun',
                         help='workloads: kernel, mixed, small, big; share (one-file job vs core), rerun')
     parser.add_argument('--tools', default=','.join(TOOLS), help='comma-separated, of: ' + ', '.join(TOOLS))
-    parser.add_argument('--runs', type=int, default=2, help='quiet rounds per workload')
+    parser.add_argument('--runs', type=int, default=1, help='quiet rounds per workload')
     parser.add_argument('--loaded-runs', type=int, default=1, help='loaded rounds per workload')
     parser.add_argument('--kernel-runs', type=int, default=None, help='quiet rounds of the kernel tree')
     parser.add_argument('--kernel-loaded-runs', type=int, default=None, help='loaded rounds of the kernel tree')
