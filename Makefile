@@ -35,7 +35,7 @@ SYSTEM_PATH := $(PATH)
 export PATH := $(CURDIR)/$(VENV_BIN):$(SYSTEM_PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLL_ROOT):$(HOME)/.ansible/collections:/usr/share/ansible/collections
 
-.PHONY: help venv collection-link demo test pytest pytest-all sanity lint clean bench bench-ansible crash-full
+.PHONY: help venv collection-link demo test pytest pytest-all sanity lint clean bench bench-quick bench-core bench-ansible crash-full
 
 help:
 	@sed -n '3,10s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
@@ -154,11 +154,23 @@ clean:
 crash-full: venv collection-link
 	BLOCKSWEEP_FULL=1 $(VENV_BIN)/python -m pytest -ra -s $(PYTEST_ARGS) tests/crash/test_block_sweeps.py
 
-# Benchmarks against mv, cp and rsync (root: loop filesystems, drop_caches).
-# BENCH_ARGS="--only big,small --runs 5" to narrow; results: benchmarks/RESULTS.md.
+# Benchmarks (root: loop filesystems, drop_caches); results: benchmarks/RESULTS.md.
+# bench: real trees (the Linux kernel source from Debian's linux-source package,
+# unpacked once into /var/cache/durable-mover-bench; a mixed tree; 20,000 x 4 KiB;
+# one 2 GiB file) through ansible-playbook and the core against cp -a + sync + rm
+# and rsync -aHAX + sync, quiet and under a dd load, then Ansible's share (one
+# file, the rerun of a finished 200,000-file job): about 30 minutes. bench-quick:
+# smaller trees, no kernel, a few minutes. bench-core: the core alone against mv,
+# cp and rsync (physical limits, scale). BENCH_ARGS="--only kernel --runs 3" to narrow.
 BENCH_ARGS ?=
 bench: venv collection-link
-	$(VENV_BIN)/python benchmarks/bench.py --output benchmarks/last-run.md $(BENCH_ARGS)
+	$(VENV_BIN)/python benchmarks/real_trees.py --output benchmarks/last-run.md $(BENCH_ARGS)
+
+bench-quick: venv collection-link
+	$(VENV_BIN)/python benchmarks/real_trees.py --quick --output benchmarks/last-quick-run.md $(BENCH_ARGS)
+
+bench-core: venv collection-link
+	$(VENV_BIN)/python benchmarks/bench.py --output benchmarks/last-core-run.md $(BENCH_ARGS)
 
 # Ansible's share: ansible-playbook playbooks/migrate.yml against the core alone
 # (one file, 20,000 files, the rerun of each; root). BENCH_ARGS="--rerun-files

@@ -156,7 +156,8 @@ def _top_tasks(runs, count=8):
 
 
 def rerun_only(args, mounts, out):
-    """The rerun of a finished job of many files through the playbook (moved once by the core)."""
+    """The rerun of a finished job of many files through the playbook (moved once by the core):
+    its seconds, one per run."""
     count = args.rerun_files
     src = os.path.join(mounts.src, 'big-rerun', 'src')
     dest = os.path.join(mounts.dest, 'big-rerun', 'dest')
@@ -183,6 +184,7 @@ def rerun_only(args, mounts, out):
     print('\n'.join(out[start:]), flush=True)
     for path in (os.path.dirname(src), os.path.dirname(dest), state, state + '-reports'):
         shutil.rmtree(path, ignore_errors=True)
+    return samples
 
 
 def main(argv=None):

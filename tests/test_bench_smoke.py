@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,70 @@ def test_ansible_share_quick_run(tmp_path):
     for heading in ('One file of 1 MiB', '60 files of 4 KiB in 3 dirs', 'Rerun of a finished job of 500 files',
                     '| rerun of the finished job, ansible-playbook |', 'PREFLIGHT | Check every job'):
         assert heading in report, heading
+
+
+def _stand_in_kernel_deb(tmp_path):
+    """A .deb shaped like Debian's linux-source-X (usr/src/linux-source-X.tar.xz): a few files,
+    nested directories, a dotfile, symlinks, an executable; the benchmark unpacks it as the real one."""
+    tree = tmp_path / 'standin' / 'linux-source-9.9'
+    for folder in ('arch/x86/kernel', 'include/linux', 'scripts'):
+        (tree / folder).mkdir(parents=True)
+    for index in range(40):
+        (tree / 'arch/x86/kernel' / ('f%02d.c' % index)).write_bytes(bytes(range(256)) * (index + 1))
+        (tree / 'include/linux' / ('h%02d.h' % index)).write_text('#define X%d %d\n' % (index, index))
+    (tree / '.gitignore').write_text('*.o\n')
+    (tree / 'scripts' / 'run.sh').write_text('#!/bin/sh\n')
+    (tree / 'scripts' / 'run.sh').chmod(0o755)
+    (tree / 'include' / 'asm').symlink_to('linux')
+    (tree / 'arch/x86/kernel' / 'link.c').symlink_to('f01.c')
+    package = tmp_path / 'pkg'
+    (package / 'usr' / 'src').mkdir(parents=True)
+    (package / 'DEBIAN').mkdir()
+    with tarfile.open(package / 'usr' / 'src' / 'linux-source-9.9.tar.xz', 'w:xz') as archive:
+        archive.add(tree, arcname='linux-source-9.9')
+    (package / 'DEBIAN' / 'control').write_text('Package: linux-source-9.9\nVersion: 9.9-1\nArchitecture: all\n'
+                                                'Maintainer: bench <bench@example.org>\nDescription: stand-in\n')
+    deb = tmp_path / 'linux-source-9.9_9.9-1_all.deb'
+    subprocess.run(['dpkg-deb', '--build', str(package), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+@pytest.mark.root
+@pytest.mark.loop
+@pytest.mark.timeout(900)
+def test_real_trees_tiny_run(tmp_path):
+    """The kernel workload's path (a stand-in linux-source .deb, unpacked into the cache) and the
+    mixed tree, every tool, one quiet and one loaded round: each run's destination matched."""
+    if not shutil.which('dpkg-deb'):
+        pytest.fail('dpkg-deb is needed to build the stand-in linux-source package')
+    deb = _stand_in_kernel_deb(tmp_path)
+    out = tmp_path / 'real.md'
+    cache = tmp_path / 'cache'
+    proc = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'real_trees.py'), '--tiny', '--only', 'kernel,mixed',
+                           '--kernel-deb', str(deb), '--cache-dir', str(cache), '--python', sys.executable,
+                           '--output', str(out), '--workdir', str(tmp_path)],
+                          capture_output=True, text=True, timeout=860, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (cache / 'linux-source-9.9_9.9-1' / 'linux-source-9.9' / 'include' / 'asm').is_symlink()
+    report = out.read_text()
+    for heading in ('## Linux kernel source (linux-source-9.9_9.9-1)', '## Mixed tree: 2 x 2 MiB and 100 files',
+                    '### Medians of same-round ratios', '### Every run', '## Against the targets of issue 13',
+                    '| ratio | quiet | loaded | loaded / quiet |', 'load average at the start'):
+        assert heading in report, heading
+    assert '82 files' in report  # the stand-in's 40 + 40 + 2 files, unpacked from the .deb
+    runs = [line for line in report.splitlines() if line.startswith(('| quiet | ', '| loaded | '))]
+    tools = ('ours (ansible-playbook)', 'ours (core)', 'cp -a + sync + rm -rf', 'rsync -aHAX + sync')
+    assert len(runs) == 2 * 2 * len(tools), runs
+    for line in runs:
+        assert line.endswith('| same |'), line
+    for tool in tools:
+        assert sum(1 for line in runs if '| %s |' % tool in line) == 4, tool
+    assert '| ours (ansible-playbook) / rsync -aHAX + sync |' in report
+    assert '| Linux kernel source, loaded: ansible-playbook <= 1.0x cp -a + sync + rm -rf |' in report
+    assert losetup_of(tmp_path) == [], 'loop devices left attached'
+
+
+def losetup_of(tmp_path):
+    """Loop devices still attached to image files under tmp_path."""
+    listing = subprocess.run(['losetup', '-a'], capture_output=True, text=True, check=False).stdout
+    return [line for line in listing.splitlines() if str(tmp_path) in line]
