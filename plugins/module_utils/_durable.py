@@ -15,10 +15,13 @@ The chain for one file moved across devices, in the only safe order:
 1. ``create_part``      -- the temporary ``.part`` beside the destination
 2. ``sync_data``        -- the part's bytes are on disk
 3. ``rename_into_place``-- requires 2; the final name now points at them
-4. ``sync_dir``(dest)   -- requires 3; the final name itself is on disk
+4. ``sync_dest_dir``    -- requires 3; the final name itself is on disk
 5. (journal commit)     -- requires 4; see _journal.Journal.commit
 6. ``unlink_source``    -- requires 5; the only step that destroys data
 7. ``sync_dir``(src)    -- requires 6; the removal is on disk
+
+Where syncfs_supported, a batch takes steps 4 and 7 for all its directories
+on one filesystem at once: ``sync_batch_dirs`` (a DirsFlush), one syncfs.
 
 A failed fsync is never retried: after a failed fsync the kernel may have
 dropped the dirty pages, so a second fsync can succeed without the data
@@ -514,6 +517,75 @@ class BatchFlush:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class DirsFlush:
+    """The directories a batch changed on one filesystem, made durable at once:
+    one syncfs (sync_batch_dirs) of the filesystem that holds a root stands for
+    the fsync of each of its directories. Only where syncfs_supported: there
+    the filesystem's journal commits every rename and unlink of the batch with
+    it. Directories on another filesystem (a mount inside a root) are not
+    covered: `covers` tells, and those are fsynced one by one.
+
+    `fd`: a descriptor of the root of this process's own, opened before its
+    renames and unlinks (see SYNCFS_MIN_KERNEL): on the destination the batch
+    flush's (BatchFlush.fd: an error its syncfs reported, and the batch copied
+    again one by one, is not reported twice); `own`: closed by close()."""
+
+    def __init__(self, fd, path, own=False):
+        self.fd = fd
+        self.dev = os.fstat(fd).st_dev
+        self.path = path
+        self.own = own
+
+    @classmethod
+    def open(cls, root_fd, root_path):
+        """A DirsFlush with a new open file description of the root (not a dup())."""
+        return cls(os.open('.', DIR_FLAGS, dir_fd=root_fd), root_path, own=True)
+
+    def covers(self, dir_fd):
+        """Does one syncfs cover the entries of this directory (same filesystem)?"""
+        return os.fstat(dir_fd).st_dev == self.dev
+
+    def sync(self):
+        """Requires: every rename and unlink it is meant to cover returned."""
+        sync_batch_dirs(self.fd, self.path)
+
+    def close(self):
+        if self.own and self.fd is not None:
+            os.close(self.fd)
+        self.fd = None
+
+
+def sync_batch_dirs(fd, path_for_errors=None):
+    """One syncfs for the directories a batch changed on the filesystem of
+    `fd` (the fsync of each of them, steps 4 and 7 of the chain, at once).
+
+    Requires: every rename into (and out of) those directories, or every
+    unlink in them, returned; the filesystem is one where syncfs_supported.
+    After it, those names are durable: on the destination, only then may the
+    journal record the files as copied; on the source, only then may the next
+    commit record them done.
+
+    A failed syncfs is not retried: the batch's entries fail as after a failed
+    directory fsync. Unlike a directory fsync on xfs, the syncfs of an xfs that
+    shut down after an I/O error reports it (xfs_fs_sync_fs forces the log,
+    which fails once shut down). But syncfs answers success at once for a
+    filesystem that is read-only (sync_filesystem checks sb_rdonly first), and
+    ext4 and btrfs turn read-only after a failed journal commit: a filesystem
+    read-only after the syncfs has lost what the batch changed.
+    """
+    if _faults.broken('no_batch_dir_sync'):
+        return
+    sync_filesystem(fd, path_for_errors)
+    try:
+        read_only = os.fstatvfs(fd).f_flag & os.ST_RDONLY
+    except OSError as exc:
+        raise os_error(exc, 'cannot tell whether the filesystem is still writable after its syncfs',
+                       path_for_errors)
+    if read_only:
+        raise MoverError('the filesystem turned read-only during the batch (after an I/O error?): its '
+                         'syncfs cannot be trusted', path_for_errors, errno.EROFS)
 
 
 def sync_filesystem(fd, path_for_errors=None, data=False):

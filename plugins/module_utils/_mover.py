@@ -518,6 +518,9 @@ class Runner:
         self.parents_synced = set()
         self.already_done = None       # files done before this run moved any
         self.done_ids = []             # sources removed, 'done' not yet recorded
+        # one syncfs for a batch's directories on each root's filesystem
+        # (_durable.DirsFlush), where syncfs_supported; else None
+        self.dest_dirs = self.src_dirs = None
 
     # -- the run -----------------------------------------------------------------
 
@@ -755,6 +758,9 @@ class Runner:
         if _durable.syncfs_supported(self.dst_tree.root_fd):
             # opened here, in the process that writes, before it writes
             transfer.batch_flush = _durable.BatchFlush(self.dst_tree.root_fd, self.dst_tree.root_path)
+            self.dest_dirs = _durable.DirsFlush(transfer.batch_flush.fd, self.dst_tree.root_path)
+        if self.moves and _durable.syncfs_supported(self.src_tree.root_fd):
+            self.src_dirs = _durable.DirsFlush.open(self.src_tree.root_fd, self.src_tree.root_path)
         self.transfer = transfer
         # Workers overlap the per-file flushes of filesystems without a batch
         # flush (FUSE, NFS, tmpfs). Where the batch is flushed at once, one
@@ -803,6 +809,9 @@ class Runner:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
+            if self.src_dirs is not None:
+                self.src_dirs.close()
+            self.dest_dirs = self.src_dirs = None
             if transfer.batch_flush is not None:
                 transfer.batch_flush.close()
             self.src_tree.clear()
@@ -956,18 +965,8 @@ class Runner:
             early = self._unlink([o for o in ok if self.moves and o.method != 'rename'])
             self._sync_src_dirs(early)
         # 2. destination directories durable (and source dirs of renames)
-        dest_dirs = {}
-        for o in ok:
-            dest_dirs.setdefault(split(self.job.dest_rel(o.row.path))[0], []).append(o)
-        for reldir in sorted(dest_dirs):
-            files = [o for o in dest_dirs[reldir] if o.row.kind == 'file']
-            probe = split(self.job.dest_rel(files[0].row.path))[1] if files else None
-            try:
-                _durable.sync_dest_dir(self.dst_tree.get(reldir), self.dst_tree.full(reldir), probe=probe)
-            except MoverError as exc:
-                for o in dest_dirs[reldir]:
-                    o.status, o.error = FAILED, exc
-        self._sync_src_dirs([o for o in ok if o.status == MOVED and o.method == 'rename'])
+        synced = self._sync_dest_dirs(ok)
+        self._sync_src_dirs([o for o in ok if o.status == MOVED and o.method == 'rename'], synced)
         _faults.point('after_dest_dir_sync')
         copied = [o for o in ok if o.status in (MOVED, IDENTICAL) and self.moves and o.method != 'rename']
         # 3. the journal records where every file is, durably
@@ -1003,6 +1002,39 @@ class Runner:
         self.done_ids.extend(o.row.id for o in removed)
         for o in removed:
             self._count_moved(o)
+
+    def _sync_dest_dirs(self, ok):
+        """Step 2: the directories the batch's entries in `ok` were renamed into
+        are durable (requires: every rename of the batch returned). Those on the
+        destination root's filesystem with one syncfs where it is supported
+        (self.dest_dirs), the others each with an fsync. The entries of a
+        directory whose flush failed fail (their sources are kept). Returns
+        the DirsFlush that ran and succeeded, or None."""
+        dest_dirs = {}
+        for o in ok:
+            dest_dirs.setdefault(split(self.job.dest_rel(o.row.path))[0], []).append(o)
+        batched = []
+        for reldir in sorted(dest_dirs):
+            try:
+                fd = self.dst_tree.get(reldir)
+                if self.dest_dirs is not None and self.dest_dirs.covers(fd):
+                    batched.extend(dest_dirs[reldir])
+                    continue
+                files = [o for o in dest_dirs[reldir] if o.row.kind == 'file']
+                probe = split(self.job.dest_rel(files[0].row.path))[1] if files else None
+                _durable.sync_dest_dir(fd, self.dst_tree.full(reldir), probe=probe)
+            except MoverError as exc:
+                for o in dest_dirs[reldir]:
+                    o.status, o.error = FAILED, exc
+        if not batched:
+            return None
+        try:
+            self.dest_dirs.sync()
+        except MoverError as exc:
+            for o in batched:
+                o.status, o.error = FAILED, exc
+            return None
+        return self.dest_dirs
 
     def _record_done(self):
         """Record the last batch's removed sources as done (in the transaction
@@ -1076,15 +1108,34 @@ class Runner:
         self.journal.fail(o.row.id, str(exc), self.opts.max_attempts, self.run_no)
         self.audit.event('file_failed', o.row.path, error=str(exc))
 
-    def _sync_src_dirs(self, outcomes):
-        """fsync each source directory that lost names (requires: the unlinks/renames returned)."""
+    def _sync_src_dirs(self, outcomes, synced=None):
+        """Each source directory that lost names is durable (requires: the
+        unlinks/renames returned): those on the source root's filesystem with
+        one syncfs where it is supported (self.src_dirs), the others each with
+        an fsync; none on the filesystem of `synced`, a DirsFlush that ran
+        after these renames. A failure stops the run."""
+        batched = False
         for reldir in sorted({split(o.row.path)[0] for o in outcomes}):
             try:
-                _durable.sync_dir(self.src_tree.get(reldir), self.src_tree.full(reldir))
+                fd = self.src_tree.get(reldir)
+                if synced is not None and synced.covers(fd):
+                    continue
+                if self.src_dirs is not None and self.src_dirs.covers(fd):
+                    batched = True
+                    continue
+                _durable.sync_dir(fd, self.src_tree.full(reldir))
             except MoverError as exc:
-                if exc.errno != errno.ENOENT:
-                    self.fatal = True
-                    self.errors.append(exc)
+                self._src_dir_failed(exc)
+        if batched:
+            try:
+                self.src_dirs.sync()
+            except MoverError as exc:
+                self._src_dir_failed(exc)
+
+    def _src_dir_failed(self, exc):
+        if exc.errno != errno.ENOENT:
+            self.fatal = True
+            self.errors.append(exc)
 
     # -- directories -------------------------------------------------------------
 

@@ -281,7 +281,7 @@ def test_destination_with_a_nested_mount(blockdev_rig):
 # 37 of 401 (9 %), syncfs of the wrong filesystem 189 of 413 (46 %): a sample
 # misses them all with a chance below 1 in 2,000.
 BROKEN_STATES = {'no_batch_flush': 30, 'no_dest_dir_fsync': 40, 'unlink_before_journal': 80,
-                 'syncfs_wrong_fs': 30}
+                 'syncfs_wrong_fs': 30, 'no_batch_dir_sync': 40}
 
 
 def state_on_source(name: str, check: int, **params) -> Config:
@@ -304,7 +304,12 @@ def _broken(variant: str) -> tuple[Config, t.Optional[Config]]:
         return (config('broken-no-batch-flush', variant=variant, check=n, recover=0, verify_readback=False),
                 config('correct-for-no-batch-flush', check=n, recover=0, verify_readback=False))
     if variant == 'no_dest_dir_fsync':
+        # the directories fsynced one by one (per_dir_fsync), as where syncfs is not supported
         return (state_on_source('broken-no-dest-dir-fsync', n, variant=variant),
+                state_on_source('correct-per-dir-fsync', n, variant='per_dir_fsync'))
+    if variant == 'no_batch_dir_sync':
+        # the batch's one syncfs for its directories skipped (issue 13)
+        return (state_on_source('broken-no-batch-dir-sync', n, variant=variant),
                 state_on_source('correct-state-on-source', n))
     if variant == 'unlink_before_journal':
         return config('broken-unlink-before-journal', variant=variant, check=n, recover=0), None

@@ -15,8 +15,15 @@ processes it forks), then mover_cli's main runs as usual. Variants:
   copies in parallel threads.
 * ``no_batch_flush`` (broken): the batch's syncfs does nothing, so its parts
   are verified and renamed into place without having been flushed.
+* ``per_dir_fsync``: the directories a batch changed are fsynced one by one
+  (``_durable.DirsFlush.covers`` says no), as where syncfs is not supported,
+  instead of one syncfs of each filesystem.
 * ``no_dest_dir_fsync`` (broken): the fsync of a destination directory after
-  renames into it does nothing.
+  renames into it does nothing (with ``per_dir_fsync``: where one syncfs
+  flushes the batch's directories, that fsync is not made).
+* ``no_batch_dir_sync`` (broken): the batch's syncfs for its directories
+  (``_durable.DirsFlush.sync``) does nothing, so the journal records files
+  whose names may not be on disk, and their sources are removed.
 * ``unlink_before_journal`` (broken): a batch's sources are unlinked (and
   their directories fsynced) right after the renames, before the fsync of the
   destination directories and the journal commit.
@@ -53,15 +60,24 @@ from ansible_collections.durable.mover.plugins.module_utils._transfer import (  
     MOVED,
 )
 
-BROKEN = ('no_batch_flush', 'no_dest_dir_fsync', 'unlink_before_journal', 'syncfs_wrong_fs')
+BROKEN = ('no_batch_flush', 'no_dest_dir_fsync', 'unlink_before_journal', 'syncfs_wrong_fs', 'no_batch_dir_sync')
 
 
 def _no_batch_flush():
     _durable.BatchFlush.sync = lambda self: None
 
 
+def _per_dir_fsync():
+    _durable.DirsFlush.covers = lambda self, dir_fd: False
+
+
 def _no_dest_dir_fsync():
+    _per_dir_fsync()
     _durable.sync_dest_dir = lambda dir_fd, path_for_errors=None, probe=None: None
+
+
+def _no_batch_dir_sync():
+    _durable.DirsFlush.sync = lambda self: None
 
 
 def _unlink_before_journal():
@@ -151,6 +167,8 @@ VARIANTS = {
     'per_file_flush': _per_file_flush,
     'no_batch_flush': _no_batch_flush,
     'no_dest_dir_fsync': _no_dest_dir_fsync,
+    'per_dir_fsync': _per_dir_fsync,
+    'no_batch_dir_sync': _no_batch_dir_sync,
     'unlink_before_journal': _unlink_before_journal,
     'syncfs_wrong_fs': _syncfs_wrong_fs,
 }
