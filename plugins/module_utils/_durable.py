@@ -119,11 +119,13 @@ def sync_ancestors(path):
         path, st = parent, parent_st
 
 
-def make_dir(parent_fd, name, mode, path_for_errors=None):
+def make_dir(parent_fd, name, mode, path_for_errors=None, sync=True):
     """mkdir `name`, then fsync its parent so the new entry survives a crash.
 
     Requires: the parent itself is durable (it was created the same way, or
-    existed before the run). Returns False if it already existed.
+    existed before the run). Returns False if it already existed. Without
+    `sync` the parent is not fsynced: the caller makes it durable (with
+    sync_batch_dirs or sync_dir) before anything relies on the new directory.
     """
     created = True
     try:
@@ -134,7 +136,8 @@ def make_dir(parent_fd, name, mode, path_for_errors=None):
         created = False
     except OSError as exc:
         raise os_error(exc, 'cannot create directory', path_for_errors or name)
-    sync_dir(parent_fd, path_for_errors)
+    if sync:
+        sync_dir(parent_fd, path_for_errors)
     return created
 
 
@@ -534,18 +537,27 @@ class DirsFlush:
 
     def __init__(self, fd, path, own=False):
         self.fd = fd
-        self.dev = os.fstat(fd).st_dev
         self.path = path
         self.own = own
+        self.dev = _dev_of(fd, path)
 
     @classmethod
     def open(cls, root_fd, root_path):
         """A DirsFlush with a new open file description of the root (not a dup())."""
-        return cls(os.open('.', DIR_FLAGS, dir_fd=root_fd), root_path, own=True)
+        try:
+            fd = os.open('.', DIR_FLAGS, dir_fd=root_fd)
+        except OSError as exc:
+            raise os_error(exc, 'cannot open directory', root_path)
+        try:
+            return cls(fd, root_path, own=True)
+        except MoverError:
+            os.close(fd)
+            raise
 
     def covers(self, dir_fd):
-        """Does one syncfs cover the entries of this directory (same filesystem)?"""
-        return os.fstat(dir_fd).st_dev == self.dev
+        """Does one syncfs cover the entries of this directory (same filesystem)?
+        (An xfs shut down after an I/O error fails even this fstat: MoverError.)"""
+        return _dev_of(dir_fd, self.path) == self.dev
 
     def sync(self):
         """Requires: every rename and unlink it is meant to cover returned."""
@@ -555,6 +567,13 @@ class DirsFlush:
         if self.own and self.fd is not None:
             os.close(self.fd)
         self.fd = None
+
+
+def _dev_of(fd, path_for_errors):
+    try:
+        return os.fstat(fd).st_dev
+    except OSError as exc:
+        raise os_error(exc, 'cannot stat directory', path_for_errors)
 
 
 def sync_batch_dirs(fd, path_for_errors=None):
@@ -659,6 +678,9 @@ class DirTree:
         self._held = set()             # fds handed out since the last trim
         self._lock = threading.Lock()
         self.created = 0
+        # None, or a set: the directories are created without an fsync of their
+        # parent, whose rel is added here for the owner to make durable
+        self.unsynced = None
 
     def full(self, rel):
         """The full path of `rel` (for messages; called for every file, so kept cheap)."""
@@ -720,8 +742,11 @@ class DirTree:
             except MoverError as exc:
                 if not (self.create and exc.errno == errno.ENOENT):
                     raise
-                if make_dir(parent_fd, name, self.mode, self._prefix + rel):
+                unsynced = self.unsynced
+                if make_dir(parent_fd, name, self.mode, self._prefix + rel, sync=unsynced is None):
                     self.created += 1
+                if unsynced is not None:
+                    unsynced.add(rel[:start - 1] if start else '')
                 fd = open_dir_at(parent_fd, name, self._prefix + rel)
             self._fds[rel] = fd
             if end < 0:

@@ -14,7 +14,10 @@ processes it forks), then mover_cli's main runs as usual. Variants:
   before 5.17 and on filesystems without a batch flush; ``workers`` > 1 then
   copies in parallel threads.
 * ``no_batch_flush`` (broken): the batch's syncfs does nothing, so its parts
-  are verified and renamed into place without having been flushed.
+  are verified and renamed into place without having been flushed (with
+  ``per_dir_fsync``: the batch's one syncfs for its directories, right after
+  the renames, would flush the parts too and hide the missing flush in
+  nearly every state; an fsync of each directory commits the renames only).
 * ``per_dir_fsync``: the directories a batch changed are fsynced one by one
   (``_durable.DirsFlush.covers`` says no), as where syncfs is not supported,
   instead of one syncfs of each filesystem.
@@ -64,6 +67,7 @@ BROKEN = ('no_batch_flush', 'no_dest_dir_fsync', 'unlink_before_journal', 'syncf
 
 
 def _no_batch_flush():
+    _per_dir_fsync()
     _durable.BatchFlush.sync = lambda self: None
 
 
