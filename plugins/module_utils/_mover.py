@@ -708,23 +708,56 @@ class Runner:
         parent fsynced (once per parent and run), as a killed run may have made
         it and died before that fsync. One that cannot be made (a file or link
         in the way, no permission) is left to its files, each of which then
-        fails saying why; any other error (a failed fsync) stops the run."""
-        for dir_id, rel in self.journal.dirs_after(self.prepared_dir):
-            self.prepared_dir = dir_id
-            if not rel:
-                continue
-            created = self.dst_tree.created
-            try:
-                self.dst_tree.get(rel)
-            except MoverError as exc:
-                if exc.errno not in _NOT_A_DIRECTORY_HERE:
-                    raise
-                continue
-            parent = split(rel)[0]
-            if self.dst_tree.created == created and parent not in self.parents_synced:
-                _durable.sync_dir(self.dst_tree.get(parent), self.dst_tree.full(parent))
-                self.parents_synced.add(parent)
+        fails saying why; any other error (a failed fsync) stops the run.
+        Where syncfs_supported, the parents are made durable at the end, all
+        with one syncfs (_sync_made_dirs)."""
+        tree, flush = self.dst_tree, None
+        if _durable.syncfs_supported(tree.root_fd):
+            flush = _durable.DirsFlush.open(tree.root_fd, tree.root_path)    # before the mkdirs
+            tree.unsynced = set()
+        try:
+            for dir_id, rel in self.journal.dirs_after(self.prepared_dir):
+                self.prepared_dir = dir_id
+                if not rel:
+                    continue
+                created = tree.created
+                try:
+                    tree.get(rel)
+                except MoverError as exc:
+                    if exc.errno not in _NOT_A_DIRECTORY_HERE:
+                        raise
+                    continue
+                parent = split(rel)[0]
+                if tree.created == created and parent not in self.parents_synced:
+                    if tree.unsynced is not None:
+                        tree.unsynced.add(parent)
+                    else:
+                        _durable.sync_dir(tree.get(parent), tree.full(parent))
+                    self.parents_synced.add(parent)
+                tree.trim(256)
+            if flush is not None:
+                self._sync_made_dirs(tree.unsynced, flush)
+        finally:
+            tree.unsynced = None
+            if flush is not None:
+                flush.close()
+
+    def _sync_made_dirs(self, parents, flush):
+        """The directories _prepare_dest_dirs made, or found existing, are
+        durable: the parents in `parents` (rels) on the destination root's
+        filesystem with one syncfs (`flush`, a DirsFlush), the others (on a
+        filesystem mounted inside dest) each with an fsync. Requires: every
+        mkdir returned. A failure stops the run."""
+        batched = False
+        for parent in sorted(parents):
+            fd = self.dst_tree.get(parent)
+            if flush.covers(fd):
+                batched = True
+            else:
+                _durable.sync_dir(fd, self.dst_tree.full(parent))
             self.dst_tree.trim(256)
+        if batched:
+            flush.sync()
 
     def _worker(self, share, feed):
         """In a worker process: move one share of the rows; return what was done."""
