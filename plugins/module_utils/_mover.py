@@ -709,8 +709,8 @@ class Runner:
         it and died before that fsync. One that cannot be made (a file or link
         in the way, no permission) is left to its files, each of which then
         fails saying why; any other error (a failed fsync) stops the run.
-        Where syncfs_supported, the parents are made durable at the end, all
-        with one syncfs (_sync_made_dirs)."""
+        Where syncfs_supported, the parents of the directories it creates are
+        made durable at the end, all with one syncfs (_sync_made_dirs)."""
         tree, flush = self.dst_tree, None
         if _durable.syncfs_supported(tree.root_fd):
             flush = _durable.DirsFlush.open(tree.root_fd, tree.root_path)    # before the mkdirs
@@ -729,10 +729,7 @@ class Runner:
                     continue
                 parent = split(rel)[0]
                 if tree.created == created and parent not in self.parents_synced:
-                    if tree.unsynced is not None:
-                        tree.unsynced.add(parent)
-                    else:
-                        _durable.sync_dir(tree.get(parent), tree.full(parent))
+                    _durable.sync_dir(tree.get(parent), tree.full(parent))
                     self.parents_synced.add(parent)
                 tree.trim(256)
             if flush is not None:
@@ -743,8 +740,7 @@ class Runner:
                 flush.close()
 
     def _sync_made_dirs(self, parents, flush):
-        """The directories _prepare_dest_dirs made, or found existing, are
-        durable: the parents in `parents` (rels) on the destination root's
+        """The directories _prepare_dest_dirs made are durable: the parents in `parents` (rels) on the destination root's
         filesystem with one syncfs (`flush`, a DirsFlush), the others (on a
         filesystem mounted inside dest) each with an fsync. Requires: every
         mkdir returned. A failure stops the run."""
