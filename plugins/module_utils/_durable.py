@@ -563,6 +563,21 @@ class DirsFlush:
         """Requires: every rename and unlink it is meant to cover returned."""
         sync_batch_dirs(self.fd, self.path)
 
+    def may_fall_back(self, error):
+        """After `error` from sync(): may each directory's own fsync (sync_dir,
+        sync_dest_dir) tell instead whether its entries are on disk? Yes unless
+        the filesystem is read-only now (or cannot tell): the error may be
+        another file's writeback error (syncfs reports every file's), which
+        says nothing of these directories; but a failed journal commit (ext4,
+        btrfs) turns the filesystem read-only, and an xfs shut down is caught by
+        sync_dest_dir's probe."""
+        if error.errno == errno.EROFS:
+            return False
+        try:
+            return not os.fstatvfs(self.fd).f_flag & os.ST_RDONLY
+        except OSError:
+            return False
+
     def close(self):
         if self.own and self.fd is not None:
             os.close(self.fd)

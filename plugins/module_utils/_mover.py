@@ -744,16 +744,25 @@ class Runner:
         filesystem with one syncfs (`flush`, a DirsFlush), the others (on a
         filesystem mounted inside dest) each with an fsync. Requires: every
         mkdir returned. A failure stops the run."""
-        batched = False
+        batched = []
         for parent in sorted(parents):
             fd = self.dst_tree.get(parent)
             if flush.covers(fd):
-                batched = True
+                batched.append(parent)
             else:
                 _durable.sync_dir(fd, self.dst_tree.full(parent))
             self.dst_tree.trim(256)
         if batched:
-            flush.sync()
+            try:
+                flush.sync()
+            except MoverError as exc:
+                if not flush.may_fall_back(exc):
+                    raise
+                # maybe another file's error: each parent's own fsync tells
+                self.audit.event('batch_dir_flush_failed', error=str(exc), dirs=len(batched))
+                for parent in batched:
+                    _durable.sync_dir(self.dst_tree.get(parent), self.dst_tree.full(parent))
+                    self.dst_tree.trim(256)
 
     def _worker(self, share, feed):
         """In a worker process: move one share of the rows; return what was done."""
@@ -1045,25 +1054,44 @@ class Runner:
         batched = []
         for reldir in sorted(dest_dirs):
             try:
-                fd = self.dst_tree.get(reldir)
-                if self.dest_dirs is not None and self.dest_dirs.covers(fd):
-                    batched.extend(dest_dirs[reldir])
+                if self.dest_dirs is not None and self.dest_dirs.covers(self.dst_tree.get(reldir)):
+                    batched.append(reldir)
                     continue
-                files = [o for o in dest_dirs[reldir] if o.row.kind == 'file']
-                probe = split(self.job.dest_rel(files[0].row.path))[1] if files else None
-                _durable.sync_dest_dir(fd, self.dst_tree.full(reldir), probe=probe)
             except MoverError as exc:
                 for o in dest_dirs[reldir]:
                     o.status, o.error = FAILED, exc
+                continue
+            self._sync_dest_dir(reldir, dest_dirs[reldir])
         if not batched:
             return None
         try:
             self.dest_dirs.sync()
         except MoverError as exc:
-            for o in batched:
-                o.status, o.error = FAILED, exc
+            if not self.dest_dirs.may_fall_back(exc):
+                for reldir in batched:
+                    for o in dest_dirs[reldir]:
+                        o.status, o.error = FAILED, exc
+                return None
+            # The error may be any file's on the filesystem (another worker's
+            # part whose write failed): each directory's own fsync tells
+            # whether its renames are on disk, as where syncfs is not used.
+            self.audit.event('batch_dir_flush_failed', error=str(exc), dirs=len(batched))
+            for reldir in batched:
+                self._sync_dest_dir(reldir, dest_dirs[reldir])
             return None
         return self.dest_dirs
+
+    def _sync_dest_dir(self, reldir, outcomes):
+        """fsync one destination directory after the renames of `outcomes`
+        into it (on xfs, with a file just renamed there as its probe); if it
+        fails, they fail (their sources are kept)."""
+        files = [o for o in outcomes if o.row.kind == 'file']
+        probe = split(self.job.dest_rel(files[0].row.path))[1] if files else None
+        try:
+            _durable.sync_dest_dir(self.dst_tree.get(reldir), self.dst_tree.full(reldir), probe=probe)
+        except MoverError as exc:
+            for o in outcomes:
+                o.status, o.error = FAILED, exc
 
     def _record_done(self):
         """Record the last batch's removed sources as done (in the transaction
@@ -1143,14 +1171,14 @@ class Runner:
         one syncfs where it is supported (self.src_dirs), the others each with
         an fsync; none on the filesystem of `synced`, a DirsFlush that ran
         after these renames. A failure stops the run."""
-        batched = False
+        batched = []
         for reldir in sorted({split(o.row.path)[0] for o in outcomes}):
             try:
                 fd = self.src_tree.get(reldir)
                 if synced is not None and synced.covers(fd):
                     continue
                 if self.src_dirs is not None and self.src_dirs.covers(fd):
-                    batched = True
+                    batched.append(reldir)
                     continue
                 _durable.sync_dir(fd, self.src_tree.full(reldir))
             except MoverError as exc:
@@ -1159,7 +1187,16 @@ class Runner:
             try:
                 self.src_dirs.sync()
             except MoverError as exc:
-                self._src_dir_failed(exc)
+                if not self.src_dirs.may_fall_back(exc):
+                    self._src_dir_failed(exc)
+                    return
+                # maybe another file's error: each directory's own fsync tells
+                self.audit.event('batch_dir_flush_failed', error=str(exc), dirs=len(batched))
+                for reldir in batched:
+                    try:
+                        _durable.sync_dir(self.src_tree.get(reldir), self.src_tree.full(reldir))
+                    except MoverError as exc2:
+                        self._src_dir_failed(exc2)
 
     def _src_dir_failed(self, exc):
         if exc.errno != errno.ENOENT:
