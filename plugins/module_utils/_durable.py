@@ -601,8 +601,10 @@ def sync_batch_dirs(fd, path_for_errors=None):
     journal record the files as copied; on the source, only then may the next
     commit record them done.
 
-    A failed syncfs is not retried: the batch's entries fail as after a failed
-    directory fsync. Unlike a directory fsync on xfs, the syncfs of an xfs that
+    A failed syncfs is not retried. Its error may be any file's on the
+    filesystem: the caller asks each directory's own fsync instead
+    (DirsFlush.may_fall_back), whose failure fails its entries. Unlike a
+    directory fsync on xfs, the syncfs of an xfs that
     shut down after an I/O error reports it (xfs_fs_sync_fs forces the log,
     which fails once shut down). But syncfs answers success at once for a
     filesystem that is read-only (sync_filesystem checks sb_rdonly first), and
