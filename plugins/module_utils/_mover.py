@@ -588,9 +588,18 @@ class Runner:
         finally:
             if self.fan is not None:
                 # the scan failed with workers running: they stop after the file
-                # in hand (past the rows told, directories may not be made)
+                # in hand (past the rows told, directories may not be made).
+                # A journal error (sqlite3.Error, not caught above) may have
+                # left this process's transaction open, holding the writers'
+                # lock that the workers wait for: let it go first.
+                journal.abandon()
                 self.fan.signal(signal.SIGTERM)
-                self._collect_workers()
+                try:
+                    self._collect_workers()
+                except (MoverError, OSError) as exc:
+                    # a worker's own error, met after the one that stopped the
+                    # run: reported beside it, never in its place
+                    self.errors.append(os_error(exc, 'a worker process stopped on an error'))
             src_tree.close()
             self.dst_tree.close()
         result = self._result(started, self.already_done or 0, resumed)

@@ -39,6 +39,11 @@ processes it forks), then mover_cli's main runs as usual. Variants:
   lists it in /proc/locks; at most 10 s), the blockdev disk DISK starts
   failing every write (a line written to the blockdev daemon's CONTROL
   file), then the commit runs: a real I/O error at a precise instant.
+* ``journal_write_fails_in_parent``: in the process that scans (the parent),
+  its first journal write after it started worker processes begins its
+  transaction (taking the writers' lock), waits until a worker waits for that
+  lock (at most 10 s), then fails as SQLite fails on a dying disk
+  (sqlite3.OperationalError "disk I/O error"), its transaction left open.
 * ``kill_before=NAME[~SUFFIX]@N`` / ``kill_after=...``: SIGKILL this process
   just before the N-th call of ``_durable.NAME`` starts, or just after it
   returns (counted per process: a worker process counts its own calls); with
@@ -50,6 +55,7 @@ processes it forks), then mover_cli's main runs as usual. Variants:
 import json
 import os
 import signal
+import sqlite3
 import sys
 import time
 
@@ -143,6 +149,29 @@ def _disk_dies_at_parent_commit(spec):
     _journal.Journal.commit = commit
 
 
+def _journal_write_fails_in_parent():
+    parent = os.getpid()
+    started = [False]
+    real_start = _mover.Runner._start_workers
+
+    def start_workers(self, count):
+        real_start(self, count)
+        started[0] = os.getpid() == parent
+
+    def add_files(self, entries, moves_source):
+        if started[0] and os.getpid() == parent:
+            started[0] = False
+            with self._lock:
+                self._tx()
+            _wait_for_lock_waiter(self.path + '-writers', 10.0)
+            raise sqlite3.OperationalError('disk I/O error')
+        return real_add_files(self, entries, moves_source)
+
+    real_add_files = _journal.Journal.add_files
+    _mover.Runner._start_workers = start_workers
+    _journal.Journal.add_files = add_files
+
+
 def _kill(when, spec):
     name, _sep, nth = spec.partition('@')
     name, _sep, suffix = name.partition('~')
@@ -185,6 +214,8 @@ def apply(variants):
             _kill(key[5:], value)
         elif key == 'disk_dies_at_parent_commit':
             _disk_dies_at_parent_commit(value)
+        elif key == 'journal_write_fails_in_parent' and not value:
+            _journal_write_fails_in_parent()
         elif key in VARIANTS and not value:
             VARIANTS[key]()
         else:
