@@ -15,10 +15,13 @@ The chain for one file moved across devices, in the only safe order:
 1. ``create_part``      -- the temporary ``.part`` beside the destination
 2. ``sync_data``        -- the part's bytes are on disk
 3. ``rename_into_place``-- requires 2; the final name now points at them
-4. ``sync_dir``(dest)   -- requires 3; the final name itself is on disk
+4. ``sync_dest_dir``    -- requires 3; the final name itself is on disk
 5. (journal commit)     -- requires 4; see _journal.Journal.commit
 6. ``unlink_source``    -- requires 5; the only step that destroys data
 7. ``sync_dir``(src)    -- requires 6; the removal is on disk
+
+Where syncfs_supported, a batch takes steps 4 and 7 for all its directories
+on one filesystem at once: ``sync_batch_dirs`` (a DirsFlush), one syncfs.
 
 A failed fsync is never retried: after a failed fsync the kernel may have
 dropped the dirty pages, so a second fsync can succeed without the data
@@ -116,11 +119,13 @@ def sync_ancestors(path):
         path, st = parent, parent_st
 
 
-def make_dir(parent_fd, name, mode, path_for_errors=None):
+def make_dir(parent_fd, name, mode, path_for_errors=None, sync=True):
     """mkdir `name`, then fsync its parent so the new entry survives a crash.
 
     Requires: the parent itself is durable (it was created the same way, or
-    existed before the run). Returns False if it already existed.
+    existed before the run). Returns False if it already existed. Without
+    `sync` the parent is not fsynced: the caller makes it durable (with
+    sync_batch_dirs or sync_dir) before anything relies on the new directory.
     """
     created = True
     try:
@@ -131,7 +136,8 @@ def make_dir(parent_fd, name, mode, path_for_errors=None):
         created = False
     except OSError as exc:
         raise os_error(exc, 'cannot create directory', path_for_errors or name)
-    sync_dir(parent_fd, path_for_errors)
+    if sync:
+        sync_dir(parent_fd, path_for_errors)
     return created
 
 
@@ -516,6 +522,108 @@ class BatchFlush:
             self.fd = None
 
 
+class DirsFlush:
+    """The directories a batch changed on one filesystem, made durable at once:
+    one syncfs (sync_batch_dirs) of the filesystem that holds a root stands for
+    the fsync of each of its directories. Only where syncfs_supported: there
+    the filesystem's journal commits every rename and unlink of the batch with
+    it. Directories on another filesystem (a mount inside a root) are not
+    covered: `covers` tells, and those are fsynced one by one.
+
+    `fd`: a descriptor of the root of this process's own, opened before its
+    renames and unlinks (see SYNCFS_MIN_KERNEL): on the destination the batch
+    flush's (BatchFlush.fd: an error its syncfs reported, and the batch copied
+    again one by one, is not reported twice); `own`: closed by close()."""
+
+    def __init__(self, fd, path, own=False):
+        self.fd = fd
+        self.path = path
+        self.own = own
+        self.dev = _dev_of(fd, path)
+
+    @classmethod
+    def open(cls, root_fd, root_path):
+        """A DirsFlush with a new open file description of the root (not a dup())."""
+        try:
+            fd = os.open('.', DIR_FLAGS, dir_fd=root_fd)
+        except OSError as exc:
+            raise os_error(exc, 'cannot open directory', root_path)
+        try:
+            return cls(fd, root_path, own=True)
+        except MoverError:
+            os.close(fd)
+            raise
+
+    def covers(self, dir_fd):
+        """Does one syncfs cover the entries of this directory (same filesystem)?
+        (An xfs shut down after an I/O error fails even this fstat: MoverError.)"""
+        return _dev_of(dir_fd, self.path) == self.dev
+
+    def sync(self):
+        """Requires: every rename and unlink it is meant to cover returned."""
+        sync_batch_dirs(self.fd, self.path)
+
+    def may_fall_back(self, error):
+        """After `error` from sync(): may each directory's own fsync (sync_dir,
+        sync_dest_dir) tell instead whether its entries are on disk? Yes unless
+        the filesystem is read-only now (or cannot tell): the error may be
+        another file's writeback error (syncfs reports every file's), which
+        says nothing of these directories; but a failed journal commit (ext4,
+        btrfs) turns the filesystem read-only, and an xfs shut down is caught by
+        sync_dest_dir's probe."""
+        if error.errno == errno.EROFS:
+            return False
+        try:
+            return not os.fstatvfs(self.fd).f_flag & os.ST_RDONLY
+        except OSError:
+            return False
+
+    def close(self):
+        if self.own and self.fd is not None:
+            os.close(self.fd)
+        self.fd = None
+
+
+def _dev_of(fd, path_for_errors):
+    try:
+        return os.fstat(fd).st_dev
+    except OSError as exc:
+        raise os_error(exc, 'cannot stat directory', path_for_errors)
+
+
+def sync_batch_dirs(fd, path_for_errors=None):
+    """One syncfs for the directories a batch changed on the filesystem of
+    `fd` (the fsync of each of them, steps 4 and 7 of the chain, at once).
+
+    Requires: every rename into (and out of) those directories, or every
+    unlink in them, returned; the filesystem is one where syncfs_supported.
+    After it, those names are durable: on the destination, only then may the
+    journal record the files as copied; on the source, only then may the next
+    commit record them done.
+
+    A failed syncfs is not retried. Its error may be any file's on the
+    filesystem: the caller asks each directory's own fsync instead
+    (DirsFlush.may_fall_back), whose failure fails its entries. Unlike a
+    directory fsync on xfs, the syncfs of an xfs that
+    shut down after an I/O error reports it (xfs_fs_sync_fs forces the log,
+    which fails once shut down). But syncfs answers success at once for a
+    filesystem that is read-only (sync_filesystem checks sb_rdonly first), and
+    ext4 and btrfs turn read-only after a failed journal commit: a filesystem
+    read-only after the syncfs has lost what the batch changed.
+    """
+    if _faults.broken('no_batch_dir_sync'):
+        return
+    sync_filesystem(fd, path_for_errors)
+    try:
+        read_only = os.fstatvfs(fd).f_flag & os.ST_RDONLY
+    except OSError as exc:
+        raise os_error(exc, 'cannot tell whether the filesystem is still writable after its syncfs',
+                       path_for_errors)
+    if read_only:
+        raise MoverError('the filesystem turned read-only during the batch (after an I/O error?): its '
+                         'syncfs cannot be trusted', path_for_errors, errno.EROFS)
+
+
 def sync_filesystem(fd, path_for_errors=None, data=False):
     """syncfs: everything written to the filesystem of `fd` is durable.
 
@@ -587,6 +695,9 @@ class DirTree:
         self._held = set()             # fds handed out since the last trim
         self._lock = threading.Lock()
         self.created = 0
+        # None, or a set: the directories are created without an fsync of their
+        # parent, whose rel is added here for the owner to make durable
+        self.unsynced = None
 
     def full(self, rel):
         """The full path of `rel` (for messages; called for every file, so kept cheap)."""
@@ -648,8 +759,11 @@ class DirTree:
             except MoverError as exc:
                 if not (self.create and exc.errno == errno.ENOENT):
                     raise
-                if make_dir(parent_fd, name, self.mode, self._prefix + rel):
+                unsynced = self.unsynced
+                if make_dir(parent_fd, name, self.mode, self._prefix + rel, sync=unsynced is None):
                     self.created += 1
+                if unsynced is not None:
+                    unsynced.add(rel[:start - 1] if start else '')
                 fd = open_dir_at(parent_fd, name, self._prefix + rel)
             self._fds[rel] = fd
             if end < 0:

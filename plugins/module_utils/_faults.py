@@ -41,6 +41,7 @@ POINTS = (
 BROKEN = (
     'no_part_fdatasync',     # skip fdatasync of the part file
     'no_dest_dir_fsync',     # skip fsync of the destination directory
+    'no_batch_dir_sync',     # skip the batch's syncfs for its directories
     'unlink_before_journal',  # unlink sources before the journal commit
 )
 

@@ -376,6 +376,21 @@ class Journal:
                 self._in_tx = False
                 self._release_writers()
 
+    def abandon(self):
+        """Roll back a transaction left open by an error, if any, and let the
+        other writers go, whatever the rollback says (a failing disk): what
+        was not committed was never durable. Safe to call with none open."""
+        with self._lock:
+            if not self._in_tx:
+                return
+            try:
+                self._conn.execute('ROLLBACK')
+            except sqlite3.Error:
+                pass
+            finally:
+                self._in_tx = False
+                self._release_writers()
+
     def checkpoint_wal(self):
         """Copy the WAL into the database file (the end of a run).
 

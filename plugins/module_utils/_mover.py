@@ -527,6 +527,9 @@ class Runner:
         self.parents_synced = set()
         self.already_done = None       # files done before this run moved any
         self.done_ids = []             # sources removed, 'done' not yet recorded
+        # one syncfs for a batch's directories on each root's filesystem
+        # (_durable.DirsFlush), where syncfs_supported; else None
+        self.dest_dirs = self.src_dirs = None
 
     # -- the run -----------------------------------------------------------------
 
@@ -602,9 +605,18 @@ class Runner:
         finally:
             if self.fan is not None:
                 # the scan failed with workers running: they stop after the file
-                # in hand (past the rows told, directories may not be made)
+                # in hand (past the rows told, directories may not be made).
+                # A journal error (sqlite3.Error, not caught above) may have
+                # left this process's transaction open, holding the writers'
+                # lock that the workers wait for: let it go first.
+                journal.abandon()
                 self.fan.signal(signal.SIGTERM)
-                self._collect_workers()
+                try:
+                    self._collect_workers()
+                except (MoverError, OSError) as exc:
+                    # a worker's own error, met after the one that stopped the
+                    # run: reported beside it, never in its place
+                    self.errors.append(os_error(exc, 'a worker process stopped on an error'))
             src_tree.close()
             self.dst_tree.close()
         result = self._result(started, self.already_done or 0, resumed)
@@ -722,23 +734,61 @@ class Runner:
         parent fsynced (once per parent and run), as a killed run may have made
         it and died before that fsync. One that cannot be made (a file or link
         in the way, no permission) is left to its files, each of which then
-        fails saying why; any other error (a failed fsync) stops the run."""
-        for dir_id, rel in self.journal.dirs_after(self.prepared_dir):
-            self.prepared_dir = dir_id
-            if not rel:
-                continue
-            created = self.dst_tree.created
-            try:
-                self.dst_tree.get(rel)
-            except MoverError as exc:
-                if exc.errno not in _NOT_A_DIRECTORY_HERE:
-                    raise
-                continue
-            parent = split(rel)[0]
-            if self.dst_tree.created == created and parent not in self.parents_synced:
-                _durable.sync_dir(self.dst_tree.get(parent), self.dst_tree.full(parent))
-                self.parents_synced.add(parent)
+        fails saying why; any other error (a failed fsync) stops the run.
+        Where syncfs_supported, the parents of the directories it creates are
+        made durable at the end, all with one syncfs (_sync_made_dirs)."""
+        tree, flush = self.dst_tree, None
+        if _durable.syncfs_supported(tree.root_fd):
+            flush = _durable.DirsFlush.open(tree.root_fd, tree.root_path)    # before the mkdirs
+            tree.unsynced = set()
+        try:
+            for dir_id, rel in self.journal.dirs_after(self.prepared_dir):
+                self.prepared_dir = dir_id
+                if not rel:
+                    continue
+                created = tree.created
+                try:
+                    tree.get(rel)
+                except MoverError as exc:
+                    if exc.errno not in _NOT_A_DIRECTORY_HERE:
+                        raise
+                    continue
+                parent = split(rel)[0]
+                if tree.created == created and parent not in self.parents_synced:
+                    _durable.sync_dir(tree.get(parent), tree.full(parent))
+                    self.parents_synced.add(parent)
+                tree.trim(256)
+            if flush is not None:
+                self._sync_made_dirs(tree.unsynced, flush)
+        finally:
+            tree.unsynced = None
+            if flush is not None:
+                flush.close()
+
+    def _sync_made_dirs(self, parents, flush):
+        """The directories _prepare_dest_dirs made are durable: the parents in `parents` (rels) on the destination root's
+        filesystem with one syncfs (`flush`, a DirsFlush), the others (on a
+        filesystem mounted inside dest) each with an fsync. Requires: every
+        mkdir returned. A failure stops the run."""
+        batched = []
+        for parent in sorted(parents):
+            fd = self.dst_tree.get(parent)
+            if flush.covers(fd):
+                batched.append(parent)
+            else:
+                _durable.sync_dir(fd, self.dst_tree.full(parent))
             self.dst_tree.trim(256)
+        if batched:
+            try:
+                flush.sync()
+            except MoverError as exc:
+                if not flush.may_fall_back(exc):
+                    raise
+                # maybe another file's error: each parent's own fsync tells
+                self.audit.event('batch_dir_flush_failed', error=str(exc), dirs=len(batched))
+                for parent in batched:
+                    _durable.sync_dir(self.dst_tree.get(parent), self.dst_tree.full(parent))
+                    self.dst_tree.trim(256)
 
     def _worker(self, share, feed):
         """In a worker process: move one share of the rows; return what was done."""
@@ -771,6 +821,9 @@ class Runner:
         if _durable.syncfs_supported(self.dst_tree.root_fd):
             # opened here, in the process that writes, before it writes
             transfer.batch_flush = _durable.BatchFlush(self.dst_tree.root_fd, self.dst_tree.root_path)
+            self.dest_dirs = _durable.DirsFlush(transfer.batch_flush.fd, self.dst_tree.root_path)
+        if self.moves and _durable.syncfs_supported(self.src_tree.root_fd):
+            self.src_dirs = _durable.DirsFlush.open(self.src_tree.root_fd, self.src_tree.root_path)
         self.transfer = transfer
         # Workers overlap the per-file flushes of filesystems without a batch
         # flush (FUSE, NFS, tmpfs). Where the batch is flushed at once, one
@@ -819,6 +872,9 @@ class Runner:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
+            if self.src_dirs is not None:
+                self.src_dirs.close()
+            self.dest_dirs = self.src_dirs = None
             if transfer.batch_flush is not None:
                 transfer.batch_flush.close()
             self.src_tree.clear()
@@ -972,18 +1028,8 @@ class Runner:
             early = self._unlink([o for o in ok if self.moves and o.method != 'rename'])
             self._sync_src_dirs(early)
         # 2. destination directories durable (and source dirs of renames)
-        dest_dirs = {}
-        for o in ok:
-            dest_dirs.setdefault(split(self.job.dest_rel(o.row.path))[0], []).append(o)
-        for reldir in sorted(dest_dirs):
-            files = [o for o in dest_dirs[reldir] if o.row.kind == 'file']
-            probe = split(self.job.dest_rel(files[0].row.path))[1] if files else None
-            try:
-                _durable.sync_dest_dir(self.dst_tree.get(reldir), self.dst_tree.full(reldir), probe=probe)
-            except MoverError as exc:
-                for o in dest_dirs[reldir]:
-                    o.status, o.error = FAILED, exc
-        self._sync_src_dirs([o for o in ok if o.status == MOVED and o.method == 'rename'])
+        synced = self._sync_dest_dirs(ok)
+        self._sync_src_dirs([o for o in ok if o.status == MOVED and o.method == 'rename'], synced)
         _faults.point('after_dest_dir_sync')
         copied = [o for o in ok if o.status in (MOVED, IDENTICAL) and self.moves and o.method != 'rename']
         # 3. the journal records where every file is, durably
@@ -1019,6 +1065,58 @@ class Runner:
         self.done_ids.extend(o.row.id for o in removed)
         for o in removed:
             self._count_moved(o)
+
+    def _sync_dest_dirs(self, ok):
+        """Step 2: the directories the batch's entries in `ok` were renamed into
+        are durable (requires: every rename of the batch returned). Those on the
+        destination root's filesystem with one syncfs where it is supported
+        (self.dest_dirs), the others each with an fsync. The entries of a
+        directory whose flush failed fail (their sources are kept). Returns
+        the DirsFlush that ran and succeeded, or None."""
+        dest_dirs = {}
+        for o in ok:
+            dest_dirs.setdefault(split(self.job.dest_rel(o.row.path))[0], []).append(o)
+        batched = []
+        for reldir in sorted(dest_dirs):
+            try:
+                if self.dest_dirs is not None and self.dest_dirs.covers(self.dst_tree.get(reldir)):
+                    batched.append(reldir)
+                    continue
+            except MoverError as exc:
+                for o in dest_dirs[reldir]:
+                    o.status, o.error = FAILED, exc
+                continue
+            self._sync_dest_dir(reldir, dest_dirs[reldir])
+        if not batched:
+            return None
+        try:
+            self.dest_dirs.sync()
+        except MoverError as exc:
+            if not self.dest_dirs.may_fall_back(exc):
+                for reldir in batched:
+                    for o in dest_dirs[reldir]:
+                        o.status, o.error = FAILED, exc
+                return None
+            # The error may be any file's on the filesystem (another worker's
+            # part whose write failed): each directory's own fsync tells
+            # whether its renames are on disk, as where syncfs is not used.
+            self.audit.event('batch_dir_flush_failed', error=str(exc), dirs=len(batched))
+            for reldir in batched:
+                self._sync_dest_dir(reldir, dest_dirs[reldir])
+            return None
+        return self.dest_dirs
+
+    def _sync_dest_dir(self, reldir, outcomes):
+        """fsync one destination directory after the renames of `outcomes`
+        into it (on xfs, with a file just renamed there as its probe); if it
+        fails, they fail (their sources are kept)."""
+        files = [o for o in outcomes if o.row.kind == 'file']
+        probe = split(self.job.dest_rel(files[0].row.path))[1] if files else None
+        try:
+            _durable.sync_dest_dir(self.dst_tree.get(reldir), self.dst_tree.full(reldir), probe=probe)
+        except MoverError as exc:
+            for o in outcomes:
+                o.status, o.error = FAILED, exc
 
     def _record_done(self):
         """Record the last batch's removed sources as done (in the transaction
@@ -1092,15 +1190,43 @@ class Runner:
         self.journal.fail(o.row.id, str(exc), self.opts.max_attempts, self.run_no)
         self.audit.event('file_failed', o.row.path, error=str(exc))
 
-    def _sync_src_dirs(self, outcomes):
-        """fsync each source directory that lost names (requires: the unlinks/renames returned)."""
+    def _sync_src_dirs(self, outcomes, synced=None):
+        """Each source directory that lost names is durable (requires: the
+        unlinks/renames returned): those on the source root's filesystem with
+        one syncfs where it is supported (self.src_dirs), the others each with
+        an fsync; none on the filesystem of `synced`, a DirsFlush that ran
+        after these renames. A failure stops the run."""
+        batched = []
         for reldir in sorted({split(o.row.path)[0] for o in outcomes}):
             try:
-                _durable.sync_dir(self.src_tree.get(reldir), self.src_tree.full(reldir))
+                fd = self.src_tree.get(reldir)
+                if synced is not None and synced.covers(fd):
+                    continue
+                if self.src_dirs is not None and self.src_dirs.covers(fd):
+                    batched.append(reldir)
+                    continue
+                _durable.sync_dir(fd, self.src_tree.full(reldir))
             except MoverError as exc:
-                if exc.errno != errno.ENOENT:
-                    self.fatal = True
-                    self.errors.append(exc)
+                self._src_dir_failed(exc)
+        if batched:
+            try:
+                self.src_dirs.sync()
+            except MoverError as exc:
+                if not self.src_dirs.may_fall_back(exc):
+                    self._src_dir_failed(exc)
+                    return
+                # maybe another file's error: each directory's own fsync tells
+                self.audit.event('batch_dir_flush_failed', error=str(exc), dirs=len(batched))
+                for reldir in batched:
+                    try:
+                        _durable.sync_dir(self.src_tree.get(reldir), self.src_tree.full(reldir))
+                    except MoverError as exc2:
+                        self._src_dir_failed(exc2)
+
+    def _src_dir_failed(self, exc):
+        if exc.errno != errno.ENOENT:
+            self.fatal = True
+            self.errors.append(exc)
 
     # -- directories -------------------------------------------------------------
 

@@ -271,6 +271,24 @@ def part_flushes(text: str, dest_root: str) -> dict:
     return found
 
 
+def dir_flushes(text: str, src_root: str, dest_root: str) -> dict:
+    """What first made each change of a directory durable: {(side, path):
+    how} for every rename into `dest_root` (side 'dest', the final path) and
+    every unlink under `src_root` (side 'src'), `how` being 'fsync' (of the
+    directory), 'syncfs' (of its filesystem) or None (nothing after it)."""
+    trace = Trace(text)
+    found = {}
+    changes = [('dest', call, new) for call, _old, new in trace.renames
+               if new.startswith(dest_root.rstrip('/') + '/')]
+    # (rmdir of emptied source directories, once the job is done, is not a batch's)
+    changes += [('src', call, path) for call, path in trace.unlinks
+                if path.startswith(src_root.rstrip('/') + '/') and 'AT_REMOVEDIR' not in call.args]
+    for side, call, path in changes:
+        sync = trace.first_sync_after(os.path.dirname(path), call)
+        found[(side, path)] = None if sync is None else 'syncfs' if sync.name == 'syncfs' else 'fsync'
+    return found
+
+
 def batch_flushed(text: str, dest_root: str, small: set) -> list:
     """Problems with the batch path of a run: each small file (relative path
     in `small`) reached its final name under `dest_root` after one syncfs of

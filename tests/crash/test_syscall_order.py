@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from crashlib import build_tree, check_final, params, run_core, snapshot
-from ordercheck import check, parse
+from ordercheck import check, dir_flushes, parse
 
 pytestmark = [pytest.mark.root]
 TRACE = ('trace=write,pwrite64,ftruncate,fchmod,fchown,fsetxattr,fsync,fdatasync,syncfs,'
@@ -77,6 +77,26 @@ def test_order_across_devices_with_batch_flush(tmp_path, loopfs, fstype, process
 
 @pytest.mark.loop
 @pytest.mark.parametrize('processes', [1, 2])
+def test_batch_directories_made_durable_by_one_syncfs(tmp_path, loopfs, processes):
+    """Where syncfs commits the filesystem's journal (here an ext4 source, an
+    xfs destination), the directories a batch changed are made durable by one
+    syncfs of each filesystem after all its renames (or unlinks), not by an
+    fsync of each directory: the number of flushes of a batch does not grow
+    with the number of directories it touches (issue 13)."""
+    original, src, dest, state, text, proc = _traced_run(tmp_path, loopfs('xfs'), batch_files=7,
+                                                         processes=processes)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not check_final(original, src, dest, state)
+    checked, problems = check(text, str(src), str(dest))
+    assert checked == sum(1 for kind, _digest in original.values() if kind != 'dir') and not problems, problems
+    flushes = dir_flushes(text, str(src), str(dest))
+    assert {side for side, _path in flushes} == {'src', 'dest'}, flushes
+    not_batched = sorted('%s %s: %s' % (side, path, how) for (side, path), how in flushes.items() if how != 'syncfs')
+    assert not not_batched, not_batched
+
+
+@pytest.mark.loop
+@pytest.mark.parametrize('processes', [1, 2])
 def test_order_with_a_filesystem_mounted_inside_the_destination(tmp_path, loopfs, processes):
     """A directory of the destination is the mount point of another filesystem:
     one syncfs of the destination's filesystem does not flush the parts staged
@@ -102,6 +122,7 @@ def test_order_with_a_filesystem_mounted_inside_the_destination(tmp_path, loopfs
 @pytest.mark.parametrize('variant,expected', [
     ('no_part_fdatasync', 'before the part was flushed'),
     ('unlink_before_journal', 'before the journal commit'),
+    ('no_batch_dir_sync', 'before the destination directory was fsynced'),
 ])
 @pytest.mark.parametrize('processes', [1, 2])
 def test_order_check_catches_broken_batch_flush(tmp_path, loopfs, variant, expected, processes):

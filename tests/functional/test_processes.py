@@ -12,10 +12,12 @@ passed on to every worker.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +46,7 @@ from helpers_recovery import (
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.loop]
+VARIANT = Path(__file__).resolve().parents[1] / "tools" / "mover_variant.py"
 TUNING = {"checkpoint_size": "64K", "buffer_size": "16K", "batch_files": 4, "processes": 2}
 
 
@@ -299,3 +302,31 @@ def test_no_journal_connection_is_open_across_the_fork(tmp_path, request, monkey
         assert report.read_text() == "", "a worker inherited the parent's journal: %s" % report.read_text()
     rerun = run_cli(layout.params(**TUNING))
     check_complete(spec, layout, rerun)
+
+
+def test_a_journal_write_failing_in_the_scanning_parent_ends_the_run_with_a_result(tmp_path, request):
+    """The parent's journal write fails (SQLite's "disk I/O error", as on a
+    dying state disk) inside its transaction while worker processes run and
+    one waits for the journal's writer lock (tests/tools/mover_variant.py
+    journal_write_fails_in_parent): the run must end, with a result that
+    says it failed, lose nothing, and the next run completes the job.
+
+    Found by test_block_sweeps.py::test_destination_fails_at_a_sampled_point[xfs]
+    with one syncfs per batch for directories: the parent went to wait for its
+    workers with its transaction open, holding the writers' lock a worker
+    waited for, and the run never ended; then, the lock let go, a worker's
+    own error replaced the parent's and the run ended in a traceback."""
+    layout = make_layout("ext4", tmp_path, request)
+    spec = materialize(_spec(), layout.src)
+    params = layout.params(**TUNING)
+    argv = [sys.executable, str(VARIANT), "journal_write_fails_in_parent", json.dumps(params)]
+    try:
+        proc = subprocess.run(argv, env=cli_env(None), capture_output=True, text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run did not end within 60 s after its journal write failed")
+    run = CliRun(proc.returncode, proc.stdout, proc.stderr, 0.0)
+    assert proc.stdout.strip(), run.describe()
+    assert run.result["failed"] is True, run.describe()
+    assert "disk I/O error" in run.result["msg"], run.result["msg"]
+    assert_invariant(spec, layout, "after the parent's journal write failed")
+    check_complete(spec, layout, run_cli(params))

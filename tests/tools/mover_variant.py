@@ -14,9 +14,19 @@ processes it forks), then mover_cli's main runs as usual. Variants:
   before 5.17 and on filesystems without a batch flush; ``workers`` > 1 then
   copies in parallel threads.
 * ``no_batch_flush`` (broken): the batch's syncfs does nothing, so its parts
-  are verified and renamed into place without having been flushed.
+  are verified and renamed into place without having been flushed (with
+  ``per_dir_fsync``: the batch's one syncfs for its directories, right after
+  the renames, would flush the parts too and hide the missing flush in
+  nearly every state; an fsync of each directory commits the renames only).
+* ``per_dir_fsync``: the directories a batch changed are fsynced one by one
+  (``_durable.DirsFlush.covers`` says no), as where syncfs is not supported,
+  instead of one syncfs of each filesystem.
 * ``no_dest_dir_fsync`` (broken): the fsync of a destination directory after
-  renames into it does nothing.
+  renames into it does nothing (with ``per_dir_fsync``: where one syncfs
+  flushes the batch's directories, that fsync is not made).
+* ``no_batch_dir_sync`` (broken): the batch's syncfs for its directories
+  (``_durable.DirsFlush.sync``) does nothing, so the journal records files
+  whose names may not be on disk, and their sources are removed.
 * ``unlink_before_journal`` (broken): a batch's sources are unlinked (and
   their directories fsynced) right after the renames, before the fsync of the
   destination directories and the journal commit.
@@ -29,6 +39,11 @@ processes it forks), then mover_cli's main runs as usual. Variants:
   lists it in /proc/locks; at most 10 s), the blockdev disk DISK starts
   failing every write (a line written to the blockdev daemon's CONTROL
   file), then the commit runs: a real I/O error at a precise instant.
+* ``journal_write_fails_in_parent``: in the process that scans (the parent),
+  its first journal write after it started worker processes begins its
+  transaction (taking the writers' lock), waits until a worker waits for that
+  lock (at most 10 s), then fails as SQLite fails on a dying disk
+  (sqlite3.OperationalError "disk I/O error"), its transaction left open.
 * ``kill_before=NAME[~SUFFIX]@N`` / ``kill_after=...``: SIGKILL this process
   just before the N-th call of ``_durable.NAME`` starts, or just after it
   returns (counted per process: a worker process counts its own calls); with
@@ -40,6 +55,7 @@ processes it forks), then mover_cli's main runs as usual. Variants:
 import json
 import os
 import signal
+import sqlite3
 import sys
 import time
 
@@ -53,15 +69,25 @@ from ansible_collections.durable.mover.plugins.module_utils._transfer import (  
     MOVED,
 )
 
-BROKEN = ('no_batch_flush', 'no_dest_dir_fsync', 'unlink_before_journal', 'syncfs_wrong_fs')
+BROKEN = ('no_batch_flush', 'no_dest_dir_fsync', 'unlink_before_journal', 'syncfs_wrong_fs', 'no_batch_dir_sync')
 
 
 def _no_batch_flush():
+    _per_dir_fsync()
     _durable.BatchFlush.sync = lambda self: None
 
 
+def _per_dir_fsync():
+    _durable.DirsFlush.covers = lambda self, dir_fd: False
+
+
 def _no_dest_dir_fsync():
+    _per_dir_fsync()
     _durable.sync_dest_dir = lambda dir_fd, path_for_errors=None, probe=None: None
+
+
+def _no_batch_dir_sync():
+    _durable.DirsFlush.sync = lambda self: None
 
 
 def _unlink_before_journal():
@@ -123,6 +149,29 @@ def _disk_dies_at_parent_commit(spec):
     _journal.Journal.commit = commit
 
 
+def _journal_write_fails_in_parent():
+    parent = os.getpid()
+    started = [False]
+    real_start = _mover.Runner._start_workers
+
+    def start_workers(self, count):
+        real_start(self, count)
+        started[0] = os.getpid() == parent
+
+    def add_files(self, entries, moves_source):
+        if started[0] and os.getpid() == parent:
+            started[0] = False
+            with self._lock:
+                self._tx()
+            _wait_for_lock_waiter(self.path + '-writers', 10.0)
+            raise sqlite3.OperationalError('disk I/O error')
+        return real_add_files(self, entries, moves_source)
+
+    real_add_files = _journal.Journal.add_files
+    _mover.Runner._start_workers = start_workers
+    _journal.Journal.add_files = add_files
+
+
 def _kill(when, spec):
     name, _sep, nth = spec.partition('@')
     name, _sep, suffix = name.partition('~')
@@ -151,6 +200,8 @@ VARIANTS = {
     'per_file_flush': _per_file_flush,
     'no_batch_flush': _no_batch_flush,
     'no_dest_dir_fsync': _no_dest_dir_fsync,
+    'per_dir_fsync': _per_dir_fsync,
+    'no_batch_dir_sync': _no_batch_dir_sync,
     'unlink_before_journal': _unlink_before_journal,
     'syncfs_wrong_fs': _syncfs_wrong_fs,
 }
@@ -163,6 +214,8 @@ def apply(variants):
             _kill(key[5:], value)
         elif key == 'disk_dies_at_parent_commit':
             _disk_dies_at_parent_commit(value)
+        elif key == 'journal_write_fails_in_parent' and not value:
+            _journal_write_fails_in_parent()
         elif key in VARIANTS and not value:
             VARIANTS[key]()
         else:

@@ -594,3 +594,49 @@ def test_batch_flush_has_a_description_of_its_own(tmp_path):
     finally:
         flush.close()
         os.close(root)
+
+
+def test_dirs_flush_covers_its_filesystem_and_reports_bad_fds(tmp_path):
+    """One syncfs for a batch's directories: through a new open file description
+    of the root (open) or a shared one (the batch flush's, not closed by it)."""
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    (tmp_path / "sub").mkdir()
+    sub = os.open(tmp_path / "sub", os.O_RDONLY | os.O_DIRECTORY)
+    own = _durable.DirsFlush.open(root, str(tmp_path))
+    shared = _durable.DirsFlush(root, str(tmp_path))
+    try:
+        assert own.fd != root and os.path.samestat(os.fstat(root), os.fstat(own.fd))
+        assert own.covers(sub) and shared.covers(sub)
+        own.sync()
+        shared.sync()
+    finally:
+        own.close()
+        shared.close()
+        os.close(sub)
+    os.fstat(root)                    # the shared descriptor stays open
+    os.close(root)
+    with pytest.raises(MoverError) as info:
+        _durable.sync_batch_dirs(root, "/closed")
+    assert info.value.errno == errno.EBADF and "not retried" in str(info.value)
+
+
+@pytest.mark.root
+@pytest.mark.loop
+def test_sync_batch_dirs_does_not_trust_a_read_only_filesystem(loopfs):
+    """syncfs answers success at once for a read-only filesystem (Linux's
+    sync_filesystem checks that first), and ext4 and btrfs turn read-only
+    after a failed journal commit: the renames of the batch may then never
+    reach the disk, so the batch's directory flush must fail."""
+    mnt = loopfs("ext4")
+    (mnt / "d").mkdir()
+    fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _durable.sync_batch_dirs(fd, str(mnt))
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True, capture_output=True)
+        assert _durable.libc().syncfs(fd) == 0          # what syncfs alone says
+        with pytest.raises(MoverError) as info:
+            _durable.sync_batch_dirs(fd, str(mnt))
+        assert info.value.errno == errno.EROFS and "read-only" in str(info.value), info.value
+    finally:
+        os.close(fd)
+        subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=False, capture_output=True)
