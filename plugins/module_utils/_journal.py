@@ -411,7 +411,8 @@ class Journal:
             try:
                 self.commit()
             finally:
-                self._conn.close()
+                if self._conn is not None:      # None: it could not be opened again after a fork
+                    self._conn.close()
                 if self._writers is not None and self._writers >= 0:
                     os.close(self._writers)
                 self._writers = None

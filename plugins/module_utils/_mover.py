@@ -594,6 +594,8 @@ class Runner:
             journal.set_meta(run_finished='%.3f' % time.time())
             journal.commit()
             journal.checkpoint_wal()
+        except JournalError:
+            raise       # (after the workers, below) the journal cannot tell a result: the run fails with it
         except MoverError as exc:
             journal.commit()
             self.errors.append(exc)
