@@ -1563,10 +1563,10 @@ class _Row(types.SimpleNamespace):
 
     @classmethod
     def of(cls, row):
-        (_id, _path, _kind, size, mtime_ns, ctime_ns, mode, uid, gid, dev, ino, nlink, data, _state) = row
+        (_id, _path, _kind, size, mtime_ns, ctime_ns, mode, uid, gid, dev, ino, nlink, data, state) = row
         return cls(st_size=size, st_mtime_ns=mtime_ns, st_ctime_ns=ctime_ns, st_mode=mode, st_uid=uid,
                    st_gid=gid, st_dev=dev, st_ino=ino, st_nlink=nlink, st_blocks=-(-(data or 0) // 512),
-                   data=data)
+                   data=data, state=state)
 
 
 class _Planner:
@@ -1682,6 +1682,23 @@ class _Planner:
             result['msg'] = _result.summary(result)
         return result
 
+    @staticmethod
+    def _settled_by_the_move(src_tree, rel, st):
+        """A journal row (prepare) whose destination the move settles itself,
+        not a conflict: the journal says it holds our copy ('copied'), or its
+        source name is gone since the scan (a killed run renamed it into
+        place, or removed it after its copy: the move finds out which)."""
+        if getattr(st, 'state', None) == 'copied':
+            return True
+        reldir, name = split(rel)
+        try:
+            os.lstat(name, dir_fd=src_tree.get(reldir))
+        except FileNotFoundError:
+            return True
+        except (OSError, MoverError):
+            return False
+        return False
+
     def _one(self, rel, st, transfer, src_tree, dst_tree, dest_dev):
         kind = _scan.kind_of(st)
         if kind == 'dir':
@@ -1713,6 +1730,8 @@ class _Planner:
                 self.plan['already_done'] += 1
                 self.stats['files_already_done'] += 1
                 return
+        if dst_st is not None and self.prepared and self._settled_by_the_move(src_tree, rel, st):
+            dst_st = None
         if dst_st is not None:
             same = False
             if kind == 'file':

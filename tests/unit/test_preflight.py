@@ -497,3 +497,32 @@ def test_a_finished_job_is_answered_without_writing_its_journal(job):
     result = _mover.run(dict(job, prepared="t2"))
     assert result["complete"] is True and os.path.isdir(os.path.join(job["dest"], "new", "empty"))
     assert preflight(dict(job, prepare="t3"))["findings"]["finished"] is not None
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("where,point", [("samefs", "after_rename"), ("tmpfs", "after_unlink")])
+def test_prepare_after_a_killed_move_plans_what_is_left(job, tmpfs, where, point):
+    """A move killed after it renamed a file into place (same filesystem: the
+    source name is gone, the journal not told) or after it removed a copied
+    file's source (the journal says copied): the prepared plan reads those
+    rows from the journal, finds no source to open, and must not call that a
+    problem (the move settles them); the prepared move then completes the job.
+
+    Found by tests/fleet/test_fleet_scale.py: a host whose move was killed
+    mid-run failed its rerun's preflight with "cannot open source: No such
+    file or directory" and the role moved nothing."""
+    import subprocess
+    import sys
+    if where == "tmpfs":
+        job = dict(job, dest=str(tmpfs("32m") / "dest"))
+    cli = os.path.join(os.path.dirname(__file__), "..", "tools", "mover_cli.py")
+    env = dict(os.environ, DURABLE_MOVER_FAULTS="kill=%s" % point)
+    killed = subprocess.run([sys.executable, cli, json.dumps(dict(job, processes=1))], env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert killed.returncode == -9, (killed.returncode, killed.stdout, killed.stderr)
+    found = preflight(dict(job, prepare="t1"))
+    assert found["problems"] == [] and found["ok"] is True, found["problems"]
+    result = _mover.run(dict(job, prepared="t1"))
+    assert result["complete"] is True, result
+    for rel in ("a", "b", "sub/c", "sub/d"):
+        assert (_path(job["dest"]) / rel).is_file() and not (_path(job["src"]) / rel).exists()
