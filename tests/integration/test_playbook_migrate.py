@@ -271,6 +271,8 @@ def test_a_run_left_by_an_earlier_play_is_waited_for_then_finished(held_job: dic
     text = proc.stdout
     assert text.index("PREFLIGHT | Check every job") < text.index("a run of this job is still going")
     assert text.index("a run of this job is still going") < text.index("Start the move in the background")
+    # the look for an earlier run ran once: for this job, whose preflight found its lock held
+    assert tasks_run(text, "FOLLOW | Look for a run of the job from an earlier play") == 1, output(proc)
     assert regular_files(held_job["dest"]) == held_job["files"]
     fleet, _junit, _summary = load_reports(held_job["reports"])
     assert fleet["hosts"]["localhost"]["status"] == "ok"

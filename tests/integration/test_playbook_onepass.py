@@ -22,11 +22,7 @@ import pytest
 
 from test_playbook_migrate import tasks_run
 from migrate_helpers import (
-    LivePlaybook,
-    LockHolder,
     ansible_env,
-    interrupted_move,
-    job_id,
     load_reports,
     make_tree as write,
     output,
@@ -113,32 +109,6 @@ def test_a_play_lists_the_source_once(tmp_path: Path, async_move: bool) -> None:
     src = (tmp_path / "src").resolve()
     counts = {name: _listings(trace, src / name) for name in ("d00", "d01", "d02", "d03")}
     assert counts == {"d00": 1, "d01": 1, "d02": 1, "d03": 1}, counts
-
-
-def test_the_preflight_reports_a_run_holding_the_lock_and_the_role_waits_for_it(tmp_path: Path) -> None:
-    """With a run going (its lock held), the preflight lists nothing and says so; the role
-    looks for that run (and only then), waits for it, and the move lists the source itself."""
-    files = tree(300)
-    write(tmp_path / "src", files)
-    extra = job_vars(tmp_path, migrate_progress_host_interval=0)
-    state = tmp_path / "state"
-    interrupted_move(tmp_path / "src", tmp_path / "dest", state)
-    job = job_id(tmp_path / "src", tmp_path / "dest")
-    with LockHolder(state, job) as holder:
-        live = LivePlaybook(extra_vars=extra, tmp_dir=tmp_path)
-        try:
-            live.wait_for(re.compile(r"a run of this job is still going \(pid %d\)" % holder.pid))
-        finally:
-            holder.release()
-        proc = live.finish()
-    assert proc.returncode == 0, output(proc)
-    text = proc.stdout
-    assert text.index("PREFLIGHT | Check every job") < text.index("a run of this job is still going")
-    assert tasks_run(text, "FOLLOW | Look for a run of the job from an earlier play") == 1, output(proc)
-    assert regular_files(tmp_path / "dest") == files
-    fleet, _junit, _summary = load_reports(tmp_path / "reports")
-    assert fleet["hosts"]["localhost"]["status"] == "ok"
-    assert fleet["hosts"]["localhost"]["complete"] is True
 
 
 def test_check_mode_writes_no_journal(tmp_path: Path) -> None:
