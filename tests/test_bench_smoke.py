@@ -16,16 +16,22 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def run_benchmark(tmp_path, script, *args, timeout=560):
+    """benchmarks/<script> with these arguments, this Python, its work and its report in tmp_path;
+    the report's text once it has succeeded."""
+    out = tmp_path / (Path(script).stem + '.md')
+    proc = subprocess.run([sys.executable, str(REPO / 'benchmarks' / script), *args, '--python', sys.executable,
+                           '--output', str(out), '--workdir', str(tmp_path)],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out.read_text()
+
+
 @pytest.mark.root
 @pytest.mark.loop
 @pytest.mark.timeout(600)
 def test_benchmark_quick_run(tmp_path):
-    out = tmp_path / 'bench.md'
-    proc = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'bench.py'), '--quick',
-                           '--python', sys.executable, '--output', str(out), '--workdir', str(tmp_path)],
-                          capture_output=True, text=True, timeout=560, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = out.read_text()
+    report = run_benchmark(tmp_path, 'bench.py', '--quick')
     for heading in ('Physical limits', 'One 8 MiB file', 'files of 4 KiB in 3 dirs', 'rename path',
                     'Ansible overhead', 'Scale: 3000 small files'):
         assert heading in report, heading
@@ -38,13 +44,7 @@ def test_benchmark_quick_run(tmp_path):
 @pytest.mark.loop
 @pytest.mark.timeout(600)
 def test_ansible_share_quick_run(tmp_path):
-    out = tmp_path / 'share.md'
-    proc = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'ansible_share.py'), '--quick',
-                           '--rerun-files', '500', '--python', sys.executable, '--output', str(out),
-                           '--workdir', str(tmp_path)],
-                          capture_output=True, text=True, timeout=560, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = out.read_text()
+    report = run_benchmark(tmp_path, 'ansible_share.py', '--quick', '--rerun-files', '500')
     for heading in ('One file of 1 MiB', '60 files of 4 KiB in 3 dirs', 'Rerun of a finished job of 500 files',
                     '| rerun of the finished job, ansible-playbook |', 'PREFLIGHT | Check every job'):
         assert heading in report, heading
@@ -85,15 +85,10 @@ def test_real_trees_tiny_run(tmp_path):
     if not shutil.which('dpkg-deb'):
         pytest.fail('dpkg-deb is needed to build the stand-in linux-source package')
     deb = _stand_in_kernel_deb(tmp_path)
-    out = tmp_path / 'real.md'
     cache = tmp_path / 'cache'
-    proc = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'real_trees.py'), '--tiny', '--only', 'kernel,mixed',
-                           '--kernel-deb', str(deb), '--cache-dir', str(cache), '--python', sys.executable,
-                           '--output', str(out), '--workdir', str(tmp_path)],
-                          capture_output=True, text=True, timeout=860, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = run_benchmark(tmp_path, 'real_trees.py', '--tiny', '--only', 'kernel,mixed', '--kernel-deb', str(deb),
+                           '--cache-dir', str(cache), timeout=860)
     assert (cache / 'linux-source-9.9_9.9-1' / 'linux-source-9.9' / 'include' / 'asm').is_symlink()
-    report = out.read_text()
     for heading in ('## Linux kernel source (linux-source-9.9_9.9-1)', '## Mixed tree: 2 x 2 MiB and 100 files',
                     '### Medians of same-round ratios', '### Every run', '## Against the targets of issue 13',
                     '| ratio | quiet | loaded | loaded / quiet |', 'load average at the start'):
