@@ -359,24 +359,13 @@ class Journal:
                     # the other writers (worker processes) go on to meet the error
                     # themselves. Held, the writers' lock would keep them waiting
                     # while this process waits for them to end.
-                    try:
-                        self._conn.execute('ROLLBACK')
-                    except sqlite3.Error:
-                        pass
+                    self.rollback()
                     raise
-                finally:
-                    self._in_tx = False
-                    self._release_writers()
+                self._in_tx = False
+                self._release_writers()
             self.last_commit = time.monotonic()
 
     def rollback(self):
-        with self._lock:
-            if self._in_tx:
-                self._conn.execute('ROLLBACK')
-                self._in_tx = False
-                self._release_writers()
-
-    def abandon(self):
         """Roll back a transaction left open by an error, if any, and let the
         other writers go, whatever the rollback says (a failing disk): what
         was not committed was never durable. Safe to call with none open."""

@@ -611,7 +611,7 @@ class Runner:
                 # A journal error (sqlite3.Error, not caught above) may have
                 # left this process's transaction open, holding the writers'
                 # lock that the workers wait for: let it go first.
-                journal.abandon()
+                journal.rollback()
                 self.fan.signal(signal.SIGTERM)
                 try:
                     self._collect_workers()
