@@ -121,19 +121,34 @@ def _wait_for_lock_waiter(path, timeout):
     return False
 
 
-def _disk_dies_at_parent_commit(spec):
-    disk, _sep, control = spec.partition('@')
+def _once_the_parent_forked():
+    """A predicate, true once in the process that scans (the parent) after it
+    started its worker processes: the first call that asks then is told yes."""
     parent = os.getpid()
     started = [False]
-    real_start, real_commit = _mover.Runner._start_workers, _journal.Journal.commit
+    real_start = _mover.Runner._start_workers
 
     def start_workers(self, count):
         real_start(self, count)
         started[0] = os.getpid() == parent
 
-    def commit(self):
-        if started[0] and os.getpid() == parent and self._in_tx:
+    def now():
+        if started[0] and os.getpid() == parent:
             started[0] = False
+            return True
+        return False
+
+    _mover.Runner._start_workers = start_workers
+    return now
+
+
+def _disk_dies_at_parent_commit(spec):
+    disk, _sep, control = spec.partition('@')
+    real_commit = _journal.Journal.commit
+    forked = _once_the_parent_forked()
+
+    def commit(self):
+        if self._in_tx and forked():
             _wait_for_lock_waiter(self.path + '-writers', 10.0)
             fd = os.open(control, os.O_RDWR)
             try:
@@ -145,30 +160,21 @@ def _disk_dies_at_parent_commit(spec):
                 raise SystemExit('mover_variant: blockdev refused: %r' % reply)
         return real_commit(self)
 
-    _mover.Runner._start_workers = start_workers
     _journal.Journal.commit = commit
 
 
 def _journal_write_fails_in_parent():
-    parent = os.getpid()
-    started = [False]
-    real_start = _mover.Runner._start_workers
-
-    def start_workers(self, count):
-        real_start(self, count)
-        started[0] = os.getpid() == parent
+    real_add_files = _journal.Journal.add_files
+    forked = _once_the_parent_forked()
 
     def add_files(self, entries, moves_source):
-        if started[0] and os.getpid() == parent:
-            started[0] = False
+        if forked():
             with self._lock:
                 self._tx()
             _wait_for_lock_waiter(self.path + '-writers', 10.0)
             raise sqlite3.OperationalError('disk I/O error')
         return real_add_files(self, entries, moves_source)
 
-    real_add_files = _journal.Journal.add_files
-    _mover.Runner._start_workers = start_workers
     _journal.Journal.add_files = add_files
 
 
