@@ -26,7 +26,7 @@ MODULE_OPTIONS = (
     'max_failures_reported',
 )
 # Options of durable.mover.move that the role sets for one run, not for a job.
-RUN_OPTIONS = ('prepared',)
+RUN_OPTIONS = ('prepared', 'preflight')
 # Options of durable.mover.preflight shared with the move.
 PREFLIGHT_OPTIONS = ('mode', 'hash', 'preserve', 'state_dir', 'job_id', 'exclude', 'on_conflict',
                      'special_files', 'cross_filesystems')

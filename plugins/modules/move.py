@@ -249,6 +249,34 @@ options:
         created at the source since the preflight are left for the next run. Any other value (a run or another
         preflight came in between, other options) is ignored, and the move lists the source as without it.
     type: str
+  preflight:
+    description:
+      - Check the job first, as M(durable.mover.preflight) with O(durable.mover.preflight#module:prepare=true)
+        does, in the same module run (the M(durable.mover.migrate) role uses this for a host with one job, so that
+        a small job costs one module run). Its findings are returned in RV(preflight).
+      - When the preflight finds a problem, nothing moves and the task fails with the problems in its message.
+      - When the job is finished and nothing is new at its source, the journal's answer is returned and nothing
+        runs (RV(changed=false)).
+      - When a run of the job holds its lock, when the async job id file O(preflight.marker) exists, or when the
+        files or bytes still to move exceed O(preflight.max_files) or O(preflight.max_bytes), nothing moves;
+        RV(deferred) says why, and RV(preflight) holds the token (RV(preflight.findings.prepared)) for the move
+        that runs next (O(prepared)), e.g. as an async job.
+      - Otherwise the job is moved at once, as with O(prepared) set to that token.
+      - In check mode the checks are made read-only, then the plan is returned; with O(mode=verify) the checks
+        are made, then the verification runs.
+    type: dict
+    suboptions:
+      max_files:
+        description: The most files still to move for which the job moves in this run; V(-1) for no bound.
+        type: int
+        default: -1
+      max_bytes:
+        description: The most bytes still to move for which the job moves in this run; V(-1) for no bound.
+        type: int
+        default: -1
+      marker:
+        description: A file whose existence means that an async run of this job may still be going (RV(deferred=running)).
+        type: path
 notes:
   - Durability never depends on C(sync) or C(syncfs); every file and directory is flushed with C(fsync) or C(fdatasync).
   - Part files (C(.<name>.<job>.part)) that this job left behind (a killed run) are resumed or removed; those of
@@ -290,6 +318,33 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+preflight:
+  description:
+    - With O(preflight), what the checks found, as M(durable.mover.preflight) returns it.
+  returned: when O(preflight) is set
+  type: dict
+  contains:
+    ok:
+      description: True when no problem was found.
+      type: bool
+    problems:
+      description: Each problem found, one sentence each.
+      type: list
+      elements: str
+    findings:
+      description: The findings, as RV(durable.mover.preflight#module:findings).
+      type: dict
+    msg:
+      description: One line on what the checks found.
+      type: str
+deferred:
+  description:
+    - With O(preflight), why the job was not moved in this run although its checks passed, else absent.
+    - V(running) (a run of the job holds its lock, or the O(preflight.marker) file exists) or V(large) (more to move
+      than O(preflight.max_files) or O(preflight.max_bytes)).
+  returned: when O(preflight) is set and the job was not moved for one of these reasons
+  type: str
+  sample: large
 job_id:
   description: The job's name; its journal and lock are under O(state_dir)/RV(job_id).
   returned: always
@@ -522,10 +577,11 @@ msg:
 """
 
 import traceback
+import uuid
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.durable.mover.plugins.module_utils import _hashing, _mover
+from ansible_collections.durable.mover.plugins.module_utils import _hashing, _mover, _preflight
 from ansible_collections.durable.mover.plugins.module_utils._errors import MoverError, display_path
 
 ARGUMENT_SPEC = dict(
@@ -553,17 +609,69 @@ ARGUMENT_SPEC = dict(
     audit_log=dict(type='path'),
     max_failures_reported=dict(type='int', default=100),
     prepared=dict(type='str', no_log=False),
+    preflight=dict(type='dict', options=dict(
+        max_files=dict(type='int', default=-1),
+        max_bytes=dict(type='int', default=-1),
+        marker=dict(type='path'),
+    )),
 )
 
 
 def execute(module: AnsibleModule) -> dict:
     """One function for check mode and real runs, so the two never drift."""
     params = dict(module.params)
+    bound = params.pop('preflight')
+    if bound is not None:
+        return _checked_first(module, params, bound)
+    return _run(module, params)
+
+
+def _run(module: AnsibleModule, params: dict) -> dict:
     if module.check_mode or params['mode'] == 'verify':
         if params['mode'] == 'verify':
             return _mover.run(params)
         return _mover.plan(params)
     return _mover.run(params)
+
+
+def _checked_first(module: AnsibleModule, params: dict, bound: dict) -> dict:
+    """O(preflight): the preflight's checks (listing the source into the
+    journal outside check mode), then the move, unless a problem, a finished
+    job, a run going or a job larger than the bound says otherwise."""
+    prepare = not module.check_mode and params['mode'] != 'verify'
+    found = _preflight.preflight(dict(params, prepare=uuid.uuid4().hex if prepare else None,
+                                      marker=bound.get('marker')))
+    for warning in found['warnings']:
+        module.warn(warning)
+    findings = found['findings']
+    checked = dict(ok=found['ok'], problems=found['problems'], findings=findings, msg=_preflight.summary(found))
+    if not found['ok']:
+        return dict(failed=True, changed=False, msg=checked['msg'], preflight=checked)
+    if isinstance(findings.get('finished'), dict):
+        return dict(findings['finished'], changed=False, preflight=checked)
+    plan = findings.get('plan') or {}
+    if findings.get('running') or findings.get('async_marker'):
+        deferred = 'running'
+    elif not _within(plan.get('files'), bound['max_files']) or not _within(plan.get('bytes'), bound['max_bytes']):
+        deferred = 'large'
+    else:
+        deferred = None
+    if deferred and prepare:
+        return dict(changed=False, deferred=deferred, msg='%s; not moved here: %s' % (checked['msg'], {
+            'running': 'a run of this job may still be going',
+            'large': 'more to move than the bound of this run'}[deferred]), preflight=checked)
+    if findings.get('prepared'):
+        params['prepared'] = findings['prepared']
+    try:
+        result = _run(module, params)
+    except MoverError as exc:
+        result = dict(failed=True, msg=str(exc), error_path=display_path(exc.path) if exc.path else None,
+                      errno=exc.errno)
+    return dict(result, preflight=checked)
+
+
+def _within(count, most: int) -> bool:
+    return most < 0 or (count is not None and int(count) <= most)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ with strace (each directory listed to its end: a getdents64 that returns 0).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -43,7 +44,7 @@ def module_tasks(text: str) -> dict:
     """The tasks of the role that run a module on the host, and how often each ran."""
     names = ("MIGRATE | Move the job in the foreground", "MIGRATE | Start the move in the background",
              "FOLLOW | Look for a run of the job from an earlier play", "FOLLOW | Look at the move",
-             "PREFLIGHT | Check every job before anything moves")
+             "PREFLIGHT | Check every job before anything moves", "PREFLIGHT | Check the job, and move it when it is small")
     return {name: tasks_run(text, name) for name in names}
 
 
@@ -65,9 +66,11 @@ def test_the_rerun_of_a_finished_job_runs_no_move_and_no_look(tmp_path: Path) ->
     proc = run_playbook(extra_vars=extra, tmp_dir=tmp_path)
     assert proc.returncode == 0, output(proc)
     ran = module_tasks(proc.stdout)
+    # (one job: the move module's own preflight, which answers from the journal)
     assert ran == {"MIGRATE | Move the job in the foreground": 0, "MIGRATE | Start the move in the background": 0,
                    "FOLLOW | Look for a run of the job from an earlier play": 0, "FOLLOW | Look at the move": 0,
-                   "PREFLIGHT | Check every job before anything moves": 1}, output(proc)
+                   "PREFLIGHT | Check every job before anything moves": 0,
+                   "PREFLIGHT | Check the job, and move it when it is small": 1}, output(proc)
     assert recap(proc)["changed"] == 0, output(proc)
     fleet, _junit, _summary = load_reports(tmp_path / "reports")
     host = fleet["hosts"]["localhost"]
@@ -79,8 +82,13 @@ def test_the_rerun_of_a_finished_job_runs_no_move_and_no_look(tmp_path: Path) ->
     write(tmp_path / "src", {"d00/late": b"late"})
     again = run_playbook(extra_vars=extra, tmp_dir=tmp_path)
     assert again.returncode == 0, output(again)
-    assert tasks_run(again.stdout, "MIGRATE | Move the job in the foreground") \
-        + tasks_run(again.stdout, "MIGRATE | Start the move in the background") == 1, output(again)
+    # one file to move: checked and moved by the one module run
+    assert module_tasks(again.stdout) == {
+        "MIGRATE | Move the job in the foreground": 0, "MIGRATE | Start the move in the background": 0,
+        "FOLLOW | Look for a run of the job from an earlier play": 0, "FOLLOW | Look at the move": 0,
+        "PREFLIGHT | Check every job before anything moves": 0,
+        "PREFLIGHT | Check the job, and move it when it is small": 1}, output(again)
+    assert recap(again)["changed"] == 1, output(again)
     assert regular_files(tmp_path / "dest") == {**files, "d00/late": b"late"}
     assert regular_files(tmp_path / "src") == {}
 
@@ -118,3 +126,68 @@ def test_check_mode_writes_no_journal(tmp_path: Path) -> None:
     assert proc.returncode == 0, output(proc)
     assert not (tmp_path / "state").exists()
     assert regular_files(tmp_path / "src") == files
+
+
+NO_MODULE_TASK = {"MIGRATE | Move the job in the foreground": 0, "MIGRATE | Start the move in the background": 0,
+                  "FOLLOW | Look for a run of the job from an earlier play": 0, "FOLLOW | Look at the move": 0,
+                  "PREFLIGHT | Check every job before anything moves": 0,
+                  "PREFLIGHT | Check the job, and move it when it is small": 0}
+
+
+def test_a_small_job_is_checked_and_moved_by_one_module_run(tmp_path: Path) -> None:
+    """A host with one job of at most migrate_foreground_max_files files (100) and
+    migrate_foreground_max_bytes: the move module checks it (its option preflight) and moves it in
+    the same run: one module task for the whole job, and the preflight's findings in the report."""
+    files = tree(100)
+    write(tmp_path / "src", files)
+    proc = run_playbook(extra_vars=job_vars(tmp_path), tmp_dir=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    assert module_tasks(proc.stdout) == {**NO_MODULE_TASK,
+                                         "PREFLIGHT | Check the job, and move it when it is small": 1}, output(proc)
+    assert recap(proc)["changed"] == 1, output(proc)
+    assert regular_files(tmp_path / "dest") == files
+    assert regular_files(tmp_path / "src") == {}
+    fleet, _junit, _summary = load_reports(tmp_path / "reports")
+    host = fleet["hosts"]["localhost"]
+    assert host["status"] == "ok" and host["complete"] is True, host
+    assert host["stats"]["files_moved"] == 100
+    assert "preflight" not in host["jobs"][0]
+    result = json.loads((tmp_path / "reports" / "hosts" / "localhost.json").read_text())["result"]
+    assert [(p["ok"], p["findings"]["plan"]["files"]) for p in result["preflight"]] == [(True, 100)], result
+
+
+def test_a_larger_job_is_handed_to_the_async_move_with_the_preflights_token(tmp_path: Path) -> None:
+    """One file more than migrate_foreground_max_files: the move module's preflight defers it
+    (nothing moved), and the async move moves it without listing the source again
+    (test_a_play_lists_the_source_once counts the listings of this path)."""
+    files = tree(101)
+    write(tmp_path / "src", files)
+    proc = run_playbook(extra_vars=job_vars(tmp_path), tmp_dir=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    ran = module_tasks(proc.stdout)
+    assert ran["PREFLIGHT | Check the job, and move it when it is small"] == 1, output(proc)
+    assert ran["MIGRATE | Start the move in the background"] == 1, output(proc)
+    assert ran["MIGRATE | Move the job in the foreground"] == 0, output(proc)
+    assert ran["PREFLIGHT | Check every job before anything moves"] == 0, output(proc)
+    assert regular_files(tmp_path / "dest") == files
+    fleet, _junit, _summary = load_reports(tmp_path / "reports")
+    assert fleet["hosts"]["localhost"]["stats"]["files_moved"] == 101
+
+
+def test_a_host_with_two_jobs_checks_both_before_either_moves(tmp_path: Path) -> None:
+    """Two jobs: the preflight module checks both first (every job before anything moves), then
+    each small job moves in the foreground."""
+    files = tree(20)
+    for name in ("one", "two"):
+        write(tmp_path / name, files)
+    jobs = [{"src": str(tmp_path / name), "dest": str(tmp_path / ("%s-dest" % name))} for name in ("one", "two")]
+    extra = {"migrate_jobs": jobs, "migrate_state_dir": str(tmp_path / "state"),
+             "migrate_report_dir": str(tmp_path / "reports"), "migrate_poll_interval": 1}
+    proc = run_playbook(extra_vars=extra, tmp_dir=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    assert module_tasks(proc.stdout) == {**NO_MODULE_TASK, "PREFLIGHT | Check every job before anything moves": 1,
+                                         "MIGRATE | Move the job in the foreground": 2}, output(proc)
+    text = proc.stdout
+    assert text.index("PREFLIGHT | Check every job") < text.index("MIGRATE | Move the job in the foreground")
+    for name in ("one", "two"):
+        assert regular_files(tmp_path / ("%s-dest" % name)) == files
