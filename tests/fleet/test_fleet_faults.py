@@ -351,14 +351,26 @@ def _stopped(pid: int) -> bool:
     return True
 
 
+def async_move(host: harness.Host) -> int | None:
+    """Root-namespace pid of the host's async durable.mover.move module process (the one
+    async_wrapper started), if one runs: not a worker process of it (forked: the same command
+    line), nor a move module run in the foreground (the role's preflight of a host with one job)."""
+    moves = []
+    for pid in host.pids():
+        argv = _cmdline(pid)     # read once: the process may end at any time
+        if len(argv) >= 2 and os.path.basename(argv[1]) == MODULE_SCRIPT:
+            moves.append(pid)
+    for pid in moves:
+        parent = _parent(pid)
+        if parent not in moves and any("async_wrapper" in arg for arg in _cmdline(parent or 0)):
+            return pid
+    return None
+
+
 def find_move(host: harness.Host, play: Play, timeout: float = 90) -> int:
-    """Root-namespace pid of the host's durable.mover.move module process, once it runs."""
+    """Root-namespace pid of the host's async durable.mover.move module process, once it runs."""
     def look() -> int | None:
-        moves = [pid for pid in host.pids() if len(_cmdline(pid)) >= 2
-                 and os.path.basename(_cmdline(pid)[1]) == MODULE_SCRIPT]
-        # not one of its worker processes (forked: the same command line)
-        firsts = [pid for pid in moves if _parent(pid) not in moves]
-        return firsts[0] if firsts else None
+        return async_move(host)
 
     deadline = time.monotonic() + timeout
     while True:

@@ -49,9 +49,8 @@ from test_fleet_faults import (  # pylint: disable=import-error
     SRC,
     Play,
     _cmdline,
+    async_move,
     check_nothing_lost,
-    MODULE_SCRIPT,
-    _parent,
     continue_all,
     freeze_mid_run,
     junit_suite,
@@ -145,12 +144,10 @@ def stop_when_it_starts(hosts: list[harness.Host], stopped: list[int], play: Pla
         for host in hosts:
             if host.name in found:
                 continue
-            moves = [pid for pid in host.pids() if len(_cmdline(pid)) >= 2
-                     and os.path.basename(_cmdline(pid)[1]) == MODULE_SCRIPT]
-            firsts = [pid for pid in moves if _parent(pid) not in moves]
-            if firsts:
-                stopped.extend(stop_family(firsts[0]))
-                found[host.name] = firsts[0]
+            pid = async_move(host)
+            if pid:
+                stopped.extend(stop_family(pid))
+                found[host.name] = pid
         assert time.monotonic() < deadline, f"moves not started within {timeout} s: {sorted(found)}:\n{play.text}"
         assert play.running(), f"the play ended before the moves started ({sorted(found)}):\n{play.text}"
         time.sleep(0.005)
