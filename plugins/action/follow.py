@@ -13,6 +13,7 @@ last line is old. See plugins/modules/follow.py for the options.
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 
@@ -27,6 +28,10 @@ display = Display()
 MARKER_PREFIX = 'durable.mover-'
 # Seconds between two checks, on the host, of whether the move it waits for has ended.
 WAIT_STEP = 0.25
+# The first look at a move this play just started waits this long (at most
+# the poll interval) for it to end: a short move's result is then read from
+# its async result file, and no module runs on the host to follow it.
+FIRST_WAIT = 1.0
 # Keys of async_status's answer that are not the move's result.
 RESULT_DROP = frozenset(('ansible_job_id', 'results_file', 'started', 'invocation', 'stdout', 'stdout_lines',
                          'stderr_lines', '_ansible_no_log', 'erased'))
@@ -77,6 +82,23 @@ class ActionModule(ActionBase):
             async_dir = self._remote_expand_user(async_dir)
         return self._module('ansible.legacy.async_status', {'jid': jid, 'mode': mode, '_async_dir': async_dir},
                             task_vars)
+
+    def _ended(self, jid):
+        """The async job's result, read from its result file on the host, once
+        the move has ended (what async_status would answer, without a module
+        run); None while it runs, or when the file cannot be read or parsed
+        (async_status is then asked, as before)."""
+        text = self._shell('cat %s 2>/dev/null || true' % self._job_path(jid))
+        if not text or not text.strip():
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or ('started' in data and not data.get('finished')):
+            return None
+        # as async_status: a file without "started" holds the module's own result
+        return dict(data, finished=True, ansible_job_id=jid)
 
     def _wait(self, due, before):
         """Wait until `due` (a time.time()), on the host in steps of WAIT_STEP
@@ -157,11 +179,20 @@ class ActionModule(ActionBase):
             jid = before['jid']
             adopted = before.get('adopted') or ''
 
-        info = self._module('durable.mover.move_info', {
-            'src': args['src'], 'dest': args['dest'], 'state_dir': args.get('state_dir'),
-            'job_id': args.get('job_id'), 'max_failures_reported': 0}, task_vars)
-        status = None
-        if jid and not info.get('unreachable') and not info.get('running'):
+        if jid and not same_job and not adopted:
+            # The first look at this play's move: a short move ends meanwhile.
+            self._wait(time.time() + min(FIRST_WAIT, interval), {'jid': jid})
+        ended = self._ended(jid) if jid else None
+        if ended is not None:
+            # The move ended: its result says what the journal would; no module run.
+            info = {'exists': True, 'running': False, 'scan_complete': True,
+                    'progress': _follow.progress_of_result(ended, before.get('progress') if same_job else None)}
+        else:
+            info = self._module('durable.mover.move_info', {
+                'src': args['src'], 'dest': args['dest'], 'state_dir': args.get('state_dir'),
+                'job_id': args.get('job_id'), 'max_failures_reported': 0}, task_vars)
+        status = ended
+        if status is None and jid and not info.get('unreachable') and not info.get('running'):
             status = self._async_status(jid, task_vars)
             if not status.get('unreachable') and not status.get('finished') and status.get('failed') \
                     and 'could not find job' in str(status.get('msg', '')):

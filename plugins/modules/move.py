@@ -256,10 +256,10 @@ options:
         a small job costs one module run). Its findings are returned in RV(preflight).
       - When the preflight finds a problem, nothing moves and the task fails with the problems in its message.
       - When the job is finished and nothing is new at its source, the journal's answer is returned and nothing
-        runs (RV(changed=false)).
+        runs (the task is not changed).
       - When a run of the job holds its lock, when the async job id file O(preflight.marker) exists, or when the
         files or bytes still to move exceed O(preflight.max_files) or O(preflight.max_bytes), nothing moves;
-        RV(deferred) says why, and RV(preflight) holds the token (RV(preflight.findings.prepared)) for the move
+        RV(deferred) says why, and RV(preflight) holds the token (its C(findings.prepared)) for the move
         that runs next (O(prepared)), e.g. as an async job.
       - Otherwise the job is moved at once, as with O(prepared) set to that token.
       - In check mode the checks are made read-only, then the plan is returned; with O(mode=verify) the checks

@@ -257,6 +257,35 @@ def test_the_end_of_a_move_is_noticed_before_the_next_look_is_due(held_job: dict
     assert fleet["hosts"]["localhost"]["complete"] is True
 
 
+def test_the_result_of_a_move_that_ended_is_read_from_its_file_without_a_module_run(held_job: dict) -> None:
+    """The look that sees the move's end reads the async job's result file on the host (one shell
+    command): neither move_info nor async_status runs for it. The first look ran move_info (the move
+    waited for its lock: a progress line); then the poll round waited on the host until the end."""
+    with LockHolder(held_job["state"], held_job["job_id"]) as holder:
+        live = LivePlaybook("-vvv", extra_vars=held_args(held_job, migrate_wait_for_running=False,
+                                                         migrate_lock_timeout=240, migrate_poll_interval=3600),
+                            tmp_dir=held_job["state"].parent)
+        try:
+            live.wait_for(PROGRESS, count=1)
+        finally:
+            holder.release()
+        proc = live.finish(timeout=150)
+    assert proc.returncode == 0, output(proc)
+    assert looks_made(proc.stdout) == 2, output(proc)
+    modules = {name: len(re.findall(r"PUT .* TO \S*/AnsiballZ_%s\.py" % name, proc.stdout))
+               for name in ("move_info", "async_status")}
+    assert modules == {"move_info": 1, "async_status": 0}, modules
+    assert regular_files(held_job["dest"]) == held_job["files"]
+    fleet, _junit, _summary = load_reports(held_job["reports"])
+    host = fleet["hosts"]["localhost"]
+    assert host["status"] == "ok" and host["complete"] is True, host
+    assert host["stats"]["files_moved"] + host["stats"]["files_already_done"] == 300
+    assert not list(Path(os.path.expanduser("~/.ansible_async")).glob("*%s*" % host["job_id"]))
+    # the last line of the host: the move's end, with its counts from the result
+    finished = [m for m in map(PROGRESS.match, proc.stdout.splitlines()) if m and "finished, files" in m.group(0)]
+    assert finished and finished[-1].group("done") == finished[-1].group("total") == "300", output(proc)
+
+
 def test_a_run_left_by_an_earlier_play_is_waited_for_then_finished(held_job: dict) -> None:
     with LockHolder(held_job["state"], held_job["job_id"]) as holder:
         live = LivePlaybook(extra_vars=held_args(held_job), tmp_dir=held_job["state"].parent)

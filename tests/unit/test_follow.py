@@ -94,3 +94,22 @@ def test_fleet_line_counts_hosts_sums_jobs_and_takes_the_slowest_eta():
     line = _follow.fleet_line(hosts, 7)
     assert line.startswith("FLEET poll 7: 5 host(s): 1 done, 2 running, 1 failed, 1 unreachable | files 290/500 (58.0%)")
     assert line.endswith("| 2.0 KiB/s, 2.0 files/s | ETA 50s")
+
+
+def test_the_counters_of_a_move_that_ended_come_from_its_result():
+    # A complete job: every file but the failed ones is done, every byte.
+    result = {"complete": True, "stats": {"files_total": 300, "files_failed": 0, "bytes_total": 9000,
+                                          "files_moved": 120, "files_already_done": 180}}
+    assert _follow.progress_of_result(result) == {"files_total": 300, "files_done": 300, "files_failed": 0,
+                                                  "bytes_total": 9000, "bytes_done": 9000}
+    # An incomplete one (failed files, interrupted): what the last look saw, never less.
+    failed = {"complete": False, "stats": {"files_total": 300, "files_failed": 2, "bytes_total": 9000}}
+    before = {"files_total": 300, "files_done": 250, "files_failed": 0, "bytes_total": 9000, "bytes_done": 7000}
+    assert _follow.progress_of_result(failed, before) == {"files_total": 300, "files_done": 250, "files_failed": 2,
+                                                          "bytes_total": 9000, "bytes_done": 7000}
+    # The look made from it: over, finished, with those counters.
+    state = _follow.look({}, {"exists": True, "running": False, "scan_complete": True,
+                              "progress": _follow.progress_of_result(result)},
+                         dict(result, finished=True), "async", "job", 0, 1, now=1000.0, run="r")
+    assert state["current"]["over"] is True and state["current"]["status"] == "finished"
+    assert state["current"]["progress"]["files_done"] == 300
