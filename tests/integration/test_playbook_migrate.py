@@ -296,9 +296,11 @@ def test_a_run_left_by_an_earlier_play_is_waited_for_then_finished(held_job: dic
             holder.release()
         proc = live.finish()
     assert proc.returncode == 0, output(proc)
-    # The preflight saw its lock held, the role waited (move_info saw it running), then moved what was left.
+    # The preflight (the move module's own: one job) saw its lock held and moved nothing, the role
+    # waited (move_info saw it running), then moved what was left.
     text = proc.stdout
-    assert text.index("PREFLIGHT | Check every job") < text.index("a run of this job is still going")
+    assert tasks_run(text, "PREFLIGHT | Check the job, and move it when it is small") == 1, output(proc)
+    assert text.index("PREFLIGHT | Check the job") < text.index("a run of this job is still going")
     assert text.index("a run of this job is still going") < text.index("Start the move in the background")
     # the look for an earlier run ran once: for this job, whose preflight found its lock held
     assert tasks_run(text, "FOLLOW | Look for a run of the job from an earlier play") == 1, output(proc)
