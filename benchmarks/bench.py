@@ -54,18 +54,22 @@ class Mounts:
         self.src = os.path.join(work, 'src-fs')
         self.dest = os.path.join(work, 'dest-fs')
         self.images = []
-        for mount, fstype, size in ((self.src, 'ext4', src_mb), (self.dest, 'xfs', dest_mb)):
-            image = mount + '.img'
-            with open(image, 'wb') as handle:
-                handle.truncate(size * MIB)
-            if fstype == 'ext4':
-                extra = ['-N', str(inodes)] if inodes else []
-                sh(['mkfs.ext4', '-F', '-q', '-E', 'lazy_itable_init=0,lazy_journal_init=0'] + extra + [image])
-            else:
-                sh(['mkfs.xfs', '-f', '-q', image])
-            os.makedirs(mount, exist_ok=True)
-            sh(['mount', '-o', 'loop', image, mount])
-            self.images.append((mount, image))
+        try:
+            for mount, fstype, size in ((self.src, 'ext4', src_mb), (self.dest, 'xfs', dest_mb)):
+                image = mount + '.img'
+                with open(image, 'wb') as handle:
+                    handle.truncate(size * MIB)
+                if fstype == 'ext4':
+                    extra = ['-N', str(inodes)] if inodes else []
+                    sh(['mkfs.ext4', '-F', '-q', '-E', 'lazy_itable_init=0,lazy_journal_init=0'] + extra + [image])
+                else:
+                    sh(['mkfs.xfs', '-f', '-q', image])
+                os.makedirs(mount, exist_ok=True)
+                sh(['mount', '-o', 'loop', image, mount])
+                self.images.append((mount, image))
+        except BaseException:
+            self.close()        # what is mounted already (e.g. mkfs.xfs missing for the second)
+            raise
 
     def close(self):
         for mount, image in self.images:

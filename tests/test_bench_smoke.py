@@ -110,3 +110,28 @@ def losetup_of(tmp_path):
     """Loop devices still attached to image files under tmp_path."""
     listing = subprocess.run(['losetup', '-a'], capture_output=True, text=True, check=False).stdout
     return [line for line in listing.splitlines() if str(tmp_path) in line]
+
+
+@pytest.mark.root
+@pytest.mark.loop
+@pytest.mark.timeout(120)
+def test_mounts_that_fail_half_way_leave_nothing_mounted(tmp_path, monkeypatch):
+    """The destination's mkfs fails (xfsprogs missing, as on a fresh machine): the source
+    filesystem already mounted is unmounted and its loop device detached, not left behind."""
+    sys.path.insert(0, str(REPO / 'benchmarks'))
+    import bench  # pylint: disable=import-outside-toplevel
+    real_sh = bench.sh
+
+    def sh(cmd, **kwargs):
+        if cmd[0] == 'mkfs.xfs':
+            raise FileNotFoundError(2, 'No such file or directory', 'mkfs.xfs')
+        return real_sh(cmd, **kwargs)
+
+    monkeypatch.setattr(bench, 'sh', sh)
+    with pytest.raises(FileNotFoundError):
+        bench.Mounts(str(tmp_path), src_mb=64, dest_mb=64)
+    mounts = Path('/proc/self/mountinfo').read_text()
+    assert str(tmp_path) not in mounts
+    loops = subprocess.run(['losetup', '-j', str(tmp_path / 'src-fs.img')], capture_output=True, text=True,
+                           check=False).stdout
+    assert loops.strip() == ''
