@@ -79,17 +79,14 @@ def progress_of(info):
 def progress_of_result(result, before=None):
     """The job-level counters of a move that ended, from its result (its stats),
     as move_info would count them from the journal: every file but the failed
-    ones done when the job is complete, else what the last look saw."""
+    ones done when the job is complete, else what the last look saw (the done
+    counters never go back: _monotonic)."""
     stats = result.get('stats') if isinstance(result, dict) and isinstance(result.get('stats'), dict) else {}
     progress = {key: _int(stats.get(key)) for key in ('files_total', 'bytes_total', 'files_failed')}
-    if result.get('complete'):
-        progress['files_done'] = max(0, progress['files_total'] - progress['files_failed'])
-        progress['bytes_done'] = progress['bytes_total']
-    else:
-        last = before if isinstance(before, dict) else {}
-        progress['files_done'] = _int(last.get('files_done'))
-        progress['bytes_done'] = _int(last.get('bytes_done'))
-    return _monotonic(progress, before)
+    complete = bool(result.get('complete'))
+    progress['files_done'] = max(0, progress['files_total'] - progress['files_failed']) if complete else 0
+    progress['bytes_done'] = progress['bytes_total'] if complete else 0
+    return _monotonic(progress, before if isinstance(before, dict) else None)
 
 
 def _monotonic(progress, before):

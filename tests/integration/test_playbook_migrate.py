@@ -227,25 +227,32 @@ def test_async_move_prints_progress_until_it_ends(held_job: dict) -> None:
     assert not list(Path(os.path.expanduser("~/.ansible_async")).glob("*%s*" % host["job_id"]))
 
 
-def test_the_end_of_a_move_is_noticed_before_the_next_look_is_due(held_job: dict) -> None:
-    """An hour between looks: the move, held on its lock until the first look saw it running, ends
-    soon after the release, and the poll round then waiting for its next look notices the end at
-    once (it waits on the host in small steps, watching the async job's result file), not an hour
-    later: the play ends, one poll round after the first look."""
+def _held_play_an_hour_between_looks(held_job: dict, *args: str) -> subprocess.CompletedProcess:
+    """The play of the held job with an hour between looks: its move waits for the lock until
+    the first look printed a progress line, then the lock is released; the finished play. It
+    must end well before the next look is due (150 s), not an hour later."""
     with LockHolder(held_job["state"], held_job["job_id"]) as holder:
-        live = LivePlaybook(extra_vars=held_args(held_job, migrate_wait_for_running=False,
-                                                 migrate_lock_timeout=240, migrate_poll_interval=3600),
+        live = LivePlaybook(*args, extra_vars=held_args(held_job, migrate_wait_for_running=False,
+                                                        migrate_lock_timeout=240, migrate_poll_interval=3600),
                             tmp_dir=held_job["state"].parent)
         try:
             live.wait_for(PROGRESS, count=1)
         finally:
             holder.release()
         try:
-            proc = live.finish(timeout=150)
+            return live.finish(timeout=150)
         except subprocess.TimeoutExpired:
             kill_with_workers(live)
             raise AssertionError("150 s after the move could take its lock, the play still waits for its next "
                                  "look (migrate_poll_interval 3600):\n%s" % "".join(live.lines))
+
+
+def test_the_end_of_a_move_is_noticed_before_the_next_look_is_due(held_job: dict) -> None:
+    """An hour between looks: the move, held on its lock until the first look saw it running, ends
+    soon after the release, and the poll round then waiting for its next look notices the end at
+    once (it waits on the host in small steps, watching the async job's result file), not an hour
+    later: the play ends, one poll round after the first look."""
+    proc = _held_play_an_hour_between_looks(held_job)
     assert proc.returncode == 0, output(proc)
     assert regular_files(held_job["dest"]) == held_job["files"]
     # The first look (its own task), then one poll round: its look saw the end. A move that ends in
@@ -261,15 +268,7 @@ def test_the_result_of_a_move_that_ended_is_read_from_its_file_without_a_module_
     """The look that sees the move's end reads the async job's result file on the host (one shell
     command): neither move_info nor async_status runs for it. The first look ran move_info (the move
     waited for its lock: a progress line); then the poll round waited on the host until the end."""
-    with LockHolder(held_job["state"], held_job["job_id"]) as holder:
-        live = LivePlaybook("-vvv", extra_vars=held_args(held_job, migrate_wait_for_running=False,
-                                                         migrate_lock_timeout=240, migrate_poll_interval=3600),
-                            tmp_dir=held_job["state"].parent)
-        try:
-            live.wait_for(PROGRESS, count=1)
-        finally:
-            holder.release()
-        proc = live.finish(timeout=150)
+    proc = _held_play_an_hour_between_looks(held_job, "-vvv")
     assert proc.returncode == 0, output(proc)
     assert looks_made(proc.stdout) == 2, output(proc)
     modules = {name: len(re.findall(r"PUT .* TO \S*/AnsiballZ_%s\.py" % name, proc.stdout))
