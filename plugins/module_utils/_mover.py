@@ -1415,7 +1415,7 @@ def _prepared_before(meta, token, options):
         return None
 
 
-def prepare(params, token, on_entry=None):
+def prepare(params, token, on_entry=None, bound=None):
     """The preflight's listing of the source, made the move's scan: holding the
     job's lock (never waiting for it), the source is scanned into the job's
     journal as a run would scan it (a finished job's journal rescanned first),
@@ -1428,7 +1428,14 @@ def prepare(params, token, on_entry=None):
     instead, options changed since the last run: the move reconsiders them
     itself); the caller then plans read-only (plan). Otherwise the plan
     result, with ``prepared`` (the token) and ``finished`` (the move's result
-    when the job was finished and nothing is left to do, else None)."""
+    when the job was finished and nothing is left to do, else None).
+
+    `bound` (max_files, max_bytes; -1: no bound), for a run that moves the
+    job only when it is that small: when the source holds more (counted
+    read-only, the walk stopping as soon as it knows), nothing is listed
+    and ``{'larger': True, 'files', 'bytes'}`` (what the walk counted up to
+    there) is returned: the move then lists the source itself, its workers
+    copying while it lists."""
     started = time.monotonic()
     opts = Options.from_params(params)
     job = Job(opts)
@@ -1446,6 +1453,10 @@ def prepare(params, token, on_entry=None):
         answered = _answer_finished(job, algorithm, started, on_entry)
         if answered is not None:
             return answered
+        if bound is not None:
+            larger = larger_than(job, *bound)
+            if larger is not None:
+                return larger
         journal = Journal.open(job.journal_path, job.identity)
         try:
             if not _scan_for_run(job, journal, token):
@@ -1483,6 +1494,38 @@ def _answer_finished(job, algorithm, started, on_entry):
         return result
     finally:
         journal.close()
+
+
+def larger_than(job, max_files, max_bytes):
+    """Whether the source holds more than `max_files` entries to bring over
+    (anything but a directory) or more than `max_bytes` bytes (file sizes),
+    walked read-only as a run lists it and only until that is known:
+    ``{'larger': True, 'files', 'bytes'}`` as counted up to there, else None.
+    A bound below 0 is no bound."""
+    if max_files < 0 and max_bytes < 0:
+        return None
+    files = size = 0
+    if job.single is not None:
+        entries = iter([(job.single, job.single, os.lstat(job.src_real))])
+        src_tree = None
+    else:
+        src_tree = _durable.DirTree(_durable.open_root(job.src_root), job.src_root)
+        entries = _scan.walk(src_tree, _scan.Excluder(job.opts.exclude, part_suffix='.%s.part' % job.job_tag),
+                             _scan.Boundary(job.src_root, cross=job.opts.cross_filesystems))
+    try:
+        for _rel, _name, st in entries:
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            files += 1
+            if stat.S_ISREG(st.st_mode):
+                size += st.st_size
+            if 0 <= max_files < files or 0 <= max_bytes < size:
+                return {'larger': True, 'files': files, 'bytes': size}
+    finally:
+        if src_tree is not None:
+            entries.close()
+            src_tree.close()
+    return None
 
 
 def _nothing_new_at(job, journal, mounts):

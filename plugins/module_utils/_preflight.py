@@ -466,6 +466,67 @@ def check_space(plan, estimate, src_found, dest_found, state_found, mode, proble
     return found
 
 
+# Source filesystems whose used blocks bound what any tree on them takes
+# once copied: no shared extents (reflinks, snapshots) and no compression.
+BOUNDED_SOURCE_TYPES = frozenset(('ext2', 'ext3', 'ext4'))
+
+
+def space_bound(job, src_found, dest_found, state_found):
+    """What the move of anything on the source's filesystem can allocate at
+    the destination at most, from statvfs alone (no walk of the source), and
+    whether that fits: findings.space as check_space makes it, with
+    ``upper_bound`` true, or None when it is no bound here (another source
+    filesystem type, mount points entered, hard links not kept) or does not
+    fit (then the source is listed and counted exactly).
+
+    Every file of the tree is on the source filesystem (its mount points are
+    left alone), so its blocks are among the filesystem's used blocks; an
+    ext2/3/4 shares no block between files, compresses none and keeps every
+    name of a hard-linked file on one inode. A block there takes at most
+    ``ceil(dest block / source block)`` blocks at the destination; each used
+    inode is counted again as an inode of the destination's type and a whole
+    block (an inline file or a short link, a directory's first block), and
+    again in the journal."""
+    opts = job.opts
+    if (filesystem_type(job.src_root) not in BOUNDED_SOURCE_TYPES or opts.cross_filesystems
+            or 'hardlinks' not in (opts.preserve or ()) or opts.mode == 'verify'):
+        return None
+    try:
+        vfs = os.statvfs(job.src_root)
+    except OSError:
+        return None
+    src_block = vfs.f_frsize or vfs.f_bsize
+    dest_block = int(dest_found.get('block_size') or 4096)
+    used_bytes = (vfs.f_blocks - vfs.f_bfree) * src_block
+    used_inodes = max(0, vfs.f_files - vfs.f_ffree)
+    if not src_block or not vfs.f_files:
+        return None
+    missing = _missing_dirs(job.dest_root)
+    inode_bytes = (used_inodes + missing) * INODE_BYTES.get(dest_found.get('type'), INODE_BYTES_OTHER)
+    file_blocks = used_bytes * max(1, -(-dest_block // src_block))
+    dir_bytes = (used_inodes + missing) * dest_block
+    subtotal = file_blocks + inode_bytes + dir_bytes
+    margin = max(MARGIN_MIN, int(subtotal * MARGIN_FRACTION))
+    estimate = {
+        'filesystem': dest_found.get('type'), 'block_size': dest_block, 'files': used_inodes, 'hardlinks': None,
+        'renames': None, 'dirs': None, 'data_bytes': used_bytes, 'file_blocks_bytes': file_blocks,
+        'inodes': used_inodes + missing, 'inode_bytes': inode_bytes, 'directory_bytes': dir_bytes,
+        'margin_bytes': margin, 'bytes': subtotal + margin, 'upper_bound': True,
+        'method': ("at most what the source's whole filesystem holds (%s used in %s blocks, %d inodes, from "
+                   "statvfs: the source was not listed), in the destination's %s blocks, with %d bytes and a "
+                   "block per inode, plus a margin of %d%%"
+                   % (short_bytes(used_bytes), short_bytes(src_block), used_inodes, short_bytes(dest_block),
+                      INODE_BYTES.get(dest_found.get('type'), INODE_BYTES_OTHER), int(MARGIN_FRACTION * 100))),
+    }
+    plan = {'files': used_inodes, 'bytes': used_bytes}
+    problems = []
+    found = check_space(plan, estimate, src_found, dest_found, state_found, opts.mode, problems)
+    if problems:
+        return None
+    found.update(files_to_move=None, bytes_to_move=None, upper_bound=True)
+    return found
+
+
 def _needed_parts(estimate, journal):
     """How the space needed was counted, in a few words."""
     parts = []
@@ -497,13 +558,15 @@ def plan_job(params, problems, on_entry=None):
     return _planned(result, problems)
 
 
-def prepare_job(params, token, problems, on_entry=None):
+def prepare_job(params, token, problems, on_entry=None, bound=None):
     """The move's scan made here (_mover.prepare): the source listed into the
     job's journal once, for the move given `token`, and the plan made from
     the journal. None when the job could not be prepared (the caller plans
-    read-only); ``{'running': True, 'pid'}`` when a run holds the job's lock."""
+    read-only); ``{'running': True, 'pid'}`` when a run holds the job's lock;
+    with `bound`, ``{'larger': True, ...}`` when the job is larger (nothing
+    listed)."""
     try:
-        result = _mover.prepare(params, token, on_entry=on_entry)
+        result = _mover.prepare(params, token, on_entry=on_entry, bound=bound)
     except _hashing.MissingLibraryError:
         return None
     except MoverError as exc:
@@ -513,7 +576,7 @@ def prepare_job(params, token, problems, on_entry=None):
         problems.append('cannot list the source into the journal: %s'
                         % _oserror_text(exc, exc.filename or params['src']))
         return None
-    if result is None or result.get('running'):
+    if result is None or result.get('running') or result.get('larger'):
         return result
     planned = _planned(result, problems)
     planned['prepared'] = result['prepared']
@@ -550,9 +613,16 @@ def preflight(params):
     With ``prepare`` (a token, never in check mode), the source is listed
     into the job's journal for the move given that token (prepare_job)
     instead of walked read-only; ``marker`` (a path, ~ expanded) is looked
-    for: the file where the role keeps a running async move's job id."""
+    for: the file where the role keeps a running async move's job id.
+
+    With ``bound`` too ((max_files, max_bytes), for a move made here only
+    when the job is that small), a job found larger is not listed when the
+    destination has room for all the source's filesystem holds (space_bound):
+    ``findings.larger`` says what the walk counted before it stopped, the
+    plan is null, and the move lists the source itself."""
     token = params.get('prepare') or None
     marker = params.get('marker') or None
+    bound = params.get('bound') if token else None
     params = {key: params.get(key) for key in PLAN_OPTIONS if params.get(key) is not None}
     problems = []
     warnings = []
@@ -581,15 +651,25 @@ def preflight(params):
     findings['prepared'] = None
     findings['finished'] = None
     findings['running'] = None
+    findings['larger'] = None
+    space = None
     if token and not problems and findings['src']['exists'] and findings['src']['readable']:
-        planned = prepare_job(params, token, problems, estimate)
+        if bound is not None:
+            # Without a proof of room, a larger job is listed and counted exactly.
+            space = space_bound(job, findings['src'], findings['dest'], findings['state_dir'])
+        planned = prepare_job(params, token, problems, estimate, bound if space is not None else None)
+        if planned is not None and planned.get('larger'):
+            findings['larger'] = {'files': planned['files'], 'bytes': planned['bytes']}
+            planned = None          # the move lists the source itself
+        else:
+            space = None
         if planned is not None and planned.get('running'):
             findings['running'], findings['running_pid'] = True, planned['pid']
             planned = None      # its run is going: the role waits for it, the move plans itself
         elif planned is not None:
             findings['prepared'] = planned['prepared']
             findings['finished'] = planned['finished']
-        elif not problems:
+        elif not problems and findings['larger'] is None:
             planned = plan_job(params, problems, estimate)
     elif findings['src']['exists'] and findings['src']['readable']:
         planned = plan_job(params, problems, estimate)
@@ -618,6 +698,8 @@ def preflight(params):
     if planned is not None:
         findings['space'] = check_space(planned['plan'], estimate.result() if estimate else None,
                                         findings['src'], findings['dest'], findings['state_dir'], mode, problems)
+    elif space is not None:
+        findings['space'] = space
     return _done(problems, findings, warnings)
 
 
@@ -640,8 +722,17 @@ def summary(result):
     if result['problems']:
         return 'preflight found %d problem(s): %s' % (len(result['problems']), '; '.join(result['problems']))
     space = result['findings'].get('space') or {}
+    larger = result['findings'].get('larger') or {}
     text = 'preflight ok'
-    if space:
+    if space and space.get('upper_bound'):
+        text = ('preflight ok: at least %d file(s), %s to move (counted until more than a move here takes; the '
+                'move lists the source itself); %s; at most %s needed (all the source\'s filesystem holds), %s '
+                'free at dest'
+                % (larger.get('files', 0), human_bytes(larger.get('bytes', 0)),
+                   'same filesystem (renames)' if space['same_filesystem'] else 'another filesystem (copies)',
+                   short_bytes(space['bytes_needed']),
+                   human_bytes(space['free_bytes']) if space['free_bytes'] is not None else 'unknown'))
+    elif space:
         text = ('preflight ok: %d file(s), %s still to move; %s; about %s needed, %s free at dest'
                 % (space['files_to_move'], human_bytes(space['bytes_to_move']),
                    'same filesystem (renames)' if space['same_filesystem'] else 'another filesystem (copies)',

@@ -933,6 +933,8 @@ def _preflight_table(hosts) -> list:
             if space:
                 same_fs = "same" if space.get("same_filesystem") else "other"
                 needed = human_bytes(space.get("bytes_needed"))
+                if space.get("upper_bound"):
+                    needed = "at most " + needed
                 free = human_bytes(space.get("free_bytes")) if space.get("free_bytes") is not None else "?"
             else:
                 same_fs = needed = free = "?"
@@ -959,7 +961,8 @@ def _preflight_table(hosts) -> list:
         "",
         "Space needed is what the destination will allocate: each copied file's data (holes excluded) in "
         "whole blocks, inodes and directories, a 5% margin (at least 1 MiB when files are copied), and the "
-        "journal when it is on the same filesystem (fleet.json: `findings.space.estimate`).",
+        "journal when it is on the same filesystem (fleet.json: `findings.space.estimate`). \"At most\": a "
+        "large job whose source was not listed, bounded by all its filesystem holds.",
     ]
 
 

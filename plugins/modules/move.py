@@ -261,6 +261,12 @@ options:
         files or bytes still to move exceed O(preflight.max_files) or O(preflight.max_bytes), nothing moves;
         RV(deferred) says why, and RV(preflight) holds the token (its C(findings.prepared)) for the move
         that runs next (O(prepared)), e.g. as an async job.
+      - A job larger than these bounds is counted only until that is known. When the destination has room for
+        all that the source's filesystem holds (from statvfs; an ext2, ext3 or ext4 source, O(cross_filesystems)
+        off and O(preserve) keeping hard links, so the tree cannot take more), the source is not listed here;
+        C(findings.larger) has what was counted, C(findings.space) that bound (C(upper_bound) true), there is no
+        token, and the move that runs next lists the source itself, its workers copying meanwhile. Otherwise the
+        source is listed and counted exactly, as above.
       - Otherwise the job is moved at once, as with O(prepared) set to that token.
       - In check mode the checks are made read-only, then the plan is returned; with O(mode=verify) the checks
         are made, then the verification runs.
@@ -640,7 +646,7 @@ def _checked_first(module: AnsibleModule, params: dict, bound: dict) -> dict:
     job, a run going or a job larger than the bound says otherwise."""
     prepare = not module.check_mode and params['mode'] != 'verify'
     found = _preflight.preflight(dict(params, prepare=uuid.uuid4().hex if prepare else None,
-                                      marker=bound.get('marker')))
+                                      marker=bound.get('marker'), bound=(bound['max_files'], bound['max_bytes'])))
     for warning in found['warnings']:
         module.warn(warning)
     findings = found['findings']

@@ -252,6 +252,12 @@ findings:
     async_marker:
       description: With O(marker), whether that file exists.
       type: bool
+    larger:
+      description: >-
+        Always null here. From M(durable.mover.move) with O(durable.mover.move#module:preflight): C(files) and
+        C(bytes) counted before the count stopped, once more than that run moves at once, when the source was not
+        listed (RV(findings.plan) null, RV(findings.space) an upper bound).
+      type: dict
     plan:
       description: >-
         The check mode plan of the move (C(files), C(bytes), C(renames), C(copies), C(conflicts), C(already_done),
@@ -262,7 +268,9 @@ findings:
         C(same_filesystem), C(files_to_move), C(bytes_to_move) (their data: holes excluded, a file with several names once),
         C(bytes_needed) (what the destination will allocate, C(bytes) of RV(findings.space.estimate), plus the journal
         estimate when it shares the destination's filesystem; 0 in V(verify) mode), C(free_bytes), C(inodes_needed),
-        C(free_inodes), C(journal_bytes_estimate), C(estimate). Missing when no plan could be made.
+        C(free_inodes), C(journal_bytes_estimate), C(estimate). Missing when no plan could be made. With
+        C(upper_bound) true (only from M(durable.mover.move), see RV(findings.larger)), C(bytes_needed) is at most
+        what the source's whole filesystem holds would take, and the counts to move are null.
       type: dict
       contains:
         estimate:

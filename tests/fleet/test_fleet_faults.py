@@ -510,7 +510,13 @@ def test_baseline_migrates_every_host_and_a_rerun_changes_nothing(hosts, tmp_pat
         assert entry["stats"]["bytes_moved"] == tree_bytes(tree)
         assert entry["failures"] == []
         assert entry["preflight"][0]["ok"] is True
-        assert entry["preflight"][0]["findings"]["plan"]["bytes"] == tree_bytes(tree)
+        found = entry["preflight"][0]["findings"]
+        if found["larger"] is not None:
+            # More than a foreground move takes, and the source's filesystem bounds the space the job
+            # needs: counted only that far (issue 13), the move listed it.
+            assert found["plan"] is None and found["space"]["upper_bound"] is True, found
+        else:
+            assert found["plan"]["bytes"] == tree_bytes(tree), found
         per_host = json.loads((reports / "hosts" / f"{host.name}.json").read_text(encoding="utf-8"))
         assert per_host["report"]["stats"] == entry["stats"]
         suite = junit_suite(junit, host.name)

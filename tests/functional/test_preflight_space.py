@@ -14,6 +14,8 @@ where it says it fits, the real move completes.
 from __future__ import annotations
 
 import os
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,89 @@ def test_a_sparse_file_that_fits_on_btrfs_is_accepted_and_moves(tmp_path, loopfs
     result = _mover.run(params)
     assert result["complete"] is True and not result.get("failed"), result["msg"]
     assert os.stat(mount / "dest" / "sparse.img").st_size == GiB
+
+
+def varied_tree(root: Path) -> None:
+    """What a tree on a source filesystem may hold, for the bound below: small and empty files, a
+    sparse file, hard links, short and long symbolic links, many directories."""
+    small_files(root / "small", 3000, 100, 30)
+    (root / "empty").mkdir()
+    for index in range(200):
+        (root / "empty" / ("e%03d" % index)).touch()
+    with open(root / "sparse.img", "wb") as handle:
+        handle.write(os.urandom(64 * KiB))
+        handle.seek(32 * MiB)
+        handle.write(os.urandom(64 * KiB))
+    (root / "data.bin").write_bytes(os.urandom(3 * MiB))
+    for index in range(20):
+        os.link(root / "data.bin", root / ("link%02d" % index))
+    (root / "links").mkdir()
+    for index in range(100):
+        os.symlink("t" if index % 2 else "t" * 200, root / "links" / ("l%03d" % index))
+
+
+@pytest.mark.root
+@pytest.mark.loop
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("src_block", [1024, 4096])
+def test_a_larger_job_is_not_listed_when_its_filesystems_bound_fits(tmp_path, loopfs, src_block):
+    """The move's preflight of a job larger than the run's bound (issue 13): on an ext4 source,
+    what the source's whole filesystem holds (statvfs) bounds what the tree takes at the
+    destination, so the source is not listed. The bound is at least the exact count the listing
+    makes, with 1 KiB source blocks (each becomes a 4 KiB block at the destination) and with
+    4 KiB ones; nothing is listed into the journal for it."""
+    source = loopfs("ext4", 64, mkfs_args=["-b", str(src_block)])
+    dest = loopfs("xfs", 300)
+    src = source / "tree"
+    varied_tree(src)
+    params = params_for(src, dest / "dest", tmp_path / "state", mode="move")
+
+    exact = preflight(dict(params, prepare="exact"))
+    assert exact["ok"] is True, exact["problems"]
+    assert exact["findings"]["prepared"] == "exact" and exact["findings"]["larger"] is None
+    exact_space = exact["findings"]["space"]
+    assert exact_space["estimate"]["files"] == 3000 + 200 + 2 + 100
+
+    counted = preflight(dict(params, prepare="bounded", bound=(100, -1)))
+
+    assert counted["ok"] is True, counted["problems"]
+    findings = counted["findings"]
+    assert findings["larger"] == {"files": 101, "bytes": findings["larger"]["bytes"]}, findings["larger"]
+    assert findings["prepared"] is None and findings["plan"] is None
+    space = findings["space"]
+    assert space["upper_bound"] is True and space["estimate"]["upper_bound"] is True
+    assert space["bytes_needed"] >= exact_space["bytes_needed"], (space, exact_space)
+    assert space["inodes_needed"] >= exact_space["inodes_needed"], (space, exact_space)
+    assert space["files_to_move"] is None and "at most" in summary(counted)
+    # Nothing was listed for it: the journal still holds the exact preflight's listing, for its token.
+    with closing(sqlite3.connect("file:%s?mode=ro" % exact["findings"]["journal"], uri=True)) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'prepared'").fetchone() == ("exact",)
+
+    # The move lists the source itself, and everything arrives.
+    result = _mover.run(params)
+    assert result["complete"] is True and result["stats"]["files_moved"] == 3000 + 200 + 2 + 100 + 20, result["msg"]
+
+
+@pytest.mark.root
+@pytest.mark.loop
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("source", ["root filesystem", "tmpfs"])
+def test_a_larger_job_is_listed_when_the_bound_proves_nothing(tmp_path, loopfs, tmpfs, source):
+    """Where the source's filesystem bounds nothing useful, the preflight lists and counts the job
+    exactly, as before, and hands its token on: the filesystem holding tmp_path holds far more than
+    the small destination has free, and a tmpfs is no filesystem whose use bounds a tree."""
+    src = (tmp_path if source == "root filesystem" else tmpfs("64m")) / "tree"
+    small_files(src, 300, 100, 30)
+    dest = loopfs("ext4", 40)
+    params = params_for(src, dest / "dest", tmp_path / "state", mode="move")
+    if source == "root filesystem":
+        vfs = os.statvfs(tmp_path)
+        assert (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize > 40 * MiB     # the shape this test is about
+
+    found = preflight(dict(params, prepare="token", bound=(10, -1)))
+
+    assert found["ok"] is True, found["problems"]
+    findings = found["findings"]
+    assert findings["larger"] is None and findings["prepared"] == "token"
+    assert findings["plan"]["files"] == 300
+    assert not findings["space"].get("upper_bound") and findings["space"]["estimate"]["files"] == 300

@@ -5,7 +5,9 @@
 """The source is listed once per play (issue 13): the migrate role's preflight
 lists each job's source into its journal (durable.mover.preflight prepare),
 the move given its token moves what the journal holds, and the rerun of a
-finished job is answered by the preflight alone: no move, no look.
+finished job is answered by the preflight alone: no move, no look. A job
+larger than a foreground move takes, whose source's filesystem bounds the
+space it needs, is counted only up to that size and listed by its move.
 
 Real ansible-playbook on localhost; the listings of the source are counted
 with strace (each directory listed to its end: a getdents64 that returns 0).
@@ -100,23 +102,35 @@ def _listings(trace: Path, directory: Path) -> int:
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
-@pytest.mark.parametrize("async_move", [True, False], ids=["async", "foreground"])
-def test_a_play_lists_the_source_once(tmp_path: Path, async_move: bool) -> None:
-    """A fresh job: the preflight lists the source into the journal, the move (given the
-    preflight's token) does not list it again. Every directory of the source is listed once."""
+@pytest.mark.parametrize("async_move, small_dest", [(True, True), (False, False), (True, False)],
+                         ids=["async-listed-by-preflight", "foreground", "async-counted-to-the-bound"])
+def test_a_play_lists_the_source_once(tmp_path: Path, loopfs, async_move: bool, small_dest: bool) -> None:
+    """A fresh job of 200 files in 4 directories.
+
+    In the foreground, and in the background when the destination (a small ext4) has no room
+    for all the source's filesystem holds, the preflight lists the source into the journal and
+    the move (given the preflight's token) does not list it again: every directory is listed
+    once. Otherwise the job (more than migrate_foreground_max_files) goes to the background
+    unlisted: the preflight counted it only until it had more than 100 files (the first three
+    directories), and the move lists it, once."""
     files = tree(200)
     write(tmp_path / "src", files)
     extra = job_vars(tmp_path, migrate_async=async_move)
+    if small_dest:
+        extra["migrate_dest"] = str(loopfs("ext4", 40) / "dest")
     trace = tmp_path / "strace.log"
     argv = ["strace", "-f", "-qq", "-y", "-e", "trace=getdents64", "-o", str(trace)] \
         + playbook_argv([], extra, tmp_path)
     proc = subprocess.run(argv, cwd=str(REPO_ROOT), env=ansible_env(REPO_ROOT), capture_output=True, text=True,
                           timeout=TIMEOUT, check=False)
     assert proc.returncode == 0, output(proc)
-    assert regular_files(tmp_path / "dest") == files
+    assert regular_files(Path(extra["migrate_dest"])) == files
     src = (tmp_path / "src").resolve()
     counts = {name: _listings(trace, src / name) for name in ("d00", "d01", "d02", "d03")}
-    assert counts == {"d00": 1, "d01": 1, "d02": 1, "d03": 1}, counts
+    if async_move and not small_dest:
+        assert counts == {"d00": 2, "d01": 2, "d02": 2, "d03": 1}, counts
+    else:
+        assert counts == {"d00": 1, "d01": 1, "d02": 1, "d03": 1}, counts
 
 
 def test_check_mode_writes_no_journal(tmp_path: Path) -> None:
@@ -158,8 +172,9 @@ def test_a_small_job_is_checked_and_moved_by_one_module_run(tmp_path: Path) -> N
 
 def test_a_larger_job_is_handed_to_the_async_move_with_the_preflights_token(tmp_path: Path) -> None:
     """One file more than migrate_foreground_max_files: the move module's preflight defers it
-    (nothing moved), and the async move moves it without listing the source again
-    (test_a_play_lists_the_source_once counts the listings of this path)."""
+    (nothing moved), and the async move moves it (test_a_play_lists_the_source_once counts the
+    listings of this path). The source's filesystem (the one holding tmp_path) fits at the
+    destination (the same one): the space the report shows is that bound ("at most")."""
     files = tree(101)
     write(tmp_path / "src", files)
     proc = run_playbook(extra_vars=job_vars(tmp_path), tmp_dir=tmp_path)
@@ -170,8 +185,9 @@ def test_a_larger_job_is_handed_to_the_async_move_with_the_preflights_token(tmp_
     assert ran["MIGRATE | Move the job in the foreground"] == 0, output(proc)
     assert ran["PREFLIGHT | Check every job before anything moves"] == 0, output(proc)
     assert regular_files(tmp_path / "dest") == files
-    fleet, _junit, _summary = load_reports(tmp_path / "reports")
+    fleet, _junit, summary = load_reports(tmp_path / "reports")
     assert fleet["hosts"]["localhost"]["stats"]["files_moved"] == 101
+    assert "| ok | same | at most " in summary, summary
 
 
 def test_a_host_with_two_jobs_checks_both_before_either_moves(tmp_path: Path) -> None:
