@@ -43,6 +43,7 @@ BROKEN = (
     'no_dest_dir_fsync',     # skip fsync of the destination directory
     'no_batch_dir_sync',     # skip the batch's syncfs for its directories
     'unlink_before_journal',  # unlink sources before the journal commit
+    'no_finalize_dir_sync',  # skip the flush of the destination's directories once their metadata is set
 )
 
 _kill = {}

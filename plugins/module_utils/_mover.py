@@ -738,7 +738,7 @@ class Runner:
         in the way, no permission) is left to its files, each of which then
         fails saying why; any other error (a failed fsync) stops the run.
         Where syncfs_supported, the parents of the directories it creates are
-        made durable at the end, all with one syncfs (_sync_made_dirs)."""
+        made durable at the end, all with one syncfs (_sync_dirs)."""
         tree, flush = self.dst_tree, None
         if _durable.syncfs_supported(tree.root_fd):
             flush = _durable.DirsFlush.open(tree.root_fd, tree.root_path)    # before the mkdirs
@@ -761,36 +761,39 @@ class Runner:
                     self.parents_synced.add(parent)
                 tree.trim(256)
             if flush is not None:
-                self._sync_made_dirs(tree.unsynced, flush)
+                self._sync_dirs(tree, tree.unsynced, flush)
         finally:
             tree.unsynced = None
             if flush is not None:
                 flush.close()
 
-    def _sync_made_dirs(self, parents, flush):
-        """The directories _prepare_dest_dirs made are durable: the parents in `parents` (rels) on the destination root's
-        filesystem with one syncfs (`flush`, a DirsFlush), the others (on a
-        filesystem mounted inside dest) each with an fsync. Requires: every
-        mkdir returned. A failure stops the run."""
+    def _sync_dirs(self, tree, rels, flush):
+        """The directories `rels` of `tree` are durable (their entries, and
+        their own metadata): those on the tree root's filesystem with one
+        syncfs (`flush`, a DirsFlush opened before their changes), the others
+        (on a filesystem mounted inside the tree) each with an fsync.
+        Requires: every change to cover (mkdir, rmdir, chmod, utimes, xattrs)
+        returned. A failure stops the run. Used for the directories
+        _prepare_dest_dirs made (their parents) and for _finalize's."""
         batched = []
-        for parent in sorted(parents):
-            fd = self.dst_tree.get(parent)
+        for rel in sorted(rels):
+            fd = tree.get(rel)
             if flush.covers(fd):
-                batched.append(parent)
+                batched.append(rel)
             else:
-                _durable.sync_dir(fd, self.dst_tree.full(parent))
-            self.dst_tree.trim(256)
+                _durable.sync_dir(fd, tree.full(rel))
+            tree.trim(256)
         if batched:
             try:
                 flush.sync()
             except MoverError as exc:
                 if not flush.may_fall_back(exc):
                     raise
-                # maybe another file's error: each parent's own fsync tells
+                # maybe another file's error: each directory's own fsync tells
                 self.audit.event('batch_dir_flush_failed', error=str(exc), dirs=len(batched))
-                for parent in batched:
-                    _durable.sync_dir(self.dst_tree.get(parent), self.dst_tree.full(parent))
-                    self.dst_tree.trim(256)
+                for rel in batched:
+                    _durable.sync_dir(tree.get(rel), tree.full(rel))
+                    tree.trim(256)
 
     def _worker(self, share, feed):
         """In a worker process: move one share of the rows; return what was done."""
@@ -1233,7 +1236,16 @@ class Runner:
     # -- directories -------------------------------------------------------------
 
     def _finalize(self):
-        """Once no file is left to move: directories' metadata, empty source dirs, stale parts."""
+        """Once no file is left to move: directories' metadata, empty source dirs, stale parts.
+
+        In two steps, each made durable at once where syncfs_supported (one
+        syncfs of the root's filesystem, _sync_dirs; elsewhere each directory
+        is fsynced as it changes): first the metadata of every destination
+        directory (read from the source directory for its xattrs, so before
+        any is removed), then the removal of the emptied source directories.
+        A source directory is removed only once its destination's metadata
+        is durable; the journal records the directories finished after both.
+        A run killed in between finds them unfinished and does them again."""
         counts = self.journal.counts()
         if any(counts[s][0] for s in WORK_STATES):
             return
@@ -1243,67 +1255,111 @@ class Runner:
             self.dst_tree.get(rel)
             self.dst_tree.trim(1024)
         self.changes += self.dst_tree.created
-        for dir_id, rel, mode, uid, gid, atime_ns, mtime_ns in reversed(dirs):
-            self._clean_parts(rel)
-            src_fd = None
-            try:
-                src_fd = self.src_tree.get(rel)
-            except MoverError:
-                pass
-            dst_fd = self.dst_tree.get(rel)
-            st = types.SimpleNamespace(st_mode=mode, st_uid=uid, st_gid=gid, st_atime_ns=atime_ns,
-                                       st_mtime_ns=mtime_ns)
-            try:
-                xattrs = _metadata.read_xattrs(fd=src_fd) if src_fd is not None and \
-                    'xattrs' in self.opts.preserve else None
-                current = os.fstat(dst_fd)
-                have = _metadata.read_xattrs(fd=dst_fd) if xattrs else None
-            except OSError as exc:        # e.g. EIO: the destination's filesystem shut down
-                raise os_error(exc, 'cannot read the metadata of directory', self.dst_tree.full(rel))
-            if _metadata.differs(st, current, self.opts.preserve) or (xattrs and xattrs != have):
-                if _metadata.apply(st, self.opts.preserve, fd=dst_fd, xattrs=xattrs,
-                                   path_for_errors=self.dst_tree.full(rel)):
-                    self._note_setid_cleared(rel, stat.S_IMODE(mode))
-                _durable.sync_dir(dst_fd, self.dst_tree.full(rel))   # the directory's own metadata
-                self.changes += 1
-            done = True
-            if self.moves and self.opts.remove_empty_dirs and rel:
-                done = self._remove_source_dir(rel, mounts)
-            if done:
-                self.journal.dir_done(dir_id)
-            self.src_tree.trim(1024)
-            self.dst_tree.trim(1024)
+        flush = self._finalize_flush(self.dst_tree)        # opened before the changes it covers
+        try:
+            changed = [rel for _id, rel, *meta in reversed(dirs) if self._dest_dir_metadata(rel, *meta, flush)]
+            if flush is not None and not _faults.broken('no_finalize_dir_sync'):
+                self._sync_dirs(self.dst_tree, changed, flush)
+        finally:
+            if flush is not None:
+                flush.close()
+        removing = self.moves and self.opts.remove_empty_dirs
+        flush = self._finalize_flush(self.src_tree) if removing else None
+        try:
+            done, removed = [], []
+            for dir_id, rel, *_meta in reversed(dirs):
+                kept = False
+                if removing and rel:
+                    kept, gone = self._remove_source_dir(rel, mounts, sync=flush is None)
+                    if gone:
+                        removed.append(rel)
+                if not kept:
+                    done.append(dir_id)
+                self.src_tree.trim(1024)
+            if flush is not None:
+                # (a parent removed too: its own parent's flush covers both)
+                self._sync_dirs(self.src_tree, {split(rel)[0] for rel in removed} - set(removed), flush)
+        finally:
+            if flush is not None:
+                flush.close()
+        for dir_id in done:
+            self.journal.dir_done(dir_id)
         self.journal.commit()
 
-    def _remove_source_dir(self, rel, mounts):
+    @staticmethod
+    def _finalize_flush(tree):
+        """A DirsFlush for _finalize's changes in `tree`, where syncfs_supported; else None."""
+        if _durable.syncfs_supported(tree.root_fd):
+            return _durable.DirsFlush.open(tree.root_fd, tree.root_path)
+        return None
+
+    def _dest_dir_metadata(self, rel, mode, uid, gid, atime_ns, mtime_ns, flush):
+        """The source directory's metadata on its destination (and this job's
+        stale parts removed from it). Made durable here without `flush`;
+        with it, by the caller. Returns whether anything changed."""
+        self._clean_parts(rel)
+        src_fd = None
+        try:
+            src_fd = self.src_tree.get(rel)
+        except MoverError:
+            pass
+        dst_fd = self.dst_tree.get(rel)
+        st = types.SimpleNamespace(st_mode=mode, st_uid=uid, st_gid=gid, st_atime_ns=atime_ns,
+                                   st_mtime_ns=mtime_ns)
+        try:
+            xattrs = _metadata.read_xattrs(fd=src_fd) if src_fd is not None and \
+                'xattrs' in self.opts.preserve else None
+            current = os.fstat(dst_fd)
+            have = _metadata.read_xattrs(fd=dst_fd) if xattrs else None
+        except OSError as exc:        # e.g. EIO: the destination's filesystem shut down
+            raise os_error(exc, 'cannot read the metadata of directory', self.dst_tree.full(rel))
+        changed = False
+        if _metadata.differs(st, current, self.opts.preserve) or (xattrs and xattrs != have):
+            if _metadata.apply(st, self.opts.preserve, fd=dst_fd, xattrs=xattrs,
+                               path_for_errors=self.dst_tree.full(rel)):
+                self._note_setid_cleared(rel, stat.S_IMODE(mode))
+            if flush is None and not _faults.broken('no_finalize_dir_sync'):
+                _durable.sync_dir(dst_fd, self.dst_tree.full(rel))   # the directory's own metadata
+            self.changes += 1
+            changed = True
+        self.src_tree.trim(1024)
+        self.dst_tree.trim(1024)
+        return changed
+
+    def _remove_source_dir(self, rel, mounts, sync=True):
+        """Remove the emptied source directory `rel` (its parent fsynced after,
+        with `sync`). Returns (kept, removed): kept, when it is still there
+        to look at again next run (a mount point, or it still holds files);
+        removed, when this call removed it."""
         reldir, name = split(rel)
         try:
             parent = self.src_tree.get(reldir)
         except MoverError:
-            return True
+            return False, False
         self.src_tree.clear()        # no fd of ours may keep the directory open
         parent = self.src_tree.get(reldir)
         why = mounts.mounted(parent, name, rel)
         if why is not None:
             # never removed (it would fail with EBUSY): kept, looked at again next run
             self.audit.event('mount_point_kept', rel, reason=why)
-            return False
+            return True, False
         try:
             os.rmdir(name, dir_fd=parent)
         except FileNotFoundError:
-            return True
+            return False, False
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                return False         # it still holds excluded, failed or new files
+                return True, False         # it still holds excluded, failed or new files
             if exc.errno == errno.EBUSY:
                 self.audit.event('mount_point_kept', rel, reason='mounted on since this run began')
-                return False
+                return True, False
             self.errors.append(os_error(exc, 'cannot remove empty source directory', self.src_tree.full(rel)))
-            return False
-        _durable.sync_dir(parent, self.src_tree.full(reldir))
+            return True, False
+        if sync:
+            _durable.sync_dir(parent, self.src_tree.full(reldir))
         self.changes += 1
         self.audit.event('dir_removed', rel)
-        return True
+        return False, True
 
     def _clean_parts(self, rel):
         """Remove this job's orphan part files: its own tag, and never a name the

@@ -148,7 +148,8 @@ class Trace:
             if call.name == 'syncfs':
                 self.fs_syncs.append((call, _fd_path(args[0]) or ''))
                 continue
-            if call.name in ('write', 'pwrite64', 'ftruncate', 'fchmod', 'fchown', 'fsetxattr'):
+            if call.name in ('write', 'pwrite64', 'ftruncate', 'fchmod', 'fchown', 'fsetxattr') or \
+                    (call.name == 'utimensat' and len(args) > 1 and args[1] == 'NULL'):
                 path = _fd_path(args[0])
                 if path:
                     self.writes[path].append(call)
@@ -269,6 +270,41 @@ def part_flushes(text: str, dest_root: str) -> dict:
         fs = [(c, p) for c, p in trace.fs_syncs if after < c.start and c.end < rename.start]
         found[new] = ('fsync', old) if own else ('syncfs', fs[0][1]) if fs else (None, None)
     return found
+
+
+def check_dirs(text: str, src_root: str, dest_root: str) -> tuple:
+    """(directories checked, violations) for every source directory the run
+    removed (rmdir: unlinkat with AT_REMOVEDIR) once the job was done:
+
+        metadata written to its destination directory (fchmod, fchown,
+        fsetxattr, utimensat of its fd) < flush of the destination directory
+        (its fsync, or syncfs of its filesystem) < rmdir(source directory)
+        < flush of the source's parent < durable journal commit
+
+    A source directory removed before its destination's metadata is durable
+    takes its xattrs with it (they are read from it), and the journal must
+    not call the directory finished before its removal is durable."""
+    trace = Trace(text)
+    problems = []
+    checked = 0
+    for call, path in trace.unlinks:
+        if 'AT_REMOVEDIR' not in call.args or not path.startswith(src_root.rstrip('/') + '/'):
+            continue
+        rel = os.path.relpath(path, src_root)
+        dest = os.path.join(dest_root, rel)
+        writes = [w for w in trace.writes.get(dest, ()) if w.end < call.start]
+        if not writes:
+            problems.append('%s/: source directory removed, its destination\'s metadata never written' % rel)
+            continue
+        if not trace.flushed_between(dest, writes[-1].end, call.start):
+            problems.append('%s/: source directory removed before its destination\'s metadata was flushed' % rel)
+        sync = trace.first_sync_after(os.path.dirname(path), call)
+        if sync is None:
+            problems.append('%s/: no flush of the source\'s parent after its removal' % rel)
+        elif trace.first_wal_sync_after(sync, call.pid) is None:
+            problems.append('%s/: no journal commit after its removal was flushed' % rel)
+        checked += 1
+    return checked, problems
 
 
 def dir_flushes(text: str, src_root: str, dest_root: str) -> dict:
