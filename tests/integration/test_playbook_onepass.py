@@ -16,6 +16,7 @@ with strace (each directory listed to its end: a getdents64 that returns 0).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -105,18 +106,21 @@ def _listings(trace: Path, directory: Path) -> int:
 @pytest.mark.parametrize("async_move, small_dest", [(True, True), (False, False), (True, False)],
                          ids=["async-listed-by-preflight", "foreground", "async-counted-to-the-bound"])
 def test_a_play_lists_the_source_once(tmp_path: Path, loopfs, async_move: bool, small_dest: bool) -> None:
-    """A fresh job of 200 files in 4 directories.
+    """A fresh job of 200 files in 4 directories, on an ext4 of its own.
 
-    In the foreground, and in the background when the destination (a small ext4) has no room
-    for all the source's filesystem holds, the preflight lists the source into the journal and
+    In the foreground, and in the background when the destination (a smaller ext4) has no room
+    for all the source's filesystem holds (48 MiB beside the job), the preflight lists the source into the journal and
     the move (given the preflight's token) does not list it again: every directory is listed
-    once. Otherwise the job (more than migrate_foreground_max_files) goes to the background
-    unlisted: the preflight counted it only until it had more than 100 files (the first three
-    directories), and the move lists it, once."""
+    once. Otherwise (the destination beside tmp_path has room for all of the source's ext4) the
+    job (more than migrate_foreground_max_files) goes to the background unlisted: the preflight
+    counted it only until it had more than 100 files (the first three directories), and the move
+    lists it, once."""
     files = tree(200)
-    write(tmp_path / "src", files)
-    extra = job_vars(tmp_path, migrate_async=async_move)
+    src = loopfs("ext4", 128) / "src"
+    write(src, files)
+    extra = job_vars(tmp_path, migrate_async=async_move, migrate_src=str(src))
     if small_dest:
+        (src.parent / "other-data").write_bytes(os.urandom(48 << 20))
         extra["migrate_dest"] = str(loopfs("ext4", 40) / "dest")
     trace = tmp_path / "strace.log"
     argv = ["strace", "-f", "-qq", "-y", "-e", "trace=getdents64", "-o", str(trace)] \
@@ -125,8 +129,7 @@ def test_a_play_lists_the_source_once(tmp_path: Path, loopfs, async_move: bool, 
                           timeout=TIMEOUT, check=False)
     assert proc.returncode == 0, output(proc)
     assert regular_files(Path(extra["migrate_dest"])) == files
-    src = (tmp_path / "src").resolve()
-    counts = {name: _listings(trace, src / name) for name in ("d00", "d01", "d02", "d03")}
+    counts = {name: _listings(trace, src.resolve() / name) for name in ("d00", "d01", "d02", "d03")}
     if async_move and not small_dest:
         assert counts == {"d00": 2, "d01": 2, "d02": 2, "d03": 1}, counts
     else:
@@ -170,14 +173,15 @@ def test_a_small_job_is_checked_and_moved_by_one_module_run(tmp_path: Path) -> N
     assert [(p["ok"], p["findings"]["plan"]["files"]) for p in result["preflight"]] == [(True, 100)], result
 
 
-def test_a_larger_job_is_handed_to_the_async_move_with_the_preflights_token(tmp_path: Path) -> None:
+def test_a_larger_job_is_handed_to_the_async_move_with_the_preflights_token(tmp_path: Path, loopfs) -> None:
     """One file more than migrate_foreground_max_files: the move module's preflight defers it
     (nothing moved), and the async move moves it (test_a_play_lists_the_source_once counts the
-    listings of this path). The source's filesystem (the one holding tmp_path) fits at the
-    destination (the same one): the space the report shows is that bound ("at most")."""
+    listings of this path). The source's filesystem (a small ext4) fits at the destination
+    (beside tmp_path): the space the report shows is that bound ("at most")."""
     files = tree(101)
-    write(tmp_path / "src", files)
-    proc = run_playbook(extra_vars=job_vars(tmp_path), tmp_dir=tmp_path)
+    src = loopfs("ext4", 64) / "src"
+    write(src, files)
+    proc = run_playbook(extra_vars=job_vars(tmp_path, migrate_src=str(src)), tmp_dir=tmp_path)
     assert proc.returncode == 0, output(proc)
     ran = module_tasks(proc.stdout)
     assert ran["PREFLIGHT | Check the job, and move it when it is small"] == 1, output(proc)
@@ -187,7 +191,7 @@ def test_a_larger_job_is_handed_to_the_async_move_with_the_preflights_token(tmp_
     assert regular_files(tmp_path / "dest") == files
     fleet, _junit, summary = load_reports(tmp_path / "reports")
     assert fleet["hosts"]["localhost"]["stats"]["files_moved"] == 101
-    assert "| ok | same | at most " in summary, summary
+    assert "| ok | other | at most " in summary, summary
 
 
 def test_a_host_with_two_jobs_checks_both_before_either_moves(tmp_path: Path) -> None:
