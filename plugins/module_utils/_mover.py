@@ -328,6 +328,14 @@ class Job:
             return self.dest_name
         return rel
 
+    def excluder(self):
+        """What a listing of the source leaves out: `exclude`, and this job's own parts."""
+        return _scan.Excluder(self.opts.exclude, part_suffix='.%s.part' % self.job_tag)
+
+    def boundary(self):
+        """Where a listing of the source stops: its mount points (unless cross_filesystems)."""
+        return _scan.Boundary(self.src_root, cross=self.opts.cross_filesystems)
+
 
 def _readonly(path):
     try:
@@ -576,7 +584,7 @@ class Runner:
         self.dst_tree = _durable.DirTree(dst_root_fd, self.job.dest_root, create=True, mode=dir_mode)
         self.src_tree = src_tree
         try:
-            excluded = _scan.Excluder(opts.exclude, part_suffix='.%s.part' % self.job.job_tag)
+            excluded = self.job.excluder()
             if reconsider:
                 self._reconsider(excluded, meta.get('options'), options)
             scanned = _scan.scan(journal, src_tree, excluded, opts.special_files, self.moves,
@@ -584,7 +592,7 @@ class Runner:
                                  on_error=lambda rel, exc: self.audit.event('scan_error', rel, error=str(exc)),
                                  on_commit=self._scanned_some if self.processes > 1 else None,
                                  commit_entries=self._scan_commit_entries(),
-                                 boundary=_scan.Boundary(self.job.src_root, cross=opts.cross_filesystems),
+                                 boundary=self.job.boundary(),
                                  on_mount=lambda rel, why: self.audit.event('mount_skipped', rel, reason=why))
             self._note_already_done()
             if scanned or self.fan is not None:
@@ -1566,8 +1574,7 @@ def larger_than(job, max_files, max_bytes):
         src_tree = None
     else:
         src_tree = _durable.DirTree(_durable.open_root(job.src_root), job.src_root)
-        entries = _scan.walk(src_tree, _scan.Excluder(job.opts.exclude, part_suffix='.%s.part' % job.job_tag),
-                             _scan.Boundary(job.src_root, cross=job.opts.cross_filesystems))
+        entries = _scan.walk(src_tree, job.excluder(), job.boundary())
     try:
         for _rel, _name, st in entries:
             if stat.S_ISDIR(st.st_mode):
@@ -1587,8 +1594,8 @@ def larger_than(job, max_files, max_bytes):
 def _nothing_new_at(job, journal, mounts):
     """Whether the source holds only directories the journal has finished (and
     the mount points it recorded): what a run would list and find nothing in."""
-    excluded = _scan.Excluder(job.opts.exclude, part_suffix='.%s.part' % job.job_tag)
-    boundary = _scan.Boundary(job.src_root, cross=job.opts.cross_filesystems)
+    excluded = job.excluder()
+    boundary = job.boundary()
     src_tree = _durable.DirTree(_durable.open_root(job.src_root), job.src_root)
     try:
         for rel, _name, st in _scan.walk(src_tree, excluded, boundary):
@@ -1621,9 +1628,9 @@ def _scan_for_run(job, journal, token):
     journal.commit()
     src_tree = _durable.DirTree(_durable.open_root(job.src_root), job.src_root)
     try:
-        complete = _scan.scan(journal, src_tree, _scan.Excluder(opts.exclude, part_suffix='.%s.part' % job.job_tag),
+        complete = _scan.scan(journal, src_tree, job.excluder(),
                               opts.special_files, opts.mode == 'move', single=job.single,
-                              boundary=_scan.Boundary(job.src_root, cross=opts.cross_filesystems))
+                              boundary=job.boundary())
     finally:
         src_tree.close()
     if not complete:
@@ -1680,7 +1687,7 @@ class _Planner:
         self.failures = []
         self.skipped = []
         self.linked = set()            # (dev, ino) of the files with several names counted
-        self.boundary = _scan.Boundary(job.src_root, cross=job.opts.cross_filesystems)
+        self.boundary = job.boundary()
 
     def entries(self, src_tree):
         if self.prepared:
@@ -1690,7 +1697,7 @@ class _Planner:
             st = os.lstat(self.job.single, dir_fd=src_tree.root_fd)
             yield self.job.single, self.job.single, st
             return
-        excluded = _scan.Excluder(self.job.opts.exclude, part_suffix='.%s.part' % self.job.job_tag)
+        excluded = self.job.excluder()
         yield from _scan.walk(src_tree, excluded, self.boundary)
 
     def _journal_entries(self):
